@@ -1,0 +1,45 @@
+"""MSfusion, framework-free: split maps, planners, sub-models, aggregation and local training.
+
+Nothing here imports Flower; ``server_app`` and ``client_app`` adapt these objects to Flower's
+message API.
+"""
+
+from msfusion_core.aggregate import AggregateResult, Contribution, scatter_average
+from msfusion_core.overlap import OverlapSchedule
+from msfusion_core.planner import (
+    PLANNER_NAMES,
+    DoubleShiftPlanner,
+    FixedRulePlanner,
+    ParticipantPlan,
+    Planner,
+    RoundPlan,
+    Window,
+    make_planner,
+    plan_double_shift,
+)
+from msfusion_core.slicing import Slicer, map_previous
+from msfusion_core.split_map import SplitMap, group_sizes, layer_split_map
+from msfusion_core.submodel import attach_width_scaler, build_submodel
+
+__all__ = [
+    "AggregateResult",
+    "Contribution",
+    "DoubleShiftPlanner",
+    "FixedRulePlanner",
+    "OverlapSchedule",
+    "PLANNER_NAMES",
+    "ParticipantPlan",
+    "Planner",
+    "RoundPlan",
+    "Slicer",
+    "SplitMap",
+    "Window",
+    "attach_width_scaler",
+    "build_submodel",
+    "group_sizes",
+    "layer_split_map",
+    "make_planner",
+    "map_previous",
+    "plan_double_shift",
+    "scatter_average",
+]

@@ -1,0 +1,49 @@
+"""Small CNN for scikit-learn's 8x8 digits: the embedded offline default family."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from msfusion_core.split_map import layer_split_map
+
+
+class DigitsCNN(nn.Module):
+    """conv(32)-conv(64)-pool-conv(128)-GAP-fc(256)-fc(classes); every hidden width is a group."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 1) -> None:
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * w)
+        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * w)
+        self.hidden = nn.Linear(4 * w, 8 * w)
+        self.fc = nn.Linear(8 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 1, 8, 8]
+        x = torch.relu(self.bn1(self.conv1(x)))  # [B, w, 8, 8]
+        x = torch.relu(self.bn2(self.conv2(x)))  # [B, 2w, 8, 8]
+        x = nn.functional.max_pool2d(x, 2)  # [B, 2w, 4, 4]
+        x = torch.relu(self.bn3(self.conv3(x)))  # [B, 4w, 4, 4]
+        x = x.mean(dim=(2, 3))  # [B, 4w]
+        x = torch.relu(self.hidden(x))  # [B, 8w]  (the representation z)
+        return self.fc(x)  # [B, classes]
+
+
+def digits_cnn_split_map(model: DigitsCNN) -> dict:
+    return layer_split_map(
+        model,
+        {
+            "conv1": ("c1", None),
+            "bn1": ("c1", None),
+            "conv2": ("c2", "c1"),
+            "bn2": ("c2", None),
+            "conv3": ("c3", "c2"),
+            "bn3": ("c3", None),
+            "hidden": ("h", "c3"),
+            "fc": (None, "h"),
+        },
+    )

@@ -1,0 +1,64 @@
+"""Overlap schedules o_t (SPEC §2).
+
+``constant``, ``linear`` and ``cosine`` are functions of the round. ``adaptive`` (this project's
+design; the paper's abstract only says the overlap is adaptive) follows the measured model shift:
+o_{t+1} = clip(o_t + η·(d_t − d*), o_min, o_max) — more disagreement between participants on shared
+coordinates asks for more overlap, so those coordinates are averaged over more participants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SCHEDULES = ("constant", "linear", "cosine", "adaptive")
+
+
+@dataclass
+class OverlapSchedule:
+    kind: str = "adaptive"
+    start: float = 0.5  # o_0 (constant value, or the first value of linear/cosine/adaptive)
+    end: float = 0.1  # last value of linear/cosine
+    num_rounds: int = 10  # length of the linear/cosine ramp
+    eta: float = 0.5  # adaptive step size η
+    target_shift: float = 0.5  # adaptive d*
+    min_overlap: float = 0.0
+    max_overlap: float = 0.9
+    current: float | None = None  # adaptive state o_t
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown overlap schedule {self.kind!r}; known: {', '.join(SCHEDULES)}")
+        for name in ("start", "end", "min_overlap", "max_overlap"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"overlap {name} must be in [0, 1), got {value}")
+        if self.min_overlap > self.max_overlap:
+            raise ValueError(f"min_overlap {self.min_overlap} > max_overlap {self.max_overlap}")
+        if self.current is None:
+            self.current = self.start
+
+    def overlap(self, server_round: int) -> float:
+        """o_t for round ``server_round`` (1-based, as Flower counts)."""
+        if self.kind == "constant":
+            return self.start
+        if self.kind == "adaptive":
+            return float(self.current)
+        frac = min(max(server_round - 1, 0) / max(self.num_rounds - 1, 1), 1.0)
+        if self.kind == "cosine":
+            frac = 0.5 * (1.0 - math.cos(math.pi * frac))
+        return self.start + (self.end - self.start) * frac
+
+    def update(self, model_shift: float) -> None:
+        if self.kind == "adaptive" and math.isfinite(model_shift):
+            step = self.current + self.eta * (model_shift - self.target_shift)
+            self.current = min(max(step, self.min_overlap), self.max_overlap)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,112 @@
+"""A participant's side of a round with no FL framework: check what arrived, build the real
+sub-model, train it (§4) and return only its parameters. The Flower ClientApp wraps this."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from msfusion_core.data import TensorData
+from msfusion_core.planner import ParticipantPlan, Window
+from msfusion_core.slicing import Slicer, map_previous
+from msfusion_core.split_map import SplitMap, group_sizes, model_shapes
+from msfusion_core.submodel import attach_width_scaler, build_submodel
+from msfusion_core.training import TrainConfig, TrainResult, train_submodel
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    state: dict[str, torch.Tensor]  # trained parameters only, keyed like the full model
+    result: TrainResult
+    bytes_down: int
+    bytes_up: int
+
+
+@dataclass(frozen=True)
+class PreviousSubmodel:
+    """What a participant keeps between rounds for the contrastive negative."""
+
+    state: dict[str, torch.Tensor]
+    units: dict[str, np.ndarray]
+
+
+class Participant:
+    """Everything a participant needs to know about the model family, computed once per process."""
+
+    def __init__(self, build: Callable[[], nn.Module], split_map: SplitMap, representation_layer: str) -> None:
+        with torch.device("meta"):
+            template = build()
+        self.build = build
+        self.split_map = split_map
+        self.representation_layer = representation_layer
+        self.slicer = Slicer(split_map)
+        self.full_shapes = model_shapes(template)
+        self.group_sizes = group_sizes(self.full_shapes, split_map)
+        self.param_keys = [k for k, _ in template.named_parameters()]
+
+    def read_plan(self, compact: Mapping) -> ParticipantPlan:
+        return ParticipantPlan.from_compact(compact, self.group_sizes)
+
+    def check_received(self, plan: ParticipantPlan, received: Mapping[str, torch.Tensor]) -> None:
+        """Raise ValueError naming the first tensor that is not what ``plan`` implies."""
+        missing = set(self.full_shapes) - set(received)
+        extra = set(received) - set(self.full_shapes)
+        if missing or extra:
+            raise ValueError(f"received arrays do not match the model: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}")
+        units = plan.unit_indices()
+        for key, full_shape in self.full_shapes.items():
+            expected = self.slicer.sub_shape(key, full_shape, units)
+            if tuple(received[key].shape) != expected:
+                raise ValueError(f"received {key!r} with shape {tuple(received[key].shape)}; the plan implies {expected}")
+            if received[key].is_floating_point() and not bool(torch.isfinite(received[key]).all()):
+                raise ValueError(f"received {key!r} holds non-finite values")
+
+    def _model(self, state: Mapping[str, torch.Tensor], ratios: Mapping[str, float] | None) -> nn.Module:
+        model = build_submodel(self.build, state)
+        if ratios is not None:
+            attach_width_scaler(model, self.split_map, ratios)
+        return model
+
+    def train(
+        self,
+        plan: ParticipantPlan,
+        received: Mapping[str, torch.Tensor],
+        data: TensorData,
+        cfg: TrainConfig,
+        *,
+        previous: PreviousSubmodel | None = None,
+        scaler: bool = False,
+        seed: int = 0,
+    ) -> tuple[LocalUpdate, PreviousSubmodel]:
+        """One local round. Returns the reply and what to keep for the next round's negative."""
+        self.check_received(plan, received)
+        units = plan.unit_indices()
+        # Scale by the fraction of the *global* model's units (its K can be below the family's: `small`).
+        sizes = {g: sel.size if isinstance(sel, Window) else self.group_sizes[g] for g, sel in plan.groups.items()}
+        ratios = {g: len(units[g]) / sizes[g] for g in units} if scaler else None
+        model = self._model(received, ratios)
+        global_model = prev_model = None
+        if cfg.mu > 0:
+            global_model = self._model(received, ratios)
+            if previous is not None:
+                mapped = map_previous(self.slicer, previous.state, previous.units, received, units)
+                prev_model = self._model(mapped, ratios)
+        result = train_submodel(
+            model,
+            data,
+            cfg,
+            representation_layer=self.representation_layer,
+            global_model=global_model,
+            prev_model=prev_model,
+            seed=seed,
+        )
+        params = dict(model.named_parameters())
+        reply = {k: params[k].detach().clone() for k in self.param_keys}
+        down = sum(t.numel() * t.element_size() for t in received.values())
+        up = sum(t.numel() * t.element_size() for t in reply.values())
+        keep = PreviousSubmodel({k: v.detach().clone() for k, v in model.state_dict().items()}, units)
+        return LocalUpdate(reply, result, down, up), keep

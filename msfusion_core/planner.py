@@ -1,0 +1,270 @@
+"""Planners: which units of every width group each participant trains in a round (SPEC §2).
+
+Pure numpy, no torch, no Flower. A plan is deterministic from (seed, round, participant list,
+overlap state), so a receiver can rebuild it from its compact form and verify it.
+
+Windows are cyclic and contiguous: participant slot p (position in the id-sorted participant
+list) of P gets, for a group of K units and capacity r,
+
+    m = clamp(round(r·K), 1, K)
+    s = (floor(p·c·K / P) − t·δ) mod K
+    I = {(s + j) mod K : j < m}
+
+The inter-participant spread c ∈ [0, 1] sets the overlap (c = 0: everyone shares one window, which
+is FedRolex's rule; c = 1: windows evenly spaced). The inter-round shift rolls windows toward lower
+indices by δ units per round: the direction of FedRolex's ``torch.roll(arange(K), t)[:m]``, which
+the issue fixes (SPEC §2 writes ``+t·δ``; only the direction differs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from msfusion_core.overlap import OverlapSchedule
+
+PLANNER_NAMES = ("msfusion", "fedrolex", "heterofl", "fd", "full", "small")
+
+
+def window_length(capacity: float, size: int) -> int:
+    """m = clamp(round(r·K), 1, K)."""
+    return min(max(int(round(capacity * size)), 1), size)
+
+
+def check_capacity(capacity: float, who: object = "participant") -> float:
+    capacity = float(capacity)
+    if not (0.0 < capacity <= 1.0) or math.isnan(capacity):
+        raise ValueError(f"capacity of {who} must be in (0, 1], got {capacity}")
+    return capacity
+
+
+@dataclass(frozen=True)
+class Window:
+    """A cyclic window of ``length`` units starting at ``start`` in a group of ``size`` units."""
+
+    start: int
+    length: int
+    size: int
+
+    def indices(self) -> np.ndarray:
+        return (self.start + np.arange(self.length, dtype=np.int64)) % self.size
+
+
+@dataclass(frozen=True)
+class ParticipantPlan:
+    """One participant's units for every group: a Window, or a sorted index array (``fd``)."""
+
+    node_id: int
+    capacity: float
+    groups: Mapping[str, Window | np.ndarray]
+
+    def indices(self, group: str) -> np.ndarray:
+        sel = self.groups[group]
+        return sel.indices() if isinstance(sel, Window) else sel
+
+    def unit_indices(self) -> dict[str, np.ndarray]:
+        return {g: self.indices(g) for g in self.groups}
+
+    def to_compact(self) -> dict[str, Any]:
+        """JSON-able form: (start, length, K) per windowed group; an index list only for subsets."""
+        windows = {g: [w.start, w.length, w.size] for g, w in self.groups.items() if isinstance(w, Window)}
+        subsets = {g: [int(i) for i in s] for g, s in self.groups.items() if not isinstance(s, Window)}
+        return {"node_id": self.node_id, "capacity": self.capacity, "windows": windows, "subsets": subsets}
+
+    @classmethod
+    def from_compact(cls, compact: Mapping[str, Any], group_sizes: Mapping[str, int]) -> "ParticipantPlan":
+        """Rebuild and verify a plan against the receiver's own (full-model) group sizes.
+
+        A plan's K may be smaller than the receiver's (the ``small`` baseline's global model is
+        itself built at width r); the received tensor shapes are checked against the plan after.
+        Raises ValueError naming the group when a window or subset does not fit.
+        """
+        try:
+            node_id, capacity = int(compact["node_id"]), check_capacity(compact["capacity"])
+            windows, subsets = dict(compact.get("windows", {})), dict(compact.get("subsets", {}))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed plan: {exc!r}") from exc
+        named = set(windows) | set(subsets)
+        if named != set(group_sizes) or set(windows) & set(subsets):
+            raise ValueError(
+                f"plan groups {sorted(named)} do not match the model's groups {sorted(group_sizes)}"
+            )
+        groups: dict[str, Window | np.ndarray] = {}
+        for g, (start, length, size) in windows.items():
+            k = group_sizes[g]
+            if not (1 <= size <= k) or not (0 <= start < size) or not (1 <= length <= size):
+                raise ValueError(f"plan window for group {g!r} is (start={start}, length={length}, K={size}); model K={k}")
+            groups[g] = Window(int(start), int(length), int(size))
+        for g, idx in subsets.items():
+            arr = np.asarray(idx, dtype=np.int64)
+            k = group_sizes[g]
+            if arr.ndim != 1 or arr.size == 0 or arr.min() < 0 or arr.max() >= k or np.unique(arr).size != arr.size:
+                raise ValueError(f"plan subset for group {g!r} is not a set of distinct indices in [0, {k})")
+            groups[g] = np.sort(arr)
+        return cls(node_id, capacity, groups)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    server_round: int
+    participants: Mapping[int, ParticipantPlan]
+    overlap: float = 0.0  # the target overlap o_t this round was planned with
+    spread: float = 0.0  # the inter-participant spread c_t it implied
+
+    def coverage(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """How many participants train each unit of each group."""
+        counts = {g: np.zeros(k, dtype=np.int64) for g, k in group_sizes.items()}
+        for p in self.participants.values():
+            for g in counts:
+                np.add.at(counts[g], p.indices(g), 1)
+        return counts
+
+    def coverage_histogram(self, group_sizes: Mapping[str, int]) -> dict[int, int]:
+        """{c: number of units (over all groups) trained by exactly c participants}."""
+        allc = np.concatenate(list(self.coverage(group_sizes).values()))
+        values, counts = np.unique(allc, return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def _sorted_participants(participants: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    if len(participants) == 0:
+        raise ValueError("cannot plan a round for an empty participant list")
+    ids = [int(n) for n, _ in participants]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate participant ids in {ids}")
+    return sorted((int(n), check_capacity(r, f"participant {n}")) for n, r in participants)
+
+
+def plan_double_shift(
+    server_round: int,
+    participants: Sequence[tuple[int, float]],
+    group_sizes: Mapping[str, int],
+    spread: float,
+    shift_step: int = 1,
+) -> dict[int, ParticipantPlan]:
+    """Cyclic windows shifted across participants (by spread·K/P per slot) and rounds (by shift_step)."""
+    if not 0.0 <= spread <= 1.0:
+        raise ValueError(f"spread must be in [0, 1], got {spread}")
+    ordered = _sorted_participants(participants)
+    num = len(ordered)
+    plans = {}
+    for slot, (node_id, capacity) in enumerate(ordered):
+        groups = {
+            g: Window(
+                (math.floor(slot * spread * k / num) - server_round * shift_step) % k,
+                window_length(capacity, k),
+                k,
+            )
+            for g, k in group_sizes.items()
+        }
+        plans[node_id] = ParticipantPlan(node_id, capacity, groups)
+    return plans
+
+
+def plan_static_prefix(participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]) -> dict[int, ParticipantPlan]:
+    """HeteroFL: every participant trains the first m units of every group, every round."""
+    return {
+        n: ParticipantPlan(n, r, {g: Window(0, window_length(r, k), k) for g, k in group_sizes.items()})
+        for n, r in _sorted_participants(participants)
+    }
+
+
+def plan_random_subsets(
+    server_round: int, participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int], seed: int
+) -> dict[int, ParticipantPlan]:
+    """Federated dropout: m random units per group, drawn from a generator seeded by (seed, round, node)."""
+    plans = {}
+    for n, r in _sorted_participants(participants):
+        rng = np.random.default_rng([seed, server_round, n])
+        groups = {g: np.sort(rng.choice(k, window_length(r, k), replace=False)) for g, k in group_sizes.items()}
+        plans[n] = ParticipantPlan(n, r, groups)
+    return plans
+
+
+class Planner(Protocol):
+    name: str
+
+    def plan(
+        self, server_round: int, participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]
+    ) -> RoundPlan: ...
+
+    def observe(self, server_round: int, model_shift: float) -> None:
+        """Feed back the model shift d_t measured when aggregating ``server_round``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class DoubleShiftPlanner:
+    """MSfusion: double shifting with an overlap schedule (adaptive by default)."""
+
+    schedule: OverlapSchedule = field(default_factory=OverlapSchedule)
+    shift_step: int = 1
+    name: str = "msfusion"
+
+    def spread_for(self, overlap: float, participants: Sequence[tuple[int, float]]) -> float:
+        """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o (mean r)."""
+        mean_r = float(np.mean([r for _, r in participants]))
+        return min(1.0, max(0.0, len(participants) * mean_r * (1.0 - overlap)))
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        overlap = self.schedule.overlap(server_round)
+        spread = self.spread_for(overlap, _sorted_participants(participants))
+        plans = plan_double_shift(server_round, participants, group_sizes, spread, self.shift_step)
+        return RoundPlan(server_round, plans, overlap, spread)
+
+    def observe(self, server_round: int, model_shift: float) -> None:
+        self.schedule.update(model_shift)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shift_step": self.shift_step, "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+
+
+@dataclass
+class FixedRulePlanner:
+    """The baselines: ``fedrolex`` (spread 0), ``heterofl`` (static prefix), ``fd`` (random subsets),
+    ``full`` and ``small`` (everyone trains every unit: of the full model, or of a model built at width r)."""
+
+    name: str
+    seed: int = 0
+    shift_step: int = 1
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        if self.name == "fedrolex":
+            plans = plan_double_shift(server_round, participants, group_sizes, 0.0, self.shift_step)
+            return RoundPlan(server_round, plans, 1.0, 0.0)
+        if self.name == "heterofl":
+            return RoundPlan(server_round, plan_static_prefix(participants, group_sizes), 1.0, 0.0)
+        if self.name == "fd":
+            return RoundPlan(server_round, plan_random_subsets(server_round, participants, group_sizes, self.seed))
+        if self.name in ("full", "small"):
+            everyone = [(n, 1.0) for n, _ in _sorted_participants(participants)]
+            return RoundPlan(server_round, plan_static_prefix(everyone, group_sizes), 1.0, 0.0)
+        raise ValueError(f"unknown planner {self.name!r}; known: {', '.join(PLANNER_NAMES)}")
+
+    def observe(self, server_round: int, model_shift: float) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "shift_step": self.shift_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def make_planner(name: str, *, schedule: OverlapSchedule | None = None, shift_step: int = 1, seed: int = 0) -> Planner:
+    """Build a planner by name (run config ``planner``)."""
+    if name == "msfusion":
+        return DoubleShiftPlanner(schedule or OverlapSchedule(), shift_step)
+    if name in PLANNER_NAMES:
+        return FixedRulePlanner(name, seed, shift_step)
+    raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNER_NAMES)}")

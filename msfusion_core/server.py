@@ -1,0 +1,123 @@
+"""The server's side of MSfusion with no FL framework: global state, plans, slices, validation and
+aggregation. A Flower strategy (server_app/) only moves these objects in and out of messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from msfusion_core.aggregate import AggregateResult, Contribution, scatter_average
+from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
+from msfusion_core.slicing import Slicer
+from msfusion_core.split_map import SplitMap, group_sizes, model_shapes
+from msfusion_core.submodel import build_submodel
+
+AGGREGATION_WEIGHTS = ("examples", "uniform")
+
+
+class ReplyError(ValueError):
+    """A participant's reply that must not touch the global model; the message says why."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    node_id: int
+    state: Mapping[str, torch.Tensor]
+    num_examples: int
+
+
+class SubmodelServer:
+    """Holds θ (parameters and buffers); plans rounds; slices sub-models; validates and aggregates replies.
+
+    Parameters travel both ways; buffers (BatchNorm running statistics) travel down only, since
+    the static-BN policy recomputes them for whichever model is evaluated.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        split_map: SplitMap,
+        planner: Planner,
+        *,
+        aggregation_weight: str = "examples",
+        small_capacity: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        if aggregation_weight not in AGGREGATION_WEIGHTS:
+            raise ValueError(f"unknown aggregation weight {aggregation_weight!r}; known: {', '.join(AGGREGATION_WEIGHTS)}")
+        torch.manual_seed(seed)
+        model = build()
+        self.build = build
+        self.slicer = Slicer(split_map)
+        self.split_map = split_map
+        self.planner = planner
+        self.aggregation_weight = aggregation_weight
+        self.group_sizes = group_sizes(model_shapes(model), split_map)
+        self.param_keys = [k for k, _ in model.named_parameters()]
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if planner.name == "small":
+            # "Exclusive learning": the global model itself is built at width r and trained by all.
+            r = check_capacity(small_capacity if small_capacity is not None else 0.5, "the small model")
+            prefix = {g: Window(0, window_length(r, k), k).indices() for g, k in self.group_sizes.items()}
+            state = self.slicer.extract(state, prefix)
+            self.group_sizes = {g: len(i) for g, i in prefix.items()}
+        self.state: dict[str, torch.Tensor] = state
+
+    # -- planning and slicing -------------------------------------------------------------
+    def plan_round(self, server_round: int, participants: Sequence[tuple[int, float]]) -> RoundPlan:
+        return self.planner.plan(server_round, participants, self.group_sizes)
+
+    def download(self, plan: ParticipantPlan) -> dict[str, torch.Tensor]:
+        """The sub-model state sent to a participant: every parameter and buffer, sliced."""
+        return self.slicer.extract(self.state, plan.unit_indices())
+
+    def expected_shapes(self, plan: ParticipantPlan) -> dict[str, tuple[int, ...]]:
+        units = plan.unit_indices()
+        return {k: self.slicer.sub_shape(k, self.state[k].shape, units) for k in self.param_keys}
+
+    # -- replies ---------------------------------------------------------------------------
+    def validate(self, plan: ParticipantPlan, reply: Reply) -> None:
+        """Raise ReplyError naming the first problem of a reply against the plan it answers."""
+        if not isinstance(reply.num_examples, int) or isinstance(reply.num_examples, bool) or reply.num_examples <= 0:
+            raise ReplyError(f"num-examples must be a positive integer, got {reply.num_examples!r}")
+        missing = [k for k in self.param_keys if k not in reply.state]
+        extra = [k for k in reply.state if k not in set(self.param_keys)]
+        if missing:
+            raise ReplyError(f"reply misses {len(missing)} parameter(s), e.g. {missing[0]!r}")
+        if extra:
+            raise ReplyError(f"reply has {len(extra)} unexpected key(s), e.g. {extra[0]!r}")
+        for key, shape in self.expected_shapes(plan).items():
+            t = reply.state[key]
+            if not isinstance(t, torch.Tensor):
+                raise ReplyError(f"{key!r} is a {type(t).__name__}, not a tensor")
+            if tuple(t.shape) != shape:
+                raise ReplyError(f"{key!r} has shape {tuple(t.shape)}, the plan implies {shape}")
+            if t.dtype != self.state[key].dtype:
+                raise ReplyError(f"{key!r} has dtype {t.dtype}, expected {self.state[key].dtype}")
+            if not bool(torch.isfinite(t).all()):
+                raise ReplyError(f"{key!r} holds non-finite values")
+
+    def aggregate(self, plan: RoundPlan, replies: Sequence[Reply]) -> AggregateResult:
+        """Aggregate validated replies into θ and feed the model shift back to the planner."""
+        contributions = [
+            Contribution(
+                plan.participants[r.node_id].unit_indices(),
+                r.state,
+                float(r.num_examples) if self.aggregation_weight == "examples" else 1.0,
+            )
+            for r in replies
+        ]
+        result = scatter_average(self.state, contributions, self.slicer, keys=self.param_keys)
+        self.state = result.state
+        if not math.isnan(result.model_shift):
+            self.planner.observe(plan.server_round, result.model_shift)
+        return result
+
+    # -- the global model ------------------------------------------------------------------
+    def global_model(self) -> nn.Module:
+        """A real module holding θ (at the small width for the ``small`` planner)."""
+        return build_submodel(self.build, self.state)

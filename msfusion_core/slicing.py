@@ -1,0 +1,112 @@
+"""Slicing a state dict to a participant's units, and the positions those slices occupy (SPEC §3).
+
+Everything here works per tensor on index vectors, one per bound dimension (`index_select` for
+extraction, flat positions of the Cartesian product for scatters): no Python loop over elements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from msfusion_core.split_map import DimBinding, SplitMap, normalize_split_map
+
+UnitIndices = Mapping[str, np.ndarray | torch.Tensor]  # group -> unit indices
+
+
+def _as_long(idx: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(idx) if not isinstance(idx, torch.Tensor) else idx, dtype=torch.long)
+
+
+def element_indices(binding: DimBinding, units: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Unit indices → element indices along one dimension (``block`` elements per unit)."""
+    u = _as_long(units)
+    if binding.block == 1:
+        return u
+    return (u[:, None] * binding.block + torch.arange(binding.block)).reshape(-1)
+
+
+class Slicer:
+    """Precomputed bindings of one model's split map; slices and locates sub-tensors."""
+
+    def __init__(self, split_map: SplitMap) -> None:
+        self.bindings = normalize_split_map(split_map)
+
+    def dim_indices(self, name: str, units: UnitIndices) -> list[tuple[int, torch.Tensor]]:
+        """(dim, element indices) for every bound dimension of ``name`` (empty if it is kept whole)."""
+        return [(d, element_indices(b, units[b.group])) for d, b in enumerate(self.bindings.get(name, ())) if b]
+
+    def sub_shape(self, name: str, shape: torch.Size | tuple[int, ...], units: UnitIndices) -> tuple[int, ...]:
+        out = list(shape)
+        for d, idx in self.dim_indices(name, units):
+            out[d] = idx.numel()
+        return tuple(out)
+
+    def extract(self, state: Mapping[str, torch.Tensor], units: UnitIndices, keys=None) -> dict[str, torch.Tensor]:
+        """The participant's sub-tensors (contiguous copies), keyed like the full state dict."""
+        out = {}
+        for name in keys if keys is not None else state:
+            t = state[name]
+            for d, idx in self.dim_indices(name, units):
+                t = t.index_select(d, idx)
+            out[name] = t.contiguous() if t is not state[name] else t.clone()
+        return out
+
+    def flat_positions(self, name: str, shape: torch.Size | tuple[int, ...], units: UnitIndices) -> torch.Tensor | None:
+        """Positions in ``full.reshape(-1)`` of the sub-tensor's elements, in the sub-tensor's
+        row-major order; ``None`` when the tensor is kept whole."""
+        dims = dict(self.dim_indices(name, units))
+        return flat_positions(shape, dims) if dims else None
+
+
+def flat_positions(shape: torch.Size | tuple[int, ...], by_dim: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """Row-major flat positions of the Cartesian product of ``by_dim`` indices (other dims whole)."""
+    flat = torch.zeros((), dtype=torch.long)
+    stride = 1
+    strides = []
+    for size in reversed(shape):
+        strides.append(stride)
+        stride *= size
+    for d, size in enumerate(shape):
+        idx = by_dim[d] if d in by_dim else torch.arange(size)
+        flat = flat.unsqueeze(-1) + idx * strides[len(shape) - 1 - d]  # broadcast to [..., n_d]
+    return flat.reshape(-1)
+
+
+def map_previous(
+    slicer: Slicer,
+    prev_state: Mapping[str, torch.Tensor],
+    prev_units: UnitIndices,
+    received_state: Mapping[str, torch.Tensor],
+    units: UnitIndices,
+) -> dict[str, torch.Tensor]:
+    """Map a previous sub-model onto this round's units (SPEC §4's negative for the contrastive loss):
+    its own previous values where the unit sets overlap, the received values elsewhere."""
+    out = {}
+    for name, received in received_state.items():
+        if name not in prev_state:
+            out[name] = received.clone()
+            continue
+        dims = slicer.dim_indices(name, units)
+        prev_dims = dict(slicer.dim_indices(name, prev_units))
+        if not dims:
+            out[name] = prev_state[name].clone()
+            continue
+        target = received.clone()
+        src = prev_state[name]
+        found_by_dim: dict[int, torch.Tensor] = {}
+        for d, idx in dims:
+            # Position of each of this round's elements in the previous sub-tensor (-1: absent).
+            prev_idx = prev_dims[d]
+            lookup = torch.full((int(max(idx.max(), prev_idx.max())) + 1,), -1, dtype=torch.long)
+            lookup[prev_idx] = torch.arange(prev_idx.numel())
+            pos = lookup[idx]
+            found = (pos >= 0).nonzero().squeeze(-1)
+            src = src.index_select(d, pos[found])
+            found_by_dim[d] = found
+        if src.numel():
+            target.view(-1)[flat_positions(target.shape, found_by_dim)] = src.reshape(-1)
+        out[name] = target
+    return out

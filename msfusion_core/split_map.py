@@ -1,0 +1,124 @@
+"""Split maps: which tensor dimensions index the units of which width group (SPEC §1).
+
+A split map sends every split parameter/buffer name to one binding per dimension. A binding is
+``None`` (the dimension is always kept whole), a group name (one element per unit), or
+``(group, block)`` (``block`` consecutive elements per unit: a flattened conv channel of H·W
+features, or an attention head of ``head_dim`` rows). Names the map does not mention are kept whole.
+
+Most models are declared more compactly per layer: ``layer_split_map`` turns
+``{module name: (out_group, in_group)}`` into the per-tensor form from the module types, so a
+family's whole declaration is a small dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import torch
+from torch import nn
+
+Binding: TypeAlias = str | tuple[str, int] | None
+SplitMap: TypeAlias = Mapping[str, tuple[Binding, ...]]
+
+
+@dataclass(frozen=True)
+class DimBinding:
+    """One tensor dimension bound to a group: unit ``u`` owns elements ``[u*block, (u+1)*block)``."""
+
+    group: str
+    block: int = 1
+
+
+def normalize_binding(binding: Binding) -> DimBinding | None:
+    if binding is None:
+        return None
+    if isinstance(binding, str):
+        return DimBinding(binding, 1)
+    group, block = binding
+    if not isinstance(group, str) or int(block) < 1:
+        raise ValueError(f"invalid binding {binding!r}: expected group name or (group, block >= 1)")
+    return DimBinding(group, int(block))
+
+
+def normalize_split_map(split_map: SplitMap) -> dict[str, tuple[DimBinding | None, ...]]:
+    return {name: tuple(normalize_binding(b) for b in dims) for name, dims in split_map.items()}
+
+
+def group_sizes(shapes: Mapping[str, torch.Size | tuple[int, ...]], split_map: SplitMap) -> dict[str, int]:
+    """Infer K_g for every group from the tensor shapes and check that they agree.
+
+    Raises ValueError naming the tensor and dimension when the split map does not fit the model.
+    """
+    sizes: dict[str, int] = {}
+    first_seen: dict[str, str] = {}
+    for name, dims in normalize_split_map(split_map).items():
+        if name not in shapes:
+            raise ValueError(f"split map names {name!r}, which is not a parameter or buffer of the model")
+        shape = tuple(shapes[name])
+        if len(dims) != len(shape):
+            raise ValueError(
+                f"split map gives {len(dims)} dimension bindings for {name!r}, which has shape {shape}"
+            )
+        for d, binding in enumerate(dims):
+            if binding is None:
+                continue
+            if shape[d] % binding.block:
+                raise ValueError(
+                    f"{name!r} dim {d} has size {shape[d]}, not a multiple of the block {binding.block} "
+                    f"of group {binding.group!r}"
+                )
+            k = shape[d] // binding.block
+            if binding.group not in sizes:
+                sizes[binding.group], first_seen[binding.group] = k, f"{name!r} dim {d}"
+            elif sizes[binding.group] != k:
+                raise ValueError(
+                    f"{name!r} dim {d} has {k} units (size {shape[d]}) but group {binding.group!r} has "
+                    f"K={sizes[binding.group]} (from {first_seen[binding.group]})"
+                )
+    if not sizes:
+        raise ValueError("split map binds no dimension to any group: nothing to split")
+    return sizes
+
+
+def model_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+
+
+# Per-module-type binding of (out_group, in_group) onto its tensors. Normalisation layers carry
+# only the out group (they normalise the units of the layer before them).
+def _conv_or_linear(out: Binding, inp: Binding, ndim: int) -> tuple[Binding, ...]:
+    return (out, inp) + (None,) * (ndim - 2)
+
+
+def layer_split_map(model: nn.Module, layers: Mapping[str, tuple[Binding, Binding]]) -> dict[str, tuple[Binding, ...]]:
+    """Expand ``{module name: (out_group, in_group)}`` into a per-tensor split map.
+
+    Supported leaves: Linear, Conv1d/2d/3d (groups=1), BatchNorm*, LayerNorm, GroupNorm-free norms
+    with a 1-D ``weight``, and Embedding (out_group binds the embedding dimension).
+    """
+    modules = dict(model.named_modules())
+    result: dict[str, tuple[Binding, ...]] = {}
+    for name, (out_g, in_g) in layers.items():
+        if name not in modules:
+            raise ValueError(f"layer split map names module {name!r}, which the model does not have")
+        module = modules[name]
+        tensors = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+        for tname, t in tensors.items():
+            full = f"{name}.{tname}" if name else tname
+            if isinstance(module, nn.modules.conv._ConvNd):
+                if module.groups != 1:
+                    raise ValueError(f"{name!r}: grouped/depthwise convolutions are not supported by layer_split_map")
+                result[full] = _conv_or_linear(out_g, in_g, t.ndim) if tname == "weight" else (out_g,)
+            elif isinstance(module, nn.Linear):
+                result[full] = _conv_or_linear(out_g, in_g, t.ndim) if tname == "weight" else (out_g,)
+            elif isinstance(module, nn.Embedding):
+                result[full] = (None, out_g)
+            elif t.ndim == 1:  # BatchNorm / LayerNorm / RMSNorm weights, biases and running stats
+                result[full] = (out_g,)
+            elif t.ndim == 0:  # e.g. BatchNorm's num_batches_tracked: a scalar, kept whole
+                continue
+            else:
+                raise ValueError(f"layer_split_map cannot bind {full!r} of {type(module).__name__}; give it explicitly")
+    return result

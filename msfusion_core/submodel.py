@@ -1,0 +1,78 @@
+"""Building a genuinely smaller network from sliced tensors (SPEC §3).
+
+One generic mechanism for every family: instantiate the architecture on the meta device (no
+memory, no init cost), put the sliced tensors in place of each leaf's parameters and buffers, and
+update the leaf's size attributes so it is the same class at the reduced size. Only the split map
+is family-specific; the sub-model's state-dict keys equal the full model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from msfusion_core.split_map import SplitMap, normalize_split_map
+
+# Size attributes that forward() reads (or that repr/consistency checks read), by leaf type.
+_SIZE_ATTRS: list[tuple[type, Callable[[nn.Module], dict[str, object]]]] = [
+    (nn.modules.conv._ConvNd, lambda m: {"out_channels": m.weight.shape[0], "in_channels": m.weight.shape[1] * m.groups}),
+    (nn.Linear, lambda m: {"out_features": m.weight.shape[0], "in_features": m.weight.shape[1]}),
+    (nn.Embedding, lambda m: {"num_embeddings": m.weight.shape[0], "embedding_dim": m.weight.shape[1]}),
+    (nn.modules.batchnorm._NormBase, lambda m: {"num_features": _first_1d(m)}),
+    (nn.LayerNorm, lambda m: {"normalized_shape": (_first_1d(m),)}),
+]
+
+
+def _first_1d(module: nn.Module) -> int:
+    for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+        if t.ndim == 1:
+            return t.shape[0]
+    raise ValueError(f"{type(module).__name__} has no 1-D tensor to read its size from")
+
+
+def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Instantiate ``build()`` at the sizes of ``state`` (a full or sliced state dict, all keys).
+
+    Raises ValueError naming the key when ``state`` misses a key of the model or has an extra one.
+    """
+    with torch.device("meta"):
+        model = build()
+    expected = set(model.state_dict().keys())
+    missing, extra = expected - set(state), set(state) - expected
+    if missing or extra:
+        raise ValueError(f"state does not match the architecture: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}")
+    modules = dict(model.named_modules())
+    for key, tensor in state.items():
+        owner, _, attr = key.rpartition(".")
+        module = modules[owner]
+        if attr in module._parameters:
+            requires_grad = module._parameters[attr].requires_grad
+            module._parameters[attr] = nn.Parameter(tensor.detach().clone(), requires_grad=requires_grad)
+        else:
+            module._buffers[attr] = tensor.detach().clone()
+    for module in model.modules():
+        has_tensors = bool(module._parameters) or bool(module._buffers)
+        for cls, sizes in _SIZE_ATTRS:
+            if has_tensors and isinstance(module, cls):
+                for attr, value in sizes(module).items():
+                    setattr(module, attr, value)
+                break
+    return model
+
+
+def attach_width_scaler(model: nn.Module, split_map: SplitMap, group_ratio: Mapping[str, float]) -> list:
+    """HeteroFL's scaler: multiply a split layer's output by 1/ratio of the group its weight contracts
+    over (its input dim), so pre-activations keep their full-model scale while training a sub-model.
+    Returns the hook handles (remove them to get the plain sub-model)."""
+    handles = []
+    bindings = normalize_split_map(split_map)
+    for name, module in model.named_modules():
+        dims = bindings.get(f"{name}.weight" if name else "weight")
+        if not dims or len(dims) < 2 or dims[1] is None:
+            continue
+        ratio = group_ratio[dims[1].group]
+        if ratio < 1.0:
+            handles.append(module.register_forward_hook(lambda _m, _i, out, s=1.0 / ratio: out * s))
+    return handles

@@ -1,0 +1,169 @@
+"""Local training of a sub-model (SPEC §4), static-BN calibration and evaluation.
+
+Loss = cross-entropy + μ·L_con. The representation z is the input of the family's
+``representation_layer`` (the classifier), captured with a forward hook, so a model needs no
+special forward method. BatchNorm follows HeteroFL's static policy: training always normalises
+with batch statistics; running statistics are recomputed for the model being evaluated by a
+calibration pass over a few batches of the evaluating party's training data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msfusion_core.augment import prepare_batch
+from msfusion_core.contrastive import contrastive_loss
+from msfusion_core.data import TensorData
+from msfusion_core.measure import count_flops, shape_signature
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "digits"
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
+    tau: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean total loss over the last epoch
+    ce_loss: float
+    contrastive_loss: float
+    num_examples: int  # distinct local examples (the aggregation weight)
+    seconds: float
+    flops: int  # measured FLOPs of all local steps (forward + backward + contrastive forwards)
+
+
+@contextmanager
+def capture_input(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the input of ``model.<layer>`` on every forward: the representation z."""
+    box: dict[str, torch.Tensor] = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda _m, inputs, _o: box.__setitem__("z", inputs[0]))
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+_FLOPS_PER_EXAMPLE: dict[tuple, float] = {}
+
+
+def train_submodel(
+    model: nn.Module,
+    data: TensorData,
+    cfg: TrainConfig,
+    *,
+    representation_layer: str,
+    global_model: nn.Module | None = None,
+    prev_model: nn.Module | None = None,
+    seed: int = 0,
+) -> TrainResult:
+    """Train ``model`` in place. ``global_model`` (the sub-model as received) gives the contrastive
+    positive, ``prev_model`` (the previous local sub-model mapped onto this round's units) the
+    negative; both are frozen. Without ``global_model`` or with μ = 0 only cross-entropy is used."""
+    n = int(data.y.numel())
+    if n == 0:
+        raise ValueError("cannot train on an empty partition")
+    use_con = cfg.mu > 0 and global_model is not None
+    frozen = [m for m in (global_model, prev_model) if m is not None and use_con]
+    for m in frozen:
+        m.train()  # static BN: batch statistics, as in training
+        m.requires_grad_(False)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    flops = 0.0
+    totals = torch.zeros(3)
+    batches = 0
+    signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
+    with ExitStack() as stack:
+        zbox = stack.enter_context(capture_input(model, representation_layer))
+        boxes = [stack.enter_context(capture_input(m, representation_layer)) for m in frozen]
+        for _epoch in range(cfg.epochs):
+            totals.zero_()
+            batches = 0
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                if idx.numel() < 2 and n >= 2:
+                    continue  # a batch of one breaks batch-statistics BatchNorm
+                x = prepare_batch(cfg.dataset, data.x[idx], train=True, generator=gen)
+                y = data.y[idx]
+
+                def step() -> tuple[torch.Tensor, torch.Tensor]:
+                    logits = model(x)
+                    ce = F.cross_entropy(logits, y)
+                    con = torch.zeros(())
+                    if use_con:
+                        with torch.no_grad():
+                            for m in frozen:
+                                m(x)
+                        z_prev = boxes[1]["z"] if len(boxes) > 1 else None
+                        con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
+                    opt.zero_grad(set_to_none=True)
+                    (ce + cfg.mu * con).backward()
+                    opt.step()
+                    return ce.detach(), con.detach()
+
+                key = (signature, tuple(x.shape), len(frozen))
+                if key not in _FLOPS_PER_EXAMPLE:
+                    box: dict = {}
+                    _FLOPS_PER_EXAMPLE[key] = count_flops(lambda: box.__setitem__("r", step())) / x.shape[0]
+                    ce, con = box["r"]
+                else:
+                    ce, con = step()
+                flops += _FLOPS_PER_EXAMPLE[key] * x.shape[0]
+                totals += torch.stack([ce + cfg.mu * con, ce, con])
+                batches += 1
+    mean = (totals / max(batches, 1)).tolist()
+    return TrainResult(mean[0], mean[1], mean[2], n, time.perf_counter() - start, int(flops))
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, data: TensorData, dataset: str, batch_size: int = 128, num_batches: int = 8) -> None:
+    """Recompute BatchNorm running statistics as the exact average over ``num_batches`` batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(int(data.y.numel()), generator=gen)
+    for b in range(num_batches):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        if idx.numel() < 2:
+            break
+        model(prepare_batch(dataset, data.x[idx], train=False))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, dataset: str, batch_size: int = 256) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode."""
+    model.eval()
+    loss = correct = 0.0
+    n = int(data.y.numel())
+    for i in range(0, n, batch_size):
+        logits = model(prepare_batch(dataset, data.x[i : i + batch_size], train=False))
+        y = data.y[i : i + batch_size]
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(-1) == y).sum())
+    return loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,166 @@
+"""Planner behaviour (SPEC §2)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from msfusion_core.overlap import OverlapSchedule
+from msfusion_core.planner import (
+    ParticipantPlan,
+    make_planner,
+    plan_double_shift,
+    window_length,
+)
+
+capacities = st.floats(min_value=0.01, max_value=1.0)
+sizes = st.integers(min_value=1, max_value=64)
+
+
+@given(r=capacities, k=sizes, t=st.integers(0, 200), p=st.integers(1, 8), c=st.floats(0, 1))
+def test_window_length_and_cyclic_contiguity(r, k, t, p, c):
+    parts = [(100 + i, r) for i in range(p)]
+    plans = plan_double_shift(t, parts, {"g": k}, spread=c)
+    for plan in plans.values():
+        idx = plan.indices("g")
+        assert len(idx) == min(max(round(r * k), 1), k) == window_length(r, k)
+        assert len(set(idx.tolist())) == len(idx)  # distinct
+        assert np.all(np.diff(idx) % k == 1 % k) or len(idx) == 1  # contiguous modulo K
+
+
+@given(r=capacities, k=sizes, t=st.integers(0, 200), p=st.integers(1, 8))
+def test_spread_zero_is_fedrolex(r, k, t, p):
+    parts = [(i, r) for i in range(p)]
+    plans = plan_double_shift(t, parts, {"g": k}, spread=0.0)
+    m = window_length(r, k)
+    fedrolex = np.roll(np.arange(k), t % k)[:m]  # FedRolex: torch.roll(arange(K), t)[:m]
+    for plan in plans.values():
+        assert plan.indices("g").tolist() == fedrolex.tolist()
+    same = make_planner("fedrolex").plan(t, parts, {"g": k})
+    assert all(pp.indices("g").tolist() == fedrolex.tolist() for pp in same.participants.values())
+
+
+@given(k=sizes, t=st.integers(0, 50), p=st.integers(1, 10), r=capacities)
+def test_spread_one_covers_every_unit_when_pr_at_least_one(k, t, p, r):
+    if p * window_length(r, k) < k:  # P·m ≥ K is what P·r ≥ 1 means after rounding
+        return
+    plans = plan_double_shift(t, [(i, r) for i in range(p)], {"g": k}, spread=1.0)
+    covered = np.zeros(k, dtype=int)
+    for plan in plans.values():
+        covered[plan.indices("g")] += 1
+    assert covered.min() >= 1
+
+
+@pytest.mark.parametrize("planner", ["msfusion", "fedrolex"])
+def test_equal_training_over_k_rounds(planner):
+    k, parts = 12, [(3, 0.5), (7, 0.25), (9, 0.5)]
+    pl = make_planner(planner, schedule=OverlapSchedule("constant", start=0.2))
+    counts = np.zeros(k, dtype=int)
+    for t in range(1, k + 1):
+        for pp in pl.plan(t, parts, {"g": k}).participants.values():
+            counts[pp.indices("g")] += 1
+    assert counts.min() == counts.max()  # every unit trained equally often
+
+
+def test_same_inputs_same_plan_and_order_independent():
+    parts = [(5, 0.5), (2, 0.25), (9, 1.0)]
+    gs = {"a": 10, "b": 7}
+    for name in ("msfusion", "fedrolex", "heterofl", "fd", "full", "small"):
+        p1 = make_planner(name, seed=3).plan(4, parts, gs)
+        p2 = make_planner(name, seed=3).plan(4, list(reversed(parts)), gs)
+        for n in p1.participants:
+            for g in gs:
+                assert p1.participants[n].indices(g).tolist() == p2.participants[n].indices(g).tolist()
+
+
+def test_fd_is_seeded_random_subset():
+    parts, gs = [(1, 0.5), (2, 0.5)], {"g": 20}
+    a = make_planner("fd", seed=0).plan(1, parts, gs).participants
+    b = make_planner("fd", seed=1).plan(1, parts, gs).participants
+    c = make_planner("fd", seed=0).plan(2, parts, gs).participants
+    assert len(a[1].indices("g")) == 10 and np.all(np.diff(a[1].indices("g")) > 0)
+    assert a[1].indices("g").tolist() != b[1].indices("g").tolist()
+    assert a[1].indices("g").tolist() != c[1].indices("g").tolist()
+
+
+def test_heterogeneous_capacities_and_heterofl_prefix():
+    gs = {"g": 16}
+    parts = [(1, 1.0), (2, 0.5), (3, 0.25)]
+    plan = make_planner("heterofl").plan(5, parts, gs)
+    assert [len(plan.participants[n].indices("g")) for n in (1, 2, 3)] == [16, 8, 4]
+    assert plan.participants[3].indices("g").tolist() == [0, 1, 2, 3]
+    full = make_planner("full").plan(5, parts, gs)
+    assert all(len(pp.indices("g")) == 16 for pp in full.participants.values())
+
+
+def test_overlap_sets_spread_and_coverage():
+    gs = {"g": 40}
+    parts = [(i, 0.5) for i in range(4)]
+    lo = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0)).plan(1, parts, gs)
+    hi = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.8)).plan(1, parts, gs)
+    assert lo.spread == 1.0 and hi.spread == pytest.approx(0.4)
+    # More overlap → units shared by more participants, fewer units covered.
+    assert min(lo.coverage(gs)["g"]) >= 1
+    assert min(hi.coverage(gs)["g"]) == 0
+    assert sum(lo.coverage_histogram(gs).values()) == 40
+
+
+def test_adaptive_overlap_follows_model_shift():
+    sched = OverlapSchedule("adaptive", start=0.3, eta=0.5, target_shift=0.5, max_overlap=0.9)
+    pl = make_planner("msfusion", schedule=sched)
+    pl.observe(1, 0.9)  # more disagreement than the target → more overlap
+    assert sched.overlap(2) == pytest.approx(0.5)
+    pl.observe(2, 0.1)
+    assert sched.overlap(3) == pytest.approx(0.3)
+    for _ in range(20):
+        pl.observe(3, 1.0)
+    assert sched.overlap(4) == pytest.approx(0.9)  # clipped to o_max
+    restored = make_planner("msfusion")
+    restored.load_state_dict(pl.state_dict())
+    assert restored.schedule.overlap(5) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_ramped_schedules(kind):
+    s = OverlapSchedule(kind, start=0.6, end=0.2, num_rounds=5)
+    assert s.overlap(1) == pytest.approx(0.6) and s.overlap(5) == pytest.approx(0.2) and s.overlap(9) == pytest.approx(0.2)
+    assert 0.2 < s.overlap(3) < 0.6
+
+
+@given(t=st.integers(0, 30), name=st.sampled_from(["msfusion", "fedrolex", "heterofl", "fd"]), r=capacities)
+@settings(max_examples=30)
+def test_compact_round_trip(t, name, r):
+    gs = {"a": 9, "b": 32}
+    plan = make_planner(name, seed=1).plan(t, [(1, r), (4, 0.5)], gs)
+    for pp in plan.participants.values():
+        back = ParticipantPlan.from_compact(pp.to_compact(), gs)
+        for g in gs:
+            assert back.indices(g).tolist() == pp.indices(g).tolist()
+
+
+def test_compact_form_is_verified():
+    gs = {"a": 8}
+    pp = make_planner("msfusion").plan(1, [(1, 0.5)], gs).participants[1]
+    bad = pp.to_compact() | {"windows": {"a": [0, 20, 8]}}
+    with pytest.raises(ValueError, match="group 'a'"):
+        ParticipantPlan.from_compact(bad, gs)
+    with pytest.raises(ValueError, match="groups"):
+        ParticipantPlan.from_compact(pp.to_compact(), {"a": 8, "b": 3})
+    bad_fd = pp.to_compact() | {"windows": {}, "subsets": {"a": [1, 1]}}
+    with pytest.raises(ValueError, match="distinct"):
+        ParticipantPlan.from_compact(bad_fd, gs)
+
+
+@pytest.mark.parametrize("r", [0.0, -0.1, 1.5, float("nan")])
+def test_capacity_out_of_range(r):
+    with pytest.raises(ValueError, match="capacity"):
+        make_planner("msfusion").plan(1, [(1, r)], {"g": 4})
+
+
+def test_empty_participants_and_unknown_planner():
+    with pytest.raises(ValueError, match="empty participant list"):
+        make_planner("msfusion").plan(1, [], {"g": 4})
+    with pytest.raises(ValueError, match="unknown planner 'fedsplit'"):
+        make_planner("fedsplit")
+    with pytest.raises(ValueError, match="unknown overlap schedule"):
+        OverlapSchedule("exponential")
