@@ -22,7 +22,7 @@ class OverlapSchedule:
     start: float = 0.5  # o_0 (constant value, or the first value of linear/cosine/adaptive)
     end: float = 0.1  # last value of linear/cosine
     num_rounds: int = 10  # length of the linear/cosine ramp
-    eta: float = 0.5  # adaptive step size η
+    eta: float = 0.2  # adaptive step size η
     target_shift: float = 0.5  # adaptive d*
     min_overlap: float = 0.0
     max_overlap: float = 0.9

@@ -1,0 +1,160 @@
+"""Run settings: every knob of the method, parsed from a flat key → scalar mapping.
+
+Flower's run config (``[tool.flwr.app.config]``, ``--run-config``) is such a mapping; so is a
+benchmark grid's row. Parsing it here keeps the ServerApp and ClientApp free of knob handling and
+gives one place where a bad value becomes a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from msfusion_core.data import DATASETS
+from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
+from msfusion_core.overlap import OverlapSchedule
+from msfusion_core.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
+from msfusion_core.training import TrainConfig
+
+
+def _coerce(key: str, kind: type, value: Any) -> Any:
+    """Accept a value of the field's type (an int for a float field; an integral float for an int)."""
+    ok = (
+        isinstance(value, bool)
+        if kind is bool
+        else isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+        if kind in (int, float)
+        else isinstance(value, str)
+    )
+    if not ok:
+        raise ValueError(f"setting {key!r} must be {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run's configuration; field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    num_server_rounds: int = 10
+    planner: str = "msfusion"
+    model: str = "digits-cnn"
+    model_width: int = 0  # 0: the family's default (32 for digits-cnn, 64 for resnet18)
+    dataset: str = "digits"
+    data_path: str = ""  # local directory (CIFAR-10 Parquet); empty: the Hub (or embedded digits)
+    partitioner: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
+    overlap_schedule: str = "adaptive"
+    overlap_start: float = 0.5
+    overlap_end: float = 0.1
+    overlap_eta: float = 0.2
+    overlap_target_shift: float = 0.5
+    overlap_min: float = 0.0
+    overlap_max: float = 0.9
+    shift_step: int = 1
+    contrastive_mu: float = 1.0
+    contrastive_tau: float = 0.5
+    aggregation_weight: str = "examples"
+    scaler: bool = False
+    local_epochs: int = 1
+    local_examples: int = 0  # examples drawn per round from the node's partition; 0: all of it
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_replies: int = 1
+    round_timeout: float = 600.0
+    bn_calibration_batches: int = 8
+    central_eval_examples: int = 0  # 0: the whole test split
+    seed: int = 0
+    output_dir: str = "runs"
+    run_name: str = ""  # empty: <planner>-<dataset>-s<seed>-<timestamp>
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> "Settings":
+        """Parse ``{"num-server-rounds": 3, ...}``; unknown keys and bad values raise ValueError."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            if key not in known:
+                raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+            values[known[key].name] = _coerce(key, type(known[key].default), value)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        choices = {
+            "planner": PLANNER_NAMES,
+            "model": FAMILY_NAMES,
+            "dataset": DATASETS,
+            "partitioner": ("iid", "dirichlet"),
+            "aggregation_weight": ("examples", "uniform"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if self.fraction_train == 0.0:
+            raise ValueError("fraction-train must be positive")
+        if self.dirichlet_alpha <= 0:
+            raise ValueError(f"dirichlet-alpha must be positive, got {self.dirichlet_alpha}")
+        self.capacity_tiers()
+        self.schedule()
+
+    def capacity_tiers(self) -> list[float]:
+        try:
+            tiers = [float(t) for t in self.split_ratio_tiers.replace(",", " ").split()]
+        except ValueError as exc:
+            raise ValueError(f"split-ratio-tiers must be numbers separated by commas, got {self.split_ratio_tiers!r}") from exc
+        if not tiers:
+            raise ValueError("split-ratio-tiers is empty")
+        return [check_capacity(t, "split-ratio-tiers entry") for t in tiers]
+
+    def capacity_for(self, partition_id: int) -> float:
+        """The simulated capacity of a partition: tiers cycled over partition ids."""
+        tiers = self.capacity_tiers()
+        return tiers[partition_id % len(tiers)]
+
+    def schedule(self) -> OverlapSchedule:
+        return OverlapSchedule(
+            self.overlap_schedule,
+            start=self.overlap_start,
+            end=self.overlap_end,
+            num_rounds=self.num_server_rounds,
+            eta=self.overlap_eta,
+            target_shift=self.overlap_target_shift,
+            min_overlap=self.overlap_min,
+            max_overlap=self.overlap_max,
+        )
+
+    def make_planner(self) -> Planner:
+        return make_planner(self.planner, schedule=self.schedule(), shift_step=self.shift_step, seed=self.seed)
+
+    def family(self) -> ModelFamily:
+        from msfusion_core.data import num_classes
+
+        return get_family(self.model, num_classes(self.dataset), self.model_width or None)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            dataset=self.dataset,
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            mu=self.contrastive_mu,
+            tau=self.contrastive_tau,
+        )
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,106 @@
+"""A run's directory: config snapshot, per-round metrics (JSON lines + CSV), checkpoints, plots (SPEC §7).
+
+    <run dir>/config.json
+    <run dir>/metrics.jsonl       one object per round (round 0: the initial model)
+    <run dir>/metrics.csv         the same rows, scalar columns only
+    <run dir>/checkpoints/round-0007.safetensors   the global model after round 7 (the last few kept)
+    <run dir>/accuracy.png        central accuracy vs round and vs cumulative per-participant FLOPs
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+KEEP_CHECKPOINTS = 3
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
+        self.dir = Path(run_dir)
+        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / "config.json", json.dumps(dict(config), indent=2, sort_keys=True))
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        row = {k: _plain(v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [k for k, v in r.items() if not isinstance(v, list) and k not in columns]
+        with open(self.dir / "metrics.csv.tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(self.dir / "metrics.csv.tmp", self.dir / "metrics.csv")
+
+    def save_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor]) -> Path:
+        path = self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"round": str(server_round)})
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind a crash
+        for old in sorted((self.dir / "checkpoints").glob("round-*.safetensors"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        return path
+
+    def plot(self) -> Path | None:
+        """accuracy.png: central accuracy vs round and vs cumulative per-participant FLOPs."""
+        rows = [r for r in self.rows if isinstance(r.get("central-accuracy"), (int, float))]
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rounds = [r["round"] for r in rows]
+        acc = [r["central-accuracy"] for r in rows]
+        flops, total = [], 0.0
+        for r in rows:
+            f = r.get("flops-per-participant")
+            total += f if isinstance(f, (int, float)) and math.isfinite(f) else 0.0
+            flops.append(total)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot(rounds, acc, marker="o")
+        ax1.set(xlabel="round", ylabel="central accuracy", title="accuracy vs round")
+        ax2.plot(flops, acc, marker="o")
+        ax2.set(xlabel="cumulative FLOPs per participant", ylabel="central accuracy", title="accuracy vs compute")
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = self.dir / "accuracy.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        server_round = int(f.metadata()["round"])
+    return server_round, load_file(str(path))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

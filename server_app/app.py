@@ -1,0 +1,110 @@
+"""The MSfusion ServerApp: build the strategy from the run config, evaluate the global model
+centrally every round, and write the run directory (msfusion_core.runlog)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
+
+from msfusion_core.config import Settings
+from msfusion_core.data import TensorData, load_partition, load_test
+from msfusion_core.runlog import RunLog
+from msfusion_core.training import calibrate_batchnorm, evaluate
+from server_app.strategy import MSfusion
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run(grid, Settings.from_mapping(context.run_config))
+
+
+def make_strategy(settings: Settings) -> MSfusion:
+    family = settings.family()
+    return MSfusion(
+        family.build,
+        family.split_map,
+        settings.make_planner(),
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_replies=settings.min_replies,
+        default_capacity=settings.capacity_tiers()[0],
+        small_capacity=min(settings.capacity_tiers()),
+        aggregation_weight=settings.aggregation_weight,
+        seed=settings.seed,
+    )
+
+
+class CentralEvaluation:
+    """``evaluate_fn`` for ``Strategy.start``: BN-calibrate and test the global model, log the round,
+    checkpoint it and print one progress line."""
+
+    def __init__(self, strategy: MSfusion, settings: Settings, runlog: RunLog) -> None:
+        self.strategy, self.settings, self.runlog = strategy, settings, runlog
+        path = settings.data_path or None
+        self.test = load_test(settings.dataset, path, limit=settings.central_eval_examples or None)
+        # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample.
+        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed)
+        keep = settings.bn_calibration_batches * 128
+        self.calibration = TensorData(calib.x[:keep], calib.y[:keep])
+        self.last = time.perf_counter()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        started = time.perf_counter()
+        round_seconds = started - self.last
+        model = self.strategy.global_model()
+        calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
+        loss, accuracy = evaluate(model, self.test, self.settings.dataset)
+        record = self.strategy.rounds.get(server_round)
+        row = {"round": server_round, "central-accuracy": accuracy, "central-loss": loss}
+        row |= record.metrics if record is not None else {}
+        row |= {"round-seconds": round_seconds if server_round else 0.0, "eval-seconds": time.perf_counter() - started}
+        if record is not None:
+            row |= {"rejected-reasons": sorted(set(record.rejected.values())), "failed-reasons": sorted(set(record.failed.values()))}
+        self.runlog.append(row)
+        self.runlog.save_checkpoint(server_round, self.strategy.core.state)
+        log(
+            INFO,
+            "[round %d] accuracy=%.4f loss=%.4f overlap=%s shift=%s bytes/participant down=%s up=%s rejected=%s (%.1fs)",
+            server_round,
+            accuracy,
+            loss,
+            _fmt(row.get("overlap")),
+            _fmt(row.get("model-shift")),
+            _fmt(row.get("bytes-down-per-participant"), "{:.3g}"),
+            _fmt(row.get("bytes-up-per-participant"), "{:.3g}"),
+            row.get("rejected", 0),
+            round_seconds,
+        )
+        self.last = time.perf_counter()
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+
+def run(grid: Grid, settings: Settings) -> Result:
+    """The whole server side of a run (also what tests call with a run config of their own)."""
+    name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
+    strategy = make_strategy(settings)
+    log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
+    result = strategy.start(
+        grid,
+        None,
+        num_rounds=settings.num_server_rounds,
+        timeout=settings.round_timeout,
+        evaluate_fn=CentralEvaluation(strategy, settings, runlog),
+    )
+    runlog.plot()
+    log(INFO, "MSfusion run finished: %s", runlog.dir.resolve())
+    return result
+
+
+def _fmt(value: object, spec: str = "{:.3f}") -> str:
+    return spec.format(value) if isinstance(value, (int, float)) else "-"

@@ -1,0 +1,323 @@
+"""The MSfusion strategy for Flower's message API.
+
+Every sampled node gets its own Message: its sub-model's ArrayRecord and its plan. Replies are
+checked against the plan they answer before anything touches the global model; the arithmetic is
+msfusion_core's (`SubmodelServer`). Use it in any ServerApp with any model that has a split map::
+
+    strategy = MSfusion(build=MyNet, split_map=my_split_map(MyNet()), planner="msfusion")
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(MyNet().state_dict()), num_rounds=20)
+
+Capacities: each node is asked once (a QUERY message, again for nodes that join later) for its
+``partition-id`` and ``split-ratio``; planning uses the partition id as the participant's id, so
+plans do not depend on Flower's per-run node ids.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from msfusion_core.planner import Planner, RoundPlan, check_capacity, make_planner
+from msfusion_core.server import Reply, ReplyError, SubmodelServer
+from msfusion_core.split_map import SplitMap
+
+ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    partition_id: int
+    capacity: float
+
+
+@dataclass
+class RoundLog:
+    """What one round did, kept for the run's metrics and for callers."""
+
+    plan: RoundPlan | None = None
+    sent: dict[int, int] = field(default_factory=dict)  # participant id → Flower node id
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)  # Flower node id → reason
+    failed: dict[int, str] = field(default_factory=dict)  # error replies
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class MSfusion(Strategy):
+    """Sub-model federated training with double shifting, adaptive overlap and overlap-weighted aggregation.
+
+    Parameters
+    ----------
+    build : callable returning the full-width ``nn.Module`` (re-run on the meta device for sub-models).
+    split_map : the model's split map (``msfusion_core.split_map``).
+    planner : a planner name (msfusion, fedrolex, heterofl, fd, full, small) or a ``Planner``.
+    fraction_train : fraction of known nodes sampled per round (at least ``min_train_nodes``).
+    fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
+    min_replies : a round whose valid replies are fewer leaves the global model unchanged.
+    default_capacity : the capacity of a node that does not declare ``split-ratio``.
+    small_capacity : width of the global model for the ``small`` planner.
+    aggregation_weight : ``examples`` or ``uniform``.
+    seed : seeds initialisation, node sampling and random planners.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        split_map: SplitMap,
+        planner: str | Planner = "msfusion",
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 0.0,
+        min_train_nodes: int = 1,
+        min_replies: int = 1,
+        default_capacity: float = 1.0,
+        small_capacity: float = 0.5,
+        aggregation_weight: str = "examples",
+        seed: int = 0,
+        query_timeout: float = 120.0,
+    ) -> None:
+        self.planner = make_planner(planner, seed=seed) if isinstance(planner, str) else planner
+        self.core = SubmodelServer(
+            build, split_map, self.planner, aggregation_weight=aggregation_weight, small_capacity=small_capacity, seed=seed
+        )
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_train_nodes = min_train_nodes
+        self.min_replies = min_replies
+        self.default_capacity = check_capacity(default_capacity, "default_capacity")
+        self.seed = seed
+        self.query_timeout = query_timeout
+        self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
+        self.rounds: dict[int, RoundLog] = {}
+        self.full_model_bytes = sum(t.numel() * t.element_size() for k, t in self.core.state.items() if k in self.core.param_keys)
+
+    # -- Strategy API ----------------------------------------------------------------------
+    def summary(self) -> None:
+        log(
+            INFO,
+            "MSfusion: planner=%s, groups=%d, fraction_train=%.2f, min_replies=%d, weight=%s",
+            self.planner.name,
+            len(self.core.group_sizes),
+            self.fraction_train,
+            self.min_replies,
+            self.core.aggregation_weight,
+        )
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, *args: Any, **kwargs: Any):
+        """As ``Strategy.start``; ``initial_arrays`` (e.g. a pretrained model) replace θ if given."""
+        if initial_arrays is not None and len(initial_arrays):
+            self.load_global(initial_arrays.to_torch_state_dict())
+        return super().start(grid, self.global_arrays(), *args, **kwargs)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.discover(grid)
+        started = time.perf_counter()
+        participants = self.sample(server_round)
+        record = RoundLog()
+        self.rounds[server_round] = record
+        if not participants:
+            log(WARNING, "round %d: no node with a known capacity; nothing to train", server_round)
+            return []
+        plan = self.core.plan_round(server_round, [(self.nodes[n].partition_id, self.nodes[n].capacity) for n in participants])
+        record.plan = plan
+        messages = []
+        for node_id in participants:
+            pid = self.nodes[node_id].partition_id
+            arrays_out = ArrayRecord(self.core.download(plan.participants[pid]))
+            cfg = ConfigRecord(dict(config) | {"server-round": server_round, "plan": json.dumps(plan.participants[pid].to_compact())})
+            record.sent[pid] = node_id
+            record.bytes_down[pid] = arrays_out.count_bytes()
+            content = RecordDict({ARRAYS_KEY: arrays_out, PLAN_KEY: cfg})
+            messages.append(Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN))
+        record.seconds["plan_and_slice"] = time.perf_counter() - started
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        started = time.perf_counter()
+        record = self.rounds.setdefault(server_round, RoundLog())
+        accepted, train_metrics = self.check_replies(server_round, replies)
+        applied = record.plan is not None and len(accepted) >= self.min_replies
+        if applied:
+            result = self.core.aggregate(record.plan, accepted)
+            record.metrics |= {"model-shift": result.model_shift, "shared-fraction": result.shared_fraction, "covered-fraction": result.covered_fraction}
+        elif record.plan is not None:
+            log(WARNING, "round %d: %d valid replies < min_replies=%d; global model unchanged", server_round, len(accepted), self.min_replies)
+        record.seconds["aggregate"] = time.perf_counter() - started
+        record.metrics |= self.round_metrics(record, accepted, train_metrics, applied)
+        return (self.global_arrays() if applied else None), MetricRecord(_scalars(record.metrics))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Federated evaluation: sampled nodes evaluate the sub-model they can hold (their window of
+        the latest plan, rebuilt at the current θ) on their local held-out data."""
+        record = self.rounds.get(server_round)
+        if self.fraction_evaluate == 0.0 or record is None or record.plan is None:
+            return []
+        pids = sorted(record.sent)
+        k = max(1, round(self.fraction_evaluate * len(pids)))
+        chosen = random.Random(f"{self.seed}-eval-{server_round}").sample(pids, k)
+        messages = []
+        for pid in chosen:
+            pp = record.plan.participants[pid]
+            cfg = ConfigRecord(dict(config) | {"server-round": server_round, "plan": json.dumps(pp.to_compact())})
+            content = RecordDict({ARRAYS_KEY: ArrayRecord(self.core.download(pp)), PLAN_KEY: cfg})
+            messages.append(Message(content, dst_node_id=record.sent[pid], message_type=MessageType.EVALUATE))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        totals, n = {"loss": 0.0, "accuracy": 0.0}, 0
+        for msg in replies:
+            if msg.has_error() or METRICS_KEY not in msg.content.metric_records:
+                continue
+            m = msg.content.metric_records[METRICS_KEY]
+            k = int(m.get("num-examples", 0))
+            if k > 0:
+                n += k
+                for key in totals:
+                    totals[key] += k * float(m.get(key, 0.0))
+        if n == 0:
+            return None
+        return MetricRecord({f"federated-{k}": v / n for k, v in totals.items()} | {"federated-examples": n})
+
+    # -- nodes -----------------------------------------------------------------------------
+    def discover(self, grid: Grid) -> None:
+        """Ask nodes we have not heard from for their partition id and capacity (one QUERY round)."""
+        unknown = [n for n in grid.get_node_ids() if n not in self.nodes]
+        if not unknown:
+            return
+        queries = [Message(RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity"})}), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
+        taken = {info.partition_id for info in self.nodes.values()}
+        for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
+            src = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "node %d did not answer the capacity query: %s", src, reply.error.reason)
+                continue
+            try:
+                cfg = reply.content.config_records[NODE_KEY]
+                info = NodeInfo(int(cfg["partition-id"]), check_capacity(cfg.get("split-ratio", self.default_capacity), f"node {src}"))
+            except (KeyError, TypeError, ValueError) as exc:
+                log(WARNING, "node %d sent an unusable capacity reply: %s", src, exc)
+                continue
+            if info.partition_id in taken:
+                log(WARNING, "node %d claims partition %d, already taken; ignored", src, info.partition_id)
+                continue
+            taken.add(info.partition_id)
+            self.nodes[src] = info
+            log(INFO, "node %d: partition %d, capacity %.3f", src, info.partition_id, info.capacity)
+
+    def sample(self, server_round: int) -> list[int]:
+        """Seeded sample of known nodes (Flower node ids), sorted by partition id."""
+        known = sorted(self.nodes, key=lambda n: self.nodes[n].partition_id)
+        k = min(len(known), max(self.min_train_nodes, round(self.fraction_train * len(known))))
+        chosen = random.Random(f"{self.seed}-train-{server_round}").sample(known, k)
+        return sorted(chosen, key=lambda n: self.nodes[n].partition_id)
+
+    # -- replies ---------------------------------------------------------------------------
+    def check_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], list[MetricRecord]]:
+        """Valid replies (one per participant, matching its plan); every other reply is logged and counted."""
+        record = self.rounds[server_round]
+        by_node = {node: pid for pid, node in record.sent.items()}
+        accepted: list[Reply] = []
+        metrics: list[MetricRecord] = []
+        seen: set[int] = set()
+        for msg in replies:
+            src = msg.metadata.src_node_id
+            if msg.has_error():
+                reason = _last_line(str(msg.error.reason))
+                record.failed[src] = reason
+                log(WARNING, "round %d: node %d failed: %s", server_round, src, reason)
+                continue
+            try:
+                pid = by_node.get(src)
+                if pid is None or record.plan is None:
+                    raise ReplyError("reply from a node that was not sent a plan this round")
+                if src in seen:
+                    raise ReplyError("duplicate reply")
+                reply = self.parse_reply(pid, msg)
+                self.core.validate(record.plan.participants[pid], reply)
+            except ReplyError as exc:
+                record.rejected[src] = str(exc)
+                log(WARNING, "round %d: rejected reply from node %d: %s", server_round, src, exc)
+                continue
+            seen.add(src)
+            accepted.append(reply)
+            metrics.append(msg.content.metric_records[METRICS_KEY])
+        return accepted, metrics
+
+    @staticmethod
+    def parse_reply(pid: int, msg: Message) -> Reply:
+        content = msg.content
+        if ARRAYS_KEY not in content.array_records or METRICS_KEY not in content.metric_records:
+            raise ReplyError(f"reply needs an ArrayRecord {ARRAYS_KEY!r} and a MetricRecord {METRICS_KEY!r}")
+        try:
+            state = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in content.array_records[ARRAYS_KEY].items()}
+        except Exception as exc:  # a corrupt Array cannot be decoded: reject, never crash
+            raise ReplyError(f"arrays could not be decoded: {exc}") from exc
+        return Reply(pid, state, content.metric_records[METRICS_KEY].get("num-examples"))
+
+    def round_metrics(self, record: RoundLog, accepted: list[Reply], train: list[MetricRecord], applied: bool) -> dict[str, Any]:
+        def mean(key: str) -> float:
+            values = [float(m[key]) for m in train if key in m]
+            return float(np.mean(values)) if values else float("nan")
+
+        plan = record.plan
+        n = sum(r.num_examples for r in accepted)
+        hist = plan.coverage_histogram(self.core.group_sizes) if plan else {}
+        return {
+            "participants": len(record.sent),
+            "accepted": len(accepted),
+            "rejected": len(record.rejected),
+            "failed": len(record.failed),
+            "applied": int(applied),
+            "num-examples": n,
+            "train-loss": sum(float(m["loss"]) * r.num_examples for m, r in zip(train, accepted)) / n if n else float("nan"),
+            "overlap": plan.overlap if plan else float("nan"),
+            "spread": plan.spread if plan else float("nan"),
+            "flops-per-participant": mean("flops"),
+            "flops-per-participant-max": max((float(m["flops"]) for m in train), default=float("nan")),
+            "bytes-down-per-participant": float(np.mean(list(record.bytes_down.values()))) if record.bytes_down else float("nan"),
+            "bytes-up-per-participant": mean("bytes-up"),
+            "full-model-bytes": self.full_model_bytes,
+            "train-seconds-per-participant": mean("train-seconds"),
+            "build-seconds-per-participant": mean("build-seconds"),
+            "server-plan-slice-seconds": record.seconds.get("plan_and_slice", float("nan")),
+            "server-aggregate-seconds": record.seconds.get("aggregate", float("nan")),
+            "coverage-histogram": [hist.get(c, 0) for c in range(max(hist, default=0) + 1)],
+        }
+
+    # -- global model ----------------------------------------------------------------------
+    def global_arrays(self) -> ArrayRecord:
+        return ArrayRecord(self.core.state)
+
+    def global_model(self) -> nn.Module:
+        return self.core.global_model()
+
+    def load_global(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace θ (same keys and shapes required: a clear error otherwise)."""
+        for key, t in self.core.state.items():
+            if key not in state or tuple(state[key].shape) != tuple(t.shape):
+                raise ValueError(f"initial arrays do not fit the model at {key!r}: expected shape {tuple(t.shape)}")
+        self.core.state = {k: torch.as_tensor(state[k]).to(self.core.state[k].dtype).clone() for k in self.core.state}
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """MetricRecord accepts ints, floats and lists of them."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, list))}
+
+
+def _last_line(text: str) -> str:
+    """The informative end of an error reason (a remote traceback's last line)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "unknown error"
