@@ -88,11 +88,11 @@ class CentralEvaluation:
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
 
-def run(grid: Grid, settings: Settings) -> Result:
+def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Result:
     """The whole server side of a run (also what tests call with a run config of their own)."""
     name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
-    strategy = make_strategy(settings)
+    strategy = strategy or make_strategy(settings)
     log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
     result = strategy.start(
         grid,

@@ -1,0 +1,100 @@
+"""Deployment on loopback: a real SuperLink, two SuperNodes with different capacities, `flwr run . deploy`.
+
+In flwr 1.41 the SuperLink serves the Fleet API, the Control API and the runtime API on ONE HTTP
+port (``--host``/``--port``; ``--control-api-address`` is deprecated); `flwr` talks to that port
+and every SuperNode needs its own ``--port`` (its runtime API for the `flwr-clientapp`s). Each
+SuperNode starts a fresh `flwr-clientapp` process per message, so 2 rounds take a minute or two.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from flower_procs import (
+    REPO,
+    flower_cleanup,
+    flower_env,
+    flwr_json,
+    free_ports,
+    newest_run,
+    pids_with_flwr_home,
+    read_jsonl,
+    run_cli,
+    started,
+    stop_flower_processes,
+    wait_http_health,
+)
+
+RUN_TIMEOUT = 480.0
+NODES = {0: 1.0, 1: 0.5}  # partition id → split-ratio (capacity)
+
+
+def wait_online_nodes(env, count: int, procs, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    nodes: list = []
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.popen.poll() is None, f"a Flower process exited early ({p.popen.returncode}):\n{p.tail()}"
+        nodes = [n for n in flwr_json(["supernode", "ls", "deploy"], env).get("nodes") or [] if n.get("status") == "online"]
+        if len(nodes) >= count:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"{len(nodes)} of {count} SuperNodes online after {timeout:.0f}s:\n" + "\n".join(p.tail(20) for p in procs))
+
+
+def test_deployment_two_supernodes(tmp_path):
+    home, out, logs = tmp_path / "flwr-home", tmp_path / "runs", tmp_path / "logs"
+    env = flower_env(home)
+    link_port, *node_ports = free_ports(1 + len(NODES))
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "deploy"\n\n'
+        f'[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    )
+    link_cmd = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(link_port)]
+    with flower_cleanup(home), started(link_cmd, logs / "superlink.log", env) as link:
+        wait_http_health(link_port, timeout=60.0, proc=link)
+        with started(_node_cmd(link_port, node_ports[0], 0), logs / "supernode-0.log", env) as n0, started(
+            _node_cmd(link_port, node_ports[1], 1), logs / "supernode-1.log", env
+        ) as n1:
+            node_procs = [link, n0, n1]
+            wait_online_nodes(env, len(NODES), node_procs)
+
+            cmd = ["flwr", "run", ".", "deploy", "--stream", "--run-config", f"num-server-rounds=2 output-dir='{out}' run-name='deploy'"]
+            rc, output = run_cli(cmd, logs / "flwr-run.log", env, RUN_TIMEOUT, cwd=REPO)
+            context = f"\n--- flwr run ---\n{output[-4000:]}\n" + "\n".join(f"--- {p.log.name} ---\n{p.tail(30)}" for p in node_procs)
+            assert rc == 0, f"flwr run exited with {rc}{context}"
+            run = newest_run(env, "deploy")
+            assert run["status"] == "finished:completed", f"run {run.get('run-id')}: {run}{context}"
+
+            # The server learned both capacities with its QUERY round (ServerApp log, streamed).
+            for pid, ratio in NODES.items():
+                assert re.search(rf"node \d+: partition {pid}, capacity {ratio:.3f}", output), f"capacity of partition {pid} not learned{context}"
+
+            rows = read_jsonl(out / "deploy" / "metrics.jsonl")
+            assert [r["round"] for r in rows] == [0, 1, 2], rows
+            for r in rows[1:]:
+                assert r["accepted"] == 2 and r["failed"] == 0 and r["rejected"] == 0, r
+                # r=1.0 gets the whole model, r=0.5 about a quarter: the mean is ~5/8 of it
+                # (both at 0.5 — capacities not learned — would give ~1/4).
+                share = r["bytes-down-per-participant"] / r["full-model-bytes"]
+                assert 0.5 < share < 0.75, r
+            assert (out / "deploy" / "checkpoints" / "round-0002.safetensors").is_file()
+
+    # Every context manager has stopped its process tree by PID; sweep what is left of FLWR_HOME.
+    left = stop_flower_processes(home)
+    assert not left, f"processes survived SIGKILL: {left}"
+    assert not pids_with_flwr_home(home)
+
+
+def _node_cmd(link_port: int, port: int, pid: int) -> list[str]:
+    return [
+        "flower-supernode",
+        "--insecure",
+        "--superlink",
+        f"127.0.0.1:{link_port}",
+        "--port",
+        str(port),
+        "--node-config",
+        f"partition-id={pid} num-partitions={len(NODES)} split-ratio={NODES[pid]}",
+    ]

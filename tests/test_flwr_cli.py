@@ -1,0 +1,51 @@
+"""`flwr run .` end to end: the default app (local simulation) for 2 rounds, as a user runs it.
+
+`flwr run . --stream` exits 0 even when the run fails, so the run's status is read back with
+`flwr ls --format json`. `flwr run .` spawns a detached local SuperLink (and its SuperExec): the
+test stops them by PID (tests/flower_procs.py) and checks that nothing of its FLWR_HOME is left.
+"""
+
+from __future__ import annotations
+
+from flower_procs import (
+    REPO,
+    flower_cleanup,
+    flower_env,
+    local_superlink_pids,
+    newest_run,
+    pids_with_flwr_home,
+    read_jsonl,
+    run_cli,
+    stop_flower_processes,
+)
+
+RUN_TIMEOUT = 300.0
+
+
+def test_flwr_run_default_app_two_rounds(tmp_path):
+    home, out = tmp_path / "flwr-home", tmp_path / "runs"
+    env = flower_env(home)
+    with flower_cleanup(home):
+        cmd = ["flwr", "run", ".", "--stream", "--run-config", f"num-server-rounds=2 output-dir='{out}' run-name='cli'"]
+        rc, output = run_cli(cmd, tmp_path / "flwr-run.log", env, RUN_TIMEOUT, cwd=REPO)
+        assert rc == 0, f"flwr run exited with {rc}:\n{output[-4000:]}"
+        # It really used its own detached SuperLink, on this test's port, for this FLWR_HOME.
+        assert local_superlink_pids(home), f"no local SuperLink found for {home}"
+        assert f"127.0.0.1:{env['FLWR_LOCAL_SUPERLINK_HTTP_API_PORT']}" in output
+
+        run = newest_run(env)  # before cleanup: `flwr ls` would start a new local SuperLink
+        assert run["status"] == "finished:completed", f"run {run.get('run-id')}: {run}\n{output[-4000:]}"
+
+        run_dir = out / "cli"
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        assert [r["round"] for r in rows] == [0, 1, 2], rows
+        for r in rows[1:]:
+            assert r["accepted"] > 0, r
+            assert r["failed"] == 0 and r["rejected"] == 0, r
+        assert (run_dir / "metrics.csv").is_file()
+        assert (run_dir / "config.json").is_file()
+        assert (run_dir / "checkpoints" / "round-0002.safetensors").is_file()
+
+        left = stop_flower_processes(home)
+        assert not left, f"processes survived SIGKILL: {left}"
+        assert not pids_with_flwr_home(home) and not local_superlink_pids(home)
