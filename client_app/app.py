@@ -1,14 +1,19 @@
-"""The MSfusion ClientApp: answer the capacity query, train the received sub-model, evaluate.
+"""The MSfusion ClientApp: answer the capacity query, train the received sub-model, evaluate it.
 
-Each handler turns the message into msfusion_core objects and back. A message that cannot be
-honoured (a plan that does not fit the model, arrays that do not match the plan, a missing key)
-gets an error reply that says why; it is never answered with a silently wrong update.
+``make_client_app(setup)`` builds the ClientApp for any model: ``setup(context)`` says what the
+node has (its model family as a ``Participant``, its data, its capacity, its training settings).
+``app`` is the project's own, configured from the run config. Each handler turns a message into
+msfusion_core objects and back. A message that cannot be honoured (a plan that does not fit the
+model, arrays that do not match the plan, a missing key) gets an error reply that says why, never
+a silently wrong update.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -17,49 +22,106 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from msfusion_core.config import Settings
-from msfusion_core.data import TensorData, load_partition
+from msfusion_core.data import TensorData, load_partition, load_test
 from msfusion_core.participant import Participant, PreviousSubmodel
-from msfusion_core.planner import ParticipantPlan
+from msfusion_core.planner import ParticipantPlan, check_capacity
 from msfusion_core.submodel import build_submodel
-from msfusion_core.training import calibrate_batchnorm, evaluate
+from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
 
 ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
 PREV_STATE_KEY, PREV_UNITS_KEY = "msfusion-prev-state", "msfusion-prev-units"
 CLIENT_ERROR = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
-app = ClientApp()
+
+@dataclass(frozen=True)
+class NodeSetup:
+    """What a node brings: ``train_data``/``test_data`` are called only when needed (data loading
+    is the slow part of a fresh ClientApp process)."""
+
+    participant: Participant
+    partition_id: int
+    capacity: float
+    train_config: TrainConfig
+    train_data: Callable[[], TensorData]
+    test_data: Callable[[], TensorData]
+    examples_per_round: int = 0  # a fresh random subset of this many local examples per round; 0: all
+    scaler: bool = False
+    bn_calibration_batches: int = 8
+    seed: int = 0
 
 
-@lru_cache(maxsize=4)
-def participant_for(model: str, width: int, dataset: str) -> Participant:
-    fam = Settings(model=model, model_width=width, dataset=dataset).family()
-    return Participant(fam.build, fam.split_map, fam.representation_layer)
+def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Tell the server this node's partition id and capacity (`split-ratio`)."""
+        try:
+            node = setup(context)
+        except (ValueError, KeyError) as exc:
+            return error_reply(msg, exc)
+        record = ConfigRecord({"partition-id": node.partition_id, "split-ratio": node.capacity})
+        return Message(RecordDict({NODE_KEY: record}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        started = time.perf_counter()
+        try:
+            node = setup(context)
+            plan, received, server_round = read_message(msg, node.participant)
+            data = node.train_data()
+        except (ValueError, KeyError) as exc:
+            return error_reply(msg, exc)
+        if 0 < node.examples_per_round < int(data.y.numel()):
+            rng = np.random.default_rng([node.seed, server_round, node.partition_id])
+            pick = torch.from_numpy(rng.permutation(int(data.y.numel()))[: node.examples_per_round])
+            data = TensorData(data.x[pick], data.y[pick])
+        update, keep = node.participant.train(
+            plan,
+            received,
+            data,
+            node.train_config,
+            previous=load_previous(context),
+            scaler=node.scaler,
+            seed=node.seed * 100_003 + server_round,
+        )
+        save_previous(context, keep)
+        metrics = MetricRecord(
+            {
+                "num-examples": update.result.num_examples,
+                "loss": update.result.loss,
+                "ce-loss": update.result.ce_loss,
+                "contrastive-loss": update.result.contrastive_loss,
+                "flops": float(update.result.flops),
+                "bytes-down": update.bytes_down,
+                "bytes-up": update.bytes_up,
+                "train-seconds": update.result.seconds,
+                "build-seconds": time.perf_counter() - started - update.result.seconds,
+            }
+        )
+        return Message(RecordDict({ARRAYS_KEY: ArrayRecord(update.state), METRICS_KEY: metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_submodel(msg: Message, context: Context) -> Message:
+        """Evaluate the sub-model this node can hold (BN calibrated on its training data) on its test data."""
+        try:
+            node = setup(context)
+            _plan, received, _ = read_message(msg, node.participant)
+        except (ValueError, KeyError) as exc:
+            return error_reply(msg, exc)
+        model = build_submodel(node.participant.build, received)
+        dataset = node.train_config.dataset
+        calibrate_batchnorm(model, node.train_data(), dataset, num_batches=node.bn_calibration_batches)
+        test = node.test_data()
+        loss, accuracy = evaluate(model, test, dataset)
+        metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": int(test.y.numel())})
+        return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+    return app
 
 
-def node_identity(context: Context, settings: Settings) -> tuple[int, int, float]:
-    """(partition id, number of partitions, capacity) from the node config, tiers as fallback."""
-    try:
-        pid = int(context.node_config["partition-id"])
-        num = int(context.node_config["num-partitions"])
-    except KeyError as exc:
-        raise ValueError(f"node config lacks {exc.args[0]!r}; start the SuperNode with --node-config 'partition-id=.. num-partitions=..'") from exc
-    capacity = float(context.node_config.get("split-ratio", settings.capacity_for(pid)))
-    return pid, num, capacity
-
-
-def local_data(settings: Settings, pid: int, num: int, split: str = "train") -> TensorData:
-    if split == "train":
-        return load_partition(settings.dataset, settings.data_path or None, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed)
-    from msfusion_core.data import load_test
-
-    test = load_test(settings.dataset, settings.data_path or None)
-    share = torch.arange(pid, int(test.y.numel()), num)  # an IID 1/num share of the test split
-    return TensorData(test.x[share], test.y[share])
-
-
-def read_message(msg: Message, context: Context) -> tuple[Settings, Participant, ParticipantPlan, dict[str, torch.Tensor], int]:
-    settings = Settings.from_mapping(context.run_config)
-    part = participant_for(settings.model, settings.model_width, settings.dataset)
+def read_message(msg: Message, part: Participant) -> tuple[ParticipantPlan, dict[str, torch.Tensor], int]:
+    """The plan (rebuilt and verified) and the received arrays (checked against it)."""
     if ARRAYS_KEY not in msg.content.array_records or PLAN_KEY not in msg.content.config_records:
         raise ValueError(f"message needs an ArrayRecord {ARRAYS_KEY!r} and a ConfigRecord {PLAN_KEY!r}")
     cfg = msg.content.config_records[PLAN_KEY]
@@ -72,75 +134,70 @@ def read_message(msg: Message, context: Context) -> tuple[Settings, Participant,
     plan = part.read_plan(compact)
     received = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
     part.check_received(plan, received)
-    return settings, part, plan, received, int(cfg["server-round"])
+    return plan, received, int(cfg["server-round"])
+
+
+def load_previous(context: Context) -> PreviousSubmodel | None:
+    """The previous local sub-model (the contrastive negative), kept in the node's Flower state."""
+    if PREV_STATE_KEY not in context.state.array_records:
+        return None
+    units = context.state.array_records[PREV_UNITS_KEY]
+    return PreviousSubmodel(
+        context.state.array_records[PREV_STATE_KEY].to_torch_state_dict(), {g: a.numpy() for g, a in units.items()}
+    )
+
+
+def save_previous(context: Context, keep: PreviousSubmodel) -> None:
+    context.state[PREV_STATE_KEY] = ArrayRecord(keep.state)
+    context.state[PREV_UNITS_KEY] = ArrayRecord({g: torch.as_tensor(np.asarray(u)) for g, u in keep.units.items()})
 
 
 def error_reply(msg: Message, exc: Exception) -> Message:
     return Message(Error(code=CLIENT_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Tell the server this node's partition id and capacity (`split-ratio`)."""
-    try:
-        settings = Settings.from_mapping(context.run_config)
-        pid, num, capacity = node_identity(context, settings)
-    except ValueError as exc:
-        return error_reply(msg, exc)
-    record = ConfigRecord({"partition-id": pid, "num-partitions": num, "split-ratio": capacity})
-    return Message(RecordDict({NODE_KEY: record}), reply_to=msg)
+# -- the project's own ClientApp, configured by the run config --------------------------------
+@lru_cache(maxsize=4)
+def _participant(model: str, width: int, dataset: str) -> Participant:
+    family = Settings(model=model, model_width=width, dataset=dataset).family()
+    return Participant(family.build, family.split_map, family.representation_layer)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    started = time.perf_counter()
+def setup_from_run_config(context: Context) -> NodeSetup:
+    """Partition id and count from the node config (simulation sets them; a SuperNode gets them
+    from ``--node-config``); capacity from the node's ``split-ratio``, else the run config's tiers."""
+    settings = Settings.from_mapping(context.run_config)
     try:
-        settings, part, plan, received, server_round = read_message(msg, context)
-        pid, num, _ = node_identity(context, settings)
-        data = local_data(settings, pid, num)
-    except ValueError as exc:
-        return error_reply(msg, exc)
-    if settings.local_examples and settings.local_examples < int(data.y.numel()):
-        rng = np.random.default_rng([settings.seed, server_round, pid])
-        pick = torch.from_numpy(rng.permutation(int(data.y.numel()))[: settings.local_examples])
-        data = TensorData(data.x[pick], data.y[pick])
-    previous = None
-    if PREV_STATE_KEY in context.state.array_records:
-        units = context.state.array_records[PREV_UNITS_KEY].to_numpy_ndarrays()
-        names = list(context.state.array_records[PREV_UNITS_KEY].keys())
-        previous = PreviousSubmodel(context.state.array_records[PREV_STATE_KEY].to_torch_state_dict(), dict(zip(names, units)))
-    update, keep = part.train(
-        plan, received, data, settings.train_config(), previous=previous, scaler=settings.scaler, seed=settings.seed * 100_003 + server_round
+        pid, num = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as exc:
+        raise ValueError(
+            f"node config lacks {exc.args[0]!r}; start the SuperNode with --node-config 'partition-id=.. num-partitions=..'"
+        ) from exc
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
+    capacity = check_capacity(context.node_config.get("split-ratio", settings.capacity_for(pid)), "this node (split-ratio)")
+    path = settings.data_path or None
+
+    def train_data() -> TensorData:
+        return load_partition(settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed)
+
+    def test_data() -> TensorData:
+        test = load_test(settings.dataset, path)
+        share = torch.arange(pid, int(test.y.numel()), num)  # an IID 1/num share of the test split
+        return TensorData(test.x[share], test.y[share])
+
+    return NodeSetup(
+        participant=_participant(settings.model, settings.model_width, settings.dataset),
+        partition_id=pid,
+        capacity=capacity,
+        train_config=settings.train_config(),
+        train_data=train_data,
+        test_data=test_data,
+        examples_per_round=settings.local_examples,
+        scaler=settings.scaler,
+        bn_calibration_batches=settings.bn_calibration_batches,
+        seed=settings.seed,
     )
-    context.state[PREV_STATE_KEY] = ArrayRecord(keep.state)
-    context.state[PREV_UNITS_KEY] = ArrayRecord({g: torch.as_tensor(np.asarray(u)) for g, u in keep.units.items()})
-    metrics = MetricRecord(
-        {
-            "num-examples": update.result.num_examples,
-            "loss": update.result.loss,
-            "ce-loss": update.result.ce_loss,
-            "contrastive-loss": update.result.contrastive_loss,
-            "flops": float(update.result.flops),
-            "bytes-down": update.bytes_down,
-            "bytes-up": update.bytes_up,
-            "train-seconds": update.result.seconds,
-            "build-seconds": time.perf_counter() - started - update.result.seconds,
-        }
-    )
-    return Message(RecordDict({ARRAYS_KEY: ArrayRecord(update.state), METRICS_KEY: metrics}), reply_to=msg)
 
 
-@app.evaluate()
-def evaluate_submodel(msg: Message, context: Context) -> Message:
-    """Evaluate the sub-model this node can hold (BN calibrated on its training data) on its test share."""
-    try:
-        settings, part, _plan, received, _ = read_message(msg, context)
-        pid, num, _ = node_identity(context, settings)
-    except ValueError as exc:
-        return error_reply(msg, exc)
-    model = build_submodel(part.build, received)
-    calibrate_batchnorm(model, local_data(settings, pid, num), settings.dataset, num_batches=settings.bn_calibration_batches)
-    test = local_data(settings, pid, num, "test")
-    loss, accuracy = evaluate(model, test, settings.dataset)
-    metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": int(test.y.numel())})
-    return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+app = make_client_app(setup_from_run_config)

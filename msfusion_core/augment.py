@@ -47,11 +47,12 @@ def prepare_batch(
 ) -> torch.Tensor:
     """Turn a stored batch into model input.
 
-    ``"digits"``: float32, no augmentation (8x8 digits are too small for crops). ``"cifar10"``:
+    ``"digits"``, or ``"plain"`` for a user's own already-prepared tensors: float32, no augmentation
+    (8x8 digits are too small for crops). ``"cifar10"``:
     uint8 is scaled to [0, 1] (floating input is taken as already scaled), random crop + flip when
     ``train``, then per-channel normalisation with the CIFAR-10 mean/std.
     """
-    if name == "digits":
+    if name in ("digits", "plain"):
         return x.to(torch.float32)
     if name == "cifar10":
         xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
@@ -60,4 +61,4 @@ def prepare_batch(
         mean = torch.tensor(CIFAR10_MEAN, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
         std = torch.tensor(CIFAR10_STD, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
         return (xf - mean) / std
-    raise ValueError(f"unknown dataset {name!r}; known datasets: digits, cifar10")
+    raise ValueError(f"unknown dataset {name!r}; known: digits, cifar10, plain")

@@ -5,24 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 import client_app.app as client
 
-Handler = Callable[[Message, Context], Message]
-HANDLERS: dict[str, Handler] = {MessageType.QUERY: client.query, MessageType.TRAIN: client.train, MessageType.EVALUATE: client.evaluate_submodel}
-
 
 class LocalGrid(Grid):
-    def __init__(self, node_configs: Mapping[int, dict], run_config: Mapping | None = None) -> None:
+    def __init__(self, node_configs: Mapping[int, dict], run_config: Mapping | None = None, app: ClientApp = client.app) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # lets Message() build metadata
         self.contexts = {
             n: Context(run_id=1, node_id=n, node_config=dict(cfg), state=RecordDict(), run_config=dict(run_config or {}))
             for n, cfg in node_configs.items()
         }
-        self.handlers: dict[int, dict[str, Handler]] = {n: dict(HANDLERS) for n in node_configs}
+        self.apps: dict[int, Callable[[Message, Context], Message]] = {n: app for n in node_configs}
         self.sent: list[Message] = []
 
     def get_node_ids(self) -> Iterable[int]:
@@ -33,7 +31,7 @@ class LocalGrid(Grid):
         for msg in messages:
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            replies.append(self.handlers[node][msg.metadata.message_type](msg, self.contexts[node]))
+            replies.append(self.apps[node](msg, self.contexts[node]))
         return replies
 
     # The rest of Grid's interface is not used by Strategy.start.

@@ -40,8 +40,8 @@ def _with_config(handler, record: bool):
     return call
 
 
-wrapped.query()(_with_config(client.query, False))
-wrapped.train()(_with_config(client.train, True))
+wrapped.query()(_with_config(client.app, False))
+wrapped.train()(_with_config(client.app, True))
 
 
 class RecordingMSfusion(MSfusion):

@@ -201,7 +201,7 @@ def test_nodes_joining_later_are_queried():
     train_round(strategy, grid, 1)
     assert len(strategy.nodes) == 2
     late = make_grid({1: 0.5, 2: 0.5, 3: 0.25})
-    grid.contexts[3], grid.handlers[3] = late.contexts[3], late.handlers[3]
+    grid.contexts[3], grid.apps[3] = late.contexts[3], late.apps[3]
     msgs, _ = train_round(strategy, grid, 2)
     assert strategy.nodes[3].capacity == 0.25 and len(msgs) == 3
 

@@ -1,0 +1,96 @@
+"""MSfusion with a model this project does not ship: a complete Flower app in one file.
+
+Run it with the test harness (tests/test_own_model_example.py) or wire `server` and `client` into
+your own pyproject's [tool.flwr.app.components] ("own_model:server", "own_model:client").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from sklearn.datasets import load_digits
+from torch import nn
+
+from client_app.app import NodeSetup, make_client_app
+from msfusion_core.data import TensorData
+from msfusion_core.participant import Participant
+from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
+from server_app.strategy import MSfusion
+
+
+# 1. Your model: any nn.Module made of Linear / Conv / norm / Embedding leaves.
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.proj = nn.Linear(16 * 4 * 4, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 1, 8, 8]
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)  # [B, 16, 4, 4]
+        x = F.relu(self.proj(x.flatten(1)))  # [B, 64]; channel c owns flat features [16c, 16c + 16)
+        return self.head(x)
+
+
+# 2. Its split map: which dimension of which tensor indexes which group of units.
+#    ("channels", 16): each conv channel owns a block of 16 consecutive flattened features.
+SPLIT_MAP = {
+    "conv.weight": ("channels", None, None, None),
+    "conv.bias": ("channels",),
+    "proj.weight": ("hidden", ("channels", 16)),
+    "proj.bias": ("hidden",),
+    "head.weight": (None, "hidden"),  # class outputs stay whole
+}
+
+
+def digits(split: str) -> TensorData:
+    """Your data as tensors (here scikit-learn's digits, 80/20)."""
+    x, y = load_digits(return_X_y=True)
+    cut = int(0.8 * len(y))
+    x = torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(y, dtype=torch.long)
+    return TensorData(x[:cut], y[:cut]) if split == "train" else TensorData(x[cut:], y[cut:])
+
+
+# 3. The ServerApp: the strategy takes the model constructor and the split map.
+server = ServerApp()
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    run_server(grid, num_rounds=int(context.run_config.get("num-server-rounds", 5)))
+
+
+def run_server(grid: Grid, num_rounds: int):
+    strategy = MSfusion(TinyNet, SPLIT_MAP, planner="msfusion", default_capacity=0.5, seed=0)
+    test = digits("test")
+
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model = strategy.global_model()
+        calibrate_batchnorm(model, test, "plain")  # no BatchNorm here: a no-op, kept for your model
+        loss, accuracy = evaluate(model, test, "plain")
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    return strategy.start(grid, ArrayRecord(TinyNet().state_dict()), num_rounds=num_rounds, evaluate_fn=central_evaluation)
+
+
+# 4. The ClientApp: say what a node has; make_client_app does the rest.
+def node_setup(context: Context) -> NodeSetup:
+    pid, num = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    train = digits("train")
+    mine = torch.from_numpy(np.arange(pid, len(train.y), num))  # an IID shard
+
+    return NodeSetup(
+        participant=Participant(TinyNet, SPLIT_MAP, representation_layer="head"),
+        partition_id=pid,
+        capacity=float(context.node_config.get("split-ratio", 0.5)),
+        train_config=TrainConfig(dataset="plain", epochs=2, batch_size=32, lr=0.05, mu=1.0),
+        train_data=lambda: TensorData(train.x[mine], train.y[mine]),
+        test_data=lambda: digits("test"),
+    )
+
+
+client = make_client_app(node_setup)
