@@ -2,12 +2,13 @@
 
 For every coordinate e of θ: θ_e ← θ_e + Σ_{n∈C_e} w_n (θ_{n,e} − θ_e) / Σ_{n∈C_e} w_n, with C_e the
 participants whose sub-model holds e. This is the weighted average of the returned values, written
-on deltas so that participants returning what they received leave θ bit-identical, and accumulated
-in float64 so the result does not depend on the order of the participants beyond rounding of
-the final cast. Coordinates nobody trained keep their value.
+on deltas so that participants returning what they received leave θ bit-identical. Coordinates
+nobody trained keep their value.
 
-Each participant costs a few ``index_add_`` calls per tensor over precomputed flat positions; the
-model shift d_t falls out of one extra accumulator (Σ w Δ²), with no second pass.
+Vectorised per tensor: a participant's delta is scattered back with one ``index_add_`` per bound
+dimension (a sub-tensor is the Cartesian product of per-dimension indices), and the weights
+Σ_{n∈C_e} w_n never need a scatter at all: they are the einsum over participants of the outer
+product of per-dimension membership masks.
 """
 
 from __future__ import annotations
@@ -50,41 +51,77 @@ def scatter_average(
     if any(not (c.weight > 0) for c in contributions):
         raise ValueError("every contribution needs a positive weight")
     keys = list(keys if keys is not None else contributions[0].state.keys())
+    weights = torch.tensor([float(c.weight) for c in contributions], dtype=torch.float64)
     new_state = dict(global_state)
     shift_num = shift_den = 0.0
     shared = covered = total = 0
     for name in keys:
         theta = global_state[name]
-        flat_theta = theta.reshape(-1).to(torch.float64)
-        num = torch.zeros_like(flat_theta)  # Σ w Δ
-        den = torch.zeros_like(flat_theta)  # Σ w
-        sq = torch.zeros_like(flat_theta)  # Σ w Δ²
-        count = torch.zeros_like(flat_theta)  # |C_e|
-        for c in contributions:
-            pos = slicer.flat_positions(name, theta.shape, c.units)
-            delta = c.state[name].reshape(-1).to(torch.float64) - (flat_theta if pos is None else flat_theta[pos])
-            w = torch.tensor(float(c.weight), dtype=torch.float64)
-            if pos is None:
-                num += w * delta
-                den += w
-                sq += w * delta * delta
-                count += 1
-            else:
-                num.index_add_(0, pos, w * delta)
-                den.index_add_(0, pos, w.expand(pos.numel()))
-                sq.index_add_(0, pos, w * delta * delta)
-                count.index_add_(0, pos, torch.ones(()).to(torch.float64).expand(pos.numel()))
+        acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
+        theta_acc = theta.to(acc)
+        dims = [slicer.dim_indices(name, c.units) for c in contributions]
+        num = torch.zeros_like(theta_acc)  # Σ w Δ
+        sq = torch.zeros_like(theta_acc)  # Σ w Δ²
+        for c, w, d in zip(contributions, weights.tolist(), dims):
+            delta = c.state[name].to(acc) - _gather(theta_acc, d)
+            _scatter_add(num, d, delta * w)
+            _scatter_add(sq, d, delta * delta * w)
+        den = _coverage(theta.shape, dims, weights).to(acc).expand(theta.shape)  # Σ_{n∈C_e} w_n
+        count = _coverage(theta.shape, dims, torch.ones_like(weights)).expand(theta.shape)  # |C_e|
         hit = den > 0
         mean = torch.where(hit, num / torch.where(hit, den, torch.ones_like(den)), torch.zeros_like(num))
-        new_state[name] = (flat_theta + mean).to(theta.dtype).reshape(theta.shape)
-        # Σ_n w_n‖Δ_n − Δ̄‖² = Σ w Δ² − (Σ w)·Δ̄² per coordinate, since Σ w Δ = (Σ w)·Δ̄.
+        new_state[name] = (theta_acc + mean).to(theta.dtype)
+        # d_t on coordinates covered by ≥ 2 participants: Σ w‖Δ_n − Δ̄‖² / Σ w‖Δ_n‖², where per
+        # coordinate Σ_n w_n (Δ_n − Δ̄)² = Σ w Δ² − (Σ w)·Δ̄², since Σ w Δ = (Σ w)·Δ̄.
         multi = count >= 2
-        shift_num += float((sq - den * mean * mean)[multi].sum())
-        shift_den += float(sq[multi].sum())
+        shift_num += float(torch.where(multi, sq - den * mean * mean, 0.0).sum())
+        shift_den += float(torch.where(multi, sq, 0.0).sum())
         shared += int(multi.sum())
         covered += int(hit.sum())
-        total += flat_theta.numel()
-    model_shift = shift_num / shift_den if shift_den > 0 else float("nan")
-    return AggregateResult(
-        new_state, max(0.0, model_shift) if shift_den > 0 else model_shift, shared / max(total, 1), covered / max(total, 1)
-    )
+        total += theta.numel()
+    model_shift = max(0.0, shift_num / shift_den) if shift_den > 0 else float("nan")
+    return AggregateResult(new_state, model_shift, shared / max(total, 1), covered / max(total, 1))
+
+
+def _gather(full: torch.Tensor, dims: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    for d, idx in dims:
+        full = full.index_select(d, idx)
+    return full
+
+
+def _scatter_add(out: torch.Tensor, dims: list[tuple[int, torch.Tensor]], sub: torch.Tensor) -> None:
+    """out[Cartesian product of dims] += sub, one index_add_ per bound dimension."""
+    if not dims:
+        out += sub
+        return
+    for d, idx in reversed(dims[1:]):  # widen the sub-tensor to full size along all but one dim
+        shape = list(sub.shape)
+        shape[d] = out.shape[d]
+        sub = torch.zeros(shape, dtype=sub.dtype).index_add_(d, idx, sub)
+    out.index_add_(dims[0][0], dims[0][1], sub)
+
+
+def _coverage(shape: torch.Size, dims: Sequence[list[tuple[int, torch.Tensor]]], weights: torch.Tensor) -> torch.Tensor:
+    """Σ_n w_n · [e ∈ sub-model n] for every coordinate e, broadcastable to ``shape``.
+
+    Membership of a Cartesian product is the product of per-dimension memberships, so the sum is
+    an einsum over participants of outer products of per-dimension masks."""
+    bound = [d for d, _ in dims[0]] if dims else []
+    if not bound:
+        return weights.sum().reshape((1,) * len(shape))
+    masks = []
+    for j, d in enumerate(bound):
+        mask = torch.zeros(len(dims), shape[d], dtype=weights.dtype)
+        for n, per_dim in enumerate(dims):
+            mask[n, per_dim[j][1]] = 1.0
+        masks.append(mask)
+    cov = torch.einsum(_einsum_spec(len(bound)), weights, *masks)
+    view = [1] * len(shape)
+    for d in bound:
+        view[d] = shape[d]
+    return cov.reshape(view)
+
+
+def _einsum_spec(n: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxy"[:n]
+    return "z," + ",".join(f"z{l}" for l in letters) + "->" + letters

@@ -1,0 +1,115 @@
+"""Core costs: sub-model parameter/FLOP fractions, and aggregation time next to a plain copy.
+
+    python benchmarks/core_costs.py [--repeats 5] [--out docs/results/core_costs.json]
+
+Fractions are measured (parameters counted, FLOPs of one training step — forward + backward —
+counted by torch's FlopCounterMode). Times are medians over ``--repeats`` runs, measured side by
+side in one process: ``scatter_average`` of P sub-models of ResNet-18 (width 64) at r = 1/2, and
+``torch.cat`` + ``clone`` of the same number of bytes (what any aggregation must at least read and
+write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from msfusion_core.aggregate import Contribution, scatter_average
+from msfusion_core.measure import count_flops, num_parameters
+from msfusion_core.models import get_family
+from msfusion_core.planner import make_planner
+from msfusion_core.slicing import Slicer
+from msfusion_core.split_map import group_sizes, model_shapes
+from msfusion_core.submodel import build_submodel
+
+RATIOS = (1.0, 0.5, 0.25, 0.125)
+
+
+def fractions(family: str, input_shape: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    fam = get_family(family)
+    torch.manual_seed(0)
+    full = fam.build()
+    slicer = Slicer(fam.split_map)
+    gs = group_sizes(model_shapes(full), fam.split_map)
+    x = torch.randn(2, *input_shape)
+    y = torch.zeros(2, dtype=torch.long)
+
+    def step_flops(model: torch.nn.Module) -> int:
+        return count_flops(lambda: F.cross_entropy(model(x), y).backward())
+
+    base_params, base_flops = num_parameters(full), step_flops(full)
+    out = {}
+    for r in RATIOS:
+        plan = make_planner("msfusion").plan(1, [(0, r)], gs).participants[0]
+        sub = build_submodel(fam.build, slicer.extract(full.state_dict(), plan.unit_indices()))
+        out[str(r)] = {"params": num_parameters(sub) / base_params, "flops": step_flops(sub) / base_flops, "r_squared": r * r}
+    return out
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def aggregation_times(num_participants: int, repeats: int) -> dict[str, float]:
+    fam = get_family("resnet18")
+    torch.manual_seed(0)
+    full = fam.build()
+    state = {k: v.detach() for k, v in full.state_dict().items()}
+    keys = [k for k, _ in full.named_parameters()]
+    slicer = Slicer(fam.split_map)
+    gs = group_sizes(model_shapes(full), fam.split_map)
+    plan = make_planner("msfusion").plan(1, [(n, 0.5) for n in range(num_participants)], gs)
+    contribs = []
+    for pp in plan.participants.values():
+        units = pp.unit_indices()
+        sub = slicer.extract(state, units, keys)
+        contribs.append(Contribution(units, {k: v + 0.01 for k, v in sub.items()}, 100.0))
+    total_bytes = sum(t.numel() * t.element_size() for c in contribs for t in c.state.values())
+    flat = [t.reshape(-1) for c in contribs for t in c.state.values()]
+
+    agg = median_seconds(lambda: scatter_average(state, contribs, slicer, keys=keys), repeats)
+    copy = median_seconds(lambda: torch.cat(flat).clone(), repeats)
+    return {
+        "participants": num_participants,
+        "sub_model_bytes_total": total_bytes,
+        "aggregate_seconds": agg,
+        "copy_seconds": copy,
+        "ratio": agg / copy,
+        "aggregate_GB_per_s": total_bytes / agg / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="docs/results/core_costs.json")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "repeats": args.repeats,
+        "fractions": {
+            "resnet18_w64": fractions("resnet18", (3, 32, 32)),
+            "digits_cnn_w32": fractions("digits-cnn", (1, 8, 8)),
+        },
+        "aggregation_resnet18_w64_r0.5": [aggregation_times(p, args.repeats) for p in (10, 100)],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
