@@ -25,6 +25,7 @@ from msfusion_core.aggregate import Contribution, scatter_average
 from msfusion_core.measure import count_flops, num_parameters
 from msfusion_core.models import get_family
 from msfusion_core.planner import make_planner
+from msfusion_core.robust import clip_updates, robust_average
 from msfusion_core.slicing import Slicer
 from msfusion_core.split_map import group_sizes, model_shapes
 from msfusion_core.submodel import build_submodel
@@ -62,7 +63,7 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def aggregation_times(num_participants: int, repeats: int) -> dict[str, float]:
+def aggregation_times(num_participants: int, repeats: int, with_robust: bool = True) -> dict[str, float]:
     fam = get_family("resnet18")
     torch.manual_seed(0)
     full = fam.build()
@@ -81,7 +82,7 @@ def aggregation_times(num_participants: int, repeats: int) -> dict[str, float]:
 
     agg = median_seconds(lambda: scatter_average(state, contribs, slicer, keys=keys), repeats)
     copy = median_seconds(lambda: torch.cat(flat).clone(), repeats)
-    return {
+    result = {
         "participants": num_participants,
         "sub_model_bytes_total": total_bytes,
         "aggregate_seconds": agg,
@@ -89,6 +90,11 @@ def aggregation_times(num_participants: int, repeats: int) -> dict[str, float]:
         "ratio": agg / copy,
         "aggregate_GB_per_s": total_bytes / agg / 1e9,
     }
+    if with_robust:
+        for mode in ("trimmed-mean", "median"):
+            result[f"{mode}_seconds"] = median_seconds(lambda: robust_average(state, contribs, slicer, keys, mode), repeats)
+        result["clip_seconds"] = median_seconds(lambda: clip_updates(state, contribs, slicer, keys, 2.0), repeats)
+    return result
 
 
 def main() -> None:
@@ -104,7 +110,7 @@ def main() -> None:
             "resnet18_w64": fractions("resnet18", (3, 32, 32)),
             "digits_cnn_w32": fractions("digits-cnn", (1, 8, 8)),
         },
-        "aggregation_resnet18_w64_r0.5": [aggregation_times(p, args.repeats) for p in (10, 100)],
+        "aggregation_resnet18_w64_r0.5": [aggregation_times(10, args.repeats), aggregation_times(100, args.repeats, with_robust=False)],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

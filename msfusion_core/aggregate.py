@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from msfusion_core.slicing import Slicer, UnitIndices
+from msfusion_core.slicing import Slicer, UnitIndices, take
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def scatter_average(
         num = torch.zeros_like(theta_acc)  # Σ w Δ
         sq = torch.zeros_like(theta_acc)  # Σ w Δ²
         for c, w, d in zip(contributions, weights.tolist(), dims):
-            delta = c.state[name].to(acc) - _gather(theta_acc, d)
+            delta = c.state[name].to(acc) - take(theta_acc, d)
             _scatter_add(num, d, delta * w)
             _scatter_add(sq, d, delta * delta * w)
         den = _coverage(theta.shape, dims, weights).to(acc).expand(theta.shape)  # Σ_{n∈C_e} w_n
@@ -81,12 +81,6 @@ def scatter_average(
         total += theta.numel()
     model_shift = max(0.0, shift_num / shift_den) if shift_den > 0 else float("nan")
     return AggregateResult(new_state, model_shift, shared / max(total, 1), covered / max(total, 1))
-
-
-def _gather(full: torch.Tensor, dims: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    for d, idx in dims:
-        full = full.index_select(d, idx)
-    return full
 
 
 def _scatter_add(out: torch.Tensor, dims: list[tuple[int, torch.Tensor]], sub: torch.Tensor) -> None:

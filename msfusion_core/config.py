@@ -14,6 +14,7 @@ from typing import Any
 from msfusion_core.data import DATASETS
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.overlap import OverlapSchedule
+from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
 from msfusion_core.training import TrainConfig
 
@@ -56,6 +57,9 @@ class Settings:
     contrastive_mu: float = 1.0
     contrastive_tau: float = 0.5
     aggregation_weight: str = "examples"
+    robust_aggregation: str = "none"  # none | trimmed-mean | median (per coordinate, over its participants)
+    trim_fraction: float = 0.2
+    clip_factor: float = 0.0  # > 0: clip each update to this multiple of the round's median update size
     scaler: bool = False
     local_epochs: int = 1
     local_examples: int = 0  # examples drawn per round from the node's partition; 0: all of it
@@ -72,6 +76,7 @@ class Settings:
     seed: int = 0
     output_dir: str = "runs"
     run_name: str = ""  # empty: <planner>-<dataset>-s<seed>-<timestamp>
+    resume_from: str = ""  # a run directory: continue it from its last complete round
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> "Settings":
@@ -93,6 +98,7 @@ class Settings:
             "dataset": DATASETS,
             "partitioner": ("iid", "dirichlet"),
             "aggregation_weight": ("examples", "uniform"),
+            "robust_aggregation": ROBUST_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -105,6 +111,10 @@ class Settings:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.fraction_train == 0.0:
             raise ValueError("fraction-train must be positive")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.clip_factor < 0:
+            raise ValueError(f"clip-factor must be >= 0, got {self.clip_factor}")
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet-alpha must be positive, got {self.dirichlet_alpha}")
         self.capacity_tiers()

@@ -4,6 +4,8 @@
     <run dir>/metrics.jsonl       one object per round (round 0: the initial model)
     <run dir>/metrics.csv         the same rows, scalar columns only
     <run dir>/checkpoints/round-0007.safetensors   the global model after round 7 (the last few kept)
+    <run dir>/checkpoints/round-0007.json          the strategy's state after round 7 (written last:
+                                                   its presence marks the checkpoint complete)
     <run dir>/accuracy.png        central accuracy vs round and vs cumulative per-participant FLOPs
 """
 
@@ -14,6 +16,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,13 @@ from safetensors.torch import load_file, save_file
 KEEP_CHECKPOINTS = 3
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    server_round: int
+    state: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+
+
 class RunLog:
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
         self.dir = Path(run_dir)
@@ -30,11 +40,26 @@ class RunLog:
         _atomic_write(self.dir / "config.json", json.dumps(dict(config), indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
 
+    @classmethod
+    def resume(cls, run_dir: str | Path, server_round: int) -> "RunLog":
+        """Reopen a run after round ``server_round``: rows of later (unfinished) rounds are dropped."""
+        log = cls.__new__(cls)
+        log.dir = Path(run_dir)
+        path = log.dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        log.rows = [r for r in rows if r.get("round", 0) <= server_round]
+        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in log.rows))
+        log._write_csv()
+        return log
+
     def append(self, row: Mapping[str, Any]) -> None:
         row = {k: _plain(v) for k, v in row.items()}
         self.rows.append(row)
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def _write_csv(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns += [k for k, v in r.items() if not isinstance(v, list) and k not in columns]
@@ -44,13 +69,16 @@ class RunLog:
             writer.writerows(self.rows)
         os.replace(self.dir / "metrics.csv.tmp", self.dir / "metrics.csv")
 
-    def save_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor]) -> Path:
+    def save_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> Path:
+        """The global model (safetensors) and the strategy state (JSON, written last), atomically."""
         path = self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"round": str(server_round)})
         os.replace(tmp, path)  # never leave a half-written checkpoint behind a crash
+        _atomic_write(path.with_suffix(".json"), json.dumps(dict(extra) | {"round": server_round}, indent=1))
         for old in sorted((self.dir / "checkpoints").glob("round-*.safetensors"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
         return path
 
     def plot(self) -> Path | None:
@@ -84,12 +112,14 @@ class RunLog:
         return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[int, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        server_round = int(f.metadata()["round"])
-    return server_round, load_file(str(path))
+def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The newest complete checkpoint of a run (model and state both written), or None."""
+    for meta in sorted((Path(run_dir) / "checkpoints").glob("round-*.json"), reverse=True):
+        weights = meta.with_suffix(".safetensors")
+        if weights.exists():
+            extra = json.loads(meta.read_text())
+            return Checkpoint(int(extra["round"]), load_file(str(weights)), extra)
+    return None
 
 
 def _plain(value: Any) -> Any:

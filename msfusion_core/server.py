@@ -10,13 +10,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from msfusion_core.aggregate import AggregateResult, Contribution, scatter_average
+from msfusion_core.aggregate import AggregateResult, Contribution
+from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
 from msfusion_core.slicing import Slicer
 from msfusion_core.split_map import SplitMap, group_sizes, model_shapes
 from msfusion_core.submodel import build_submodel
 
 AGGREGATION_WEIGHTS = ("examples", "uniform")
+# No sane training step produces parameters this large; one such reply would swamp the average.
+MAX_ABS_VALUE = 1e6
 
 
 class ReplyError(ValueError):
@@ -45,6 +48,9 @@ class SubmodelServer:
         *,
         aggregation_weight: str = "examples",
         small_capacity: float | None = None,
+        robust: str = "none",
+        trim_fraction: float = 0.2,
+        clip_factor: float = 0.0,
         seed: int = 0,
     ) -> None:
         if aggregation_weight not in AGGREGATION_WEIGHTS:
@@ -56,6 +62,9 @@ class SubmodelServer:
         self.split_map = split_map
         self.planner = planner
         self.aggregation_weight = aggregation_weight
+        if robust not in ROBUST_MODES:
+            raise ValueError(f"unknown robust aggregation {robust!r}; known: {', '.join(ROBUST_MODES)}")
+        self.robust, self.trim_fraction, self.clip_factor = robust, trim_fraction, clip_factor
         self.group_sizes = group_sizes(model_shapes(model), split_map)
         self.param_keys = [k for k, _ in model.named_parameters()]
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -100,9 +109,14 @@ class SubmodelServer:
                 raise ReplyError(f"{key!r} has dtype {t.dtype}, expected {self.state[key].dtype}")
             if not bool(torch.isfinite(t).all()):
                 raise ReplyError(f"{key!r} holds non-finite values")
+            if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
+                raise ReplyError(f"{key!r} holds values beyond ±{MAX_ABS_VALUE:g}")
 
     def aggregate(self, plan: RoundPlan, replies: Sequence[Reply]) -> AggregateResult:
-        """Aggregate validated replies into θ and feed the model shift back to the planner."""
+        """Aggregate validated replies into θ and feed the model shift back to the planner.
+
+        Replies are taken in participant order, so the result does not depend on arrival order."""
+        replies = sorted(replies, key=lambda r: r.node_id)
         contributions = [
             Contribution(
                 plan.participants[r.node_id].unit_indices(),
@@ -111,7 +125,9 @@ class SubmodelServer:
             )
             for r in replies
         ]
-        result = scatter_average(self.state, contributions, self.slicer, keys=self.param_keys)
+        if self.clip_factor > 0:
+            contributions = clip_updates(self.state, contributions, self.slicer, self.param_keys, self.clip_factor)
+        result = robust_average(self.state, contributions, self.slicer, self.param_keys, self.robust, self.trim_fraction)
         self.state = result.state
         if not math.isnan(result.model_shift):
             self.planner.observe(plan.server_round, result.model_shift)

@@ -48,9 +48,7 @@ class Slicer:
         """The participant's sub-tensors (contiguous copies), keyed like the full state dict."""
         out = {}
         for name in keys if keys is not None else state:
-            t = state[name]
-            for d, idx in self.dim_indices(name, units):
-                t = t.index_select(d, idx)
+            t = take(state[name], self.dim_indices(name, units))
             out[name] = t.contiguous() if t is not state[name] else t.clone()
         return out
 
@@ -59,6 +57,13 @@ class Slicer:
         row-major order; ``None`` when the tensor is kept whole."""
         dims = dict(self.dim_indices(name, units))
         return flat_positions(shape, dims) if dims else None
+
+
+def take(full: torch.Tensor, dims: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """The sub-tensor of ``full`` at the Cartesian product of ``dims`` (as from ``Slicer.dim_indices``)."""
+    for d, idx in dims:
+        full = full.index_select(d, idx)
+    return full
 
 
 def flat_positions(shape: torch.Size | tuple[int, ...], by_dim: Mapping[int, torch.Tensor]) -> torch.Tensor:

@@ -3,6 +3,7 @@ centrally every round, and write the run directory (msfusion_core.runlog)."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from logging import INFO
@@ -15,7 +16,7 @@ from flwr.serverapp.strategy import Result
 
 from msfusion_core.config import Settings
 from msfusion_core.data import TensorData, load_partition, load_test
-from msfusion_core.runlog import RunLog
+from msfusion_core.runlog import RunLog, latest_checkpoint
 from msfusion_core.training import calibrate_batchnorm, evaluate
 from server_app.strategy import MSfusion
 
@@ -39,6 +40,9 @@ def make_strategy(settings: Settings) -> MSfusion:
         default_capacity=settings.capacity_tiers()[0],
         small_capacity=min(settings.capacity_tiers()),
         aggregation_weight=settings.aggregation_weight,
+        robust=settings.robust_aggregation,
+        trim_fraction=settings.trim_fraction,
+        clip_factor=settings.clip_factor,
         seed=settings.seed,
     )
 
@@ -63,14 +67,18 @@ class CentralEvaluation:
         model = self.strategy.global_model()
         calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
         loss, accuracy = evaluate(model, self.test, self.settings.dataset)
+        if server_round == 0 and self.strategy.round_offset:  # a resumed run's checkpoint: logged already
+            self.last = time.perf_counter()
+            return MetricRecord({"accuracy": accuracy, "loss": loss})
+        server_round += self.strategy.round_offset
         record = self.strategy.rounds.get(server_round)
         row = {"round": server_round, "central-accuracy": accuracy, "central-loss": loss}
         row |= record.metrics if record is not None else {}
         row |= {"round-seconds": round_seconds if server_round else 0.0, "eval-seconds": time.perf_counter() - started}
         if record is not None:
-            row |= {"rejected-reasons": sorted(set(record.rejected.values())), "failed-reasons": sorted(set(record.failed.values()))}
+            row |= {"rejected-reasons": sorted({why for _, why in record.rejected}), "failed-reasons": sorted({why for _, why in record.failed})}
         self.runlog.append(row)
-        self.runlog.save_checkpoint(server_round, self.strategy.core.state)
+        self.runlog.save_checkpoint(server_round, self.strategy.core.state, self.strategy.state_dict())
         log(
             INFO,
             "[round %d] accuracy=%.4f loss=%.4f overlap=%s shift=%s bytes/participant down=%s up=%s rejected=%s (%.1fs)",
@@ -88,16 +96,48 @@ class CentralEvaluation:
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
 
+# Settings that may differ between a run and its resumption.
+RESUMABLE_CHANGES = {"resume-from", "num-server-rounds", "output-dir", "run-name", "round-timeout"}
+
+
+def resume(settings: Settings, strategy: MSfusion) -> RunLog:
+    """Reopen ``settings.resume_from`` at its last complete round and restore the strategy.
+
+    Every setting but those in RESUMABLE_CHANGES must equal the run's: the ClientApps train with
+    the run config they are given, so a silently different config would not continue the run."""
+    run_dir = Path(settings.resume_from)
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"resume-from {str(run_dir)!r} is not a run directory (no config.json)")
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = settings.to_mapping()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ValueError(
+            "resume-from: settings differ from the run's config.json: "
+            + ", ".join(f"{k} (was {saved.get(k)!r}, now {now[k]!r})" for k in changed)
+            + "; pass the same --run-config as the original run plus resume-from"
+        )
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"resume-from {str(run_dir)!r} has no complete checkpoint")
+    strategy.restore(checkpoint.server_round, checkpoint.state, checkpoint.extra)
+    log(INFO, "Resuming %s after round %d", run_dir, checkpoint.server_round)
+    return RunLog.resume(run_dir, checkpoint.server_round)
+
+
 def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Result:
     """The whole server side of a run (also what tests call with a run config of their own)."""
-    name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
     strategy = strategy or make_strategy(settings)
+    if settings.resume_from:
+        runlog = resume(settings, strategy)
+    else:
+        name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
     log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
     result = strategy.start(
         grid,
         None,
-        num_rounds=settings.num_server_rounds,
+        num_rounds=max(settings.num_server_rounds - strategy.round_offset, 0),
         timeout=settings.round_timeout,
         evaluate_fn=CentralEvaluation(strategy, settings, runlog),
     )

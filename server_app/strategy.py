@@ -51,8 +51,8 @@ class RoundLog:
     sent: dict[int, int] = field(default_factory=dict)  # participant id → Flower node id
     bytes_down: dict[int, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    rejected: dict[int, str] = field(default_factory=dict)  # Flower node id → reason
-    failed: dict[int, str] = field(default_factory=dict)  # error replies
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (Flower node id, reason)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # error replies
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +70,8 @@ class MSfusion(Strategy):
     default_capacity : the capacity of a node that does not declare ``split-ratio``.
     small_capacity : width of the global model for the ``small`` planner.
     aggregation_weight : ``examples`` or ``uniform``.
+    robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.robust``): ``none``,
+        ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
     seed : seeds initialisation, node sampling and random planners.
     """
 
@@ -86,12 +88,23 @@ class MSfusion(Strategy):
         default_capacity: float = 1.0,
         small_capacity: float = 0.5,
         aggregation_weight: str = "examples",
+        robust: str = "none",
+        trim_fraction: float = 0.2,
+        clip_factor: float = 0.0,
         seed: int = 0,
         query_timeout: float = 120.0,
     ) -> None:
         self.planner = make_planner(planner, seed=seed) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
-            build, split_map, self.planner, aggregation_weight=aggregation_weight, small_capacity=small_capacity, seed=seed
+            build,
+            split_map,
+            self.planner,
+            aggregation_weight=aggregation_weight,
+            small_capacity=small_capacity,
+            robust=robust,
+            trim_fraction=trim_fraction,
+            clip_factor=clip_factor,
+            seed=seed,
         )
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
@@ -101,7 +114,8 @@ class MSfusion(Strategy):
         self.seed = seed
         self.query_timeout = query_timeout
         self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
-        self.rounds: dict[int, RoundLog] = {}
+        self.rounds: dict[int, RoundLog] = {}  # by run round (Flower's round + round_offset)
+        self.round_offset = 0  # rounds completed before this start() (a resumed run)
         self.full_model_bytes = sum(t.numel() * t.element_size() for k, t in self.core.state.items() if k in self.core.param_keys)
 
     # -- Strategy API ----------------------------------------------------------------------
@@ -123,6 +137,7 @@ class MSfusion(Strategy):
         return super().start(grid, self.global_arrays(), *args, **kwargs)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self.discover(grid)
         started = time.perf_counter()
         participants = self.sample(server_round)
@@ -146,6 +161,7 @@ class MSfusion(Strategy):
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         started = time.perf_counter()
         record = self.rounds.setdefault(server_round, RoundLog())
         accepted, train_metrics = self.check_replies(server_round, replies)
@@ -162,6 +178,7 @@ class MSfusion(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Federated evaluation: sampled nodes evaluate the sub-model they can hold (their window of
         the latest plan, rebuilt at the current θ) on their local held-out data."""
+        server_round += self.round_offset
         record = self.rounds.get(server_round)
         if self.fraction_evaluate == 0.0 or record is None or record.plan is None:
             return []
@@ -236,7 +253,7 @@ class MSfusion(Strategy):
             src = msg.metadata.src_node_id
             if msg.has_error():
                 reason = _last_line(str(msg.error.reason))
-                record.failed[src] = reason
+                record.failed.append((src, reason))
                 log(WARNING, "round %d: node %d failed: %s", server_round, src, reason)
                 continue
             try:
@@ -248,7 +265,7 @@ class MSfusion(Strategy):
                 reply = self.parse_reply(pid, msg)
                 self.core.validate(record.plan.participants[pid], reply)
             except ReplyError as exc:
-                record.rejected[src] = str(exc)
+                record.rejected.append((src, str(exc)))
                 log(WARNING, "round %d: rejected reply from node %d: %s", server_round, src, exc)
                 continue
             seen.add(src)
@@ -296,6 +313,21 @@ class MSfusion(Strategy):
             "server-aggregate-seconds": record.seconds.get("aggregate", float("nan")),
             "coverage-histogram": [hist.get(c, 0) for c in range(max(hist, default=0) + 1)],
         }
+
+    # -- checkpoint state --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides θ that the next rounds depend on (node sampling and the client seeds
+        are functions of (seed, round), so they need no saved RNG state)."""
+        return {
+            "planner": self.planner.state_dict(),
+            "capacities": {str(info.partition_id): info.capacity for info in self.nodes.values()},
+        }
+
+    def restore(self, completed_round: int, state: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
+        """Continue after ``completed_round``: θ, the planner's state, and Flower's round numbering."""
+        self.load_global(state)
+        self.planner.load_state_dict(extra["planner"])
+        self.round_offset = completed_round
 
     # -- global model ----------------------------------------------------------------------
     def global_arrays(self) -> ArrayRecord:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from flower_procs import (
+from benchmarks.flower_procs import (
     REPO,
     flower_cleanup,
     flower_env,

@@ -7,7 +7,7 @@ test stops them by PID (tests/flower_procs.py) and checks that nothing of its FL
 
 from __future__ import annotations
 
-from flower_procs import (
+from benchmarks.flower_procs import (
     REPO,
     flower_cleanup,
     flower_env,

@@ -143,7 +143,7 @@ def test_malformed_replies_are_rejected_and_theta_unchanged(how):
     for k, v in before.items():
         assert torch.equal(strategy.core.state[k], v)
     reasons = strategy.rounds[1].rejected
-    assert set(reasons) == set(CAPACITIES) and all(CASES[how] in why for why in reasons.values())
+    assert {node for node, _ in reasons} == set(CAPACITIES) and all(CASES[how] in why for _, why in reasons)
 
 
 def test_good_replies_still_count_next_to_bad_ones():

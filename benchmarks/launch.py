@@ -1,0 +1,71 @@
+"""Run the app the way users do — `flwr run .` on a local simulation — and read back what it wrote.
+
+Each call gets its own FLWR_HOME and loopback ports, waits boundedly, reads the run's status with
+`flwr ls` (`--stream` exits 0 on failure) and stops every Flower process it caused, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.flower_procs import REPO, flower_cleanup, flower_env, newest_run, read_jsonl, run_cli
+
+
+@dataclass(frozen=True)
+class FlwrRun:
+    status: str
+    run_dir: Path
+    wall_seconds: float
+    rows: list[dict]
+    output_tail: str
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "") + "'"
+    return repr(value)
+
+
+def flwr_run(
+    run_config: Mapping[str, Any],
+    *,
+    work: Path,
+    run_name: str,
+    num_supernodes: int = 2,
+    cpus_per_node: int = 1,
+    timeout: float = 3600.0,
+    config_files: tuple[Path, ...] = (),
+) -> FlwrRun:
+    """`flwr run . --stream` with ``run_config`` (output goes to ``work/runs/<run_name>``)."""
+    work = Path(work).resolve()
+    home = work / "flwr-home" / run_name
+    out = work / "runs"
+    config = dict(run_config) | {"output-dir": str(out), "run-name": run_name}
+    cmd = ["flwr", "run", ".", "--stream"]
+    for f in config_files:
+        cmd += ["--run-config", str(Path(f).resolve())]
+    cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in config.items())]
+    cmd += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node}"]
+    env = flower_env(home)
+    log = work / "logs" / f"{run_name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with flower_cleanup(home):
+        started = time.perf_counter()
+        rc, output = run_cli(cmd, log, env, timeout, cwd=REPO)
+        wall = time.perf_counter() - started
+        status = newest_run(env).get("status", "unknown") if rc == 0 else f"flwr exited {rc}"
+    run_dir = out / run_name
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    return FlwrRun(status, run_dir, wall, rows, output[-3000:])
+
+
+if __name__ == "__main__":  # a quick manual check: the default app for 2 rounds
+    result = flwr_run({"num-server-rounds": 2}, work=Path("/tmp/msfusion-launch"), run_name="default")
+    print(json.dumps({"status": result.status, "wall": result.wall_seconds, "rounds": len(result.rows)}))

@@ -1,0 +1,196 @@
+"""Run a named experiment's grid through `flwr run .` and write its results.
+
+    python -m benchmarks.run E1 [--methods msfusion,small] [--seeds 0,1] [--work benchmark-runs]
+
+Every run's directory lives under ``--work`` (checkpoints included; not committed). A run that
+already finished is skipped; one that was interrupted resumes from its last checkpoint (the app's
+``resume-from``), so a grid can be completed over several sittings. Then it writes
+``docs/results/<experiment>/``: ``summary.json`` (per method: final and best central accuracy,
+rounds and cumulative per-participant FLOPs to the target, per-participant FLOPs and bytes per
+round, wall time), ``results.md`` (a table, the exact commands) and ``accuracy.png``; each run's
+``metrics.jsonl`` is copied to ``runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.experiments import EXPERIMENTS, METHODS, Experiment, Variant
+from benchmarks.flower_procs import REPO, read_jsonl
+from benchmarks.launch import flwr_run, toml_value
+
+
+def run_name(method: str, seed: int, variant: Variant) -> str:
+    return f"{method}-s{seed}" + (f"-{variant.name}" if variant.name else "")
+
+
+def run_config(exp: Experiment, method: str, seed: int, variant: Variant) -> dict[str, Any]:
+    return exp.setting | METHODS[method] | variant.overrides | {"seed": seed}
+
+
+def finished(rows: list[dict], rounds: int) -> bool:
+    return bool(rows) and rows[-1].get("round") == rounds
+
+
+def run_grid(exp: Experiment, work: Path, methods: set[str] | None, seeds: set[int] | None, timeout: float) -> None:
+    for method, seed, variant in exp.grid():
+        if (methods and method not in methods) or (seeds is not None and seed not in seeds):
+            continue
+        name = run_name(method, seed, variant)
+        config = run_config(exp, method, seed, variant)
+        run_dir = work / "runs" / name
+        metrics = run_dir / "metrics.jsonl"
+        rows = read_jsonl(metrics) if metrics.exists() else []
+        if finished(rows, config["num-server-rounds"]):
+            print(f"[{exp.name}] {name}: finished, skipped", flush=True)
+            continue
+        if list((run_dir / "checkpoints").glob("round-*.json")):
+            config["resume-from"] = str(run_dir.resolve())
+            print(f"[{exp.name}] {name}: resuming", flush=True)
+        print(f"[{exp.name}] {name}: running ({variant.num_supernodes} nodes)", flush=True)
+        result = flwr_run(config, work=work, run_name=name, num_supernodes=variant.num_supernodes, timeout=timeout)
+        print(f"[{exp.name}] {name}: {result.status} in {result.wall_seconds:.0f}s", flush=True)
+
+
+# -- summarising ------------------------------------------------------------------------------
+def summarise_run(rows: list[dict], target: float) -> dict[str, Any]:
+    trained = [r for r in rows if r["round"] >= 1]
+    acc = [float(r["central-accuracy"]) for r in trained]
+    flops = [float(r.get("flops-per-participant") or 0.0) for r in trained]
+    cumulative = [sum(flops[: i + 1]) for i in range(len(flops))]
+    reached = next((i for i, a in enumerate(acc) if a >= target), None)
+    down = [float(r.get("bytes-down-per-participant") or 0.0) for r in trained]
+    up = [float(r.get("bytes-up-per-participant") or 0.0) for r in trained]
+    return {
+        "final_accuracy": acc[-1],
+        "best_accuracy": max(acc),
+        "rounds_to_target": trained[reached]["round"] if reached is not None else None,
+        "flops_to_target": cumulative[reached] if reached is not None else None,
+        "flops_per_participant_round": statistics.mean(flops),
+        "bytes_per_participant_round": statistics.mean(d + u for d, u in zip(down, up)),
+        "wall_seconds": sum(float(r.get("round-seconds") or 0.0) + float(r.get("eval-seconds") or 0.0) for r in rows),
+    }
+
+
+def _mean_or_none(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    if len(present) < len(values):
+        return None  # a seed never reached the target
+    return statistics.mean(present)
+
+
+def summarise(exp: Experiment, work: Path) -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    for method in exp.methods:
+        for variant in exp.variants or (Variant("", {}, exp.num_supernodes),):
+            per_seed = []
+            for seed in exp.seeds:
+                metrics = work / "runs" / run_name(method, seed, variant) / "metrics.jsonl"
+                rows = read_jsonl(metrics) if metrics.exists() else []
+                if finished(rows, run_config(exp, method, seed, variant)["num-server-rounds"]):
+                    per_seed.append(summarise_run(rows, exp.target))
+            if not per_seed:
+                continue
+            key = method + (f"/{variant.name}" if variant.name else "")
+            methods[key] = {k: _mean_or_none([s[k] for s in per_seed]) for k in per_seed[0]} | {"seeds": len(per_seed)}
+    return {"experiment": exp.name, "setting": exp.setting, "target": exp.target, "methods": methods}
+
+
+def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> Path:
+    out = out_root / exp.name
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    summary = summarise(exp, work)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    curves = {}
+    for metrics in sorted((work / "runs").glob("*/metrics.jsonl")):
+        shutil.copyfile(metrics, out / "runs" / f"{metrics.parent.name}.jsonl")
+        curves[metrics.parent.name] = read_jsonl(metrics)
+    _plot(curves, out / "accuracy.png", exp.target)
+    lines = [
+        f"# {exp.name}",
+        "",
+        exp.description,
+        "",
+        f"Target accuracy: {exp.target:.0%}. Setting (run config shared by all methods):",
+        "",
+        "```toml",
+        *(f"{k} = {toml_value(v)}" for k, v in exp.setting.items()),
+        "```",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        "| method | final acc. | best acc. | rounds to target | FLOPs/participant to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in summary["methods"].items():
+        lines.append(
+            f"| {name} | {m['final_accuracy']:.4f} | {m['best_accuracy']:.4f} | {_fmt(m['rounds_to_target'], '{:.0f}')} "
+            f"| {_fmt(m['flops_to_target'], '{:.3g}')} | {m['flops_per_participant_round']:.3g} "
+            f"| {m['bytes_per_participant_round']:.3g} | {m['wall_seconds']:.0f} | {m['seeds']} |"
+        )
+    lines += ["", "![accuracy vs round and vs cumulative per-participant FLOPs](accuracy.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "never" if value is None or (isinstance(value, float) and math.isnan(value)) else spec.format(value)
+
+
+def _plot(curves: dict[str, list[dict]], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, rows in curves.items():
+        rounds = [r["round"] for r in rows]
+        acc = [r["central-accuracy"] for r in rows]
+        flops, total = [], 0.0
+        for r in rows:
+            total += float(r.get("flops-per-participant") or 0.0)
+            flops.append(total)
+        ax1.plot(rounds, acc, label=name)
+        ax2.plot(flops, acc, label=name)
+    for ax in (ax1, ax2):
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+        ax.set_ylabel("central accuracy")
+    ax1.set_xlabel("round")
+    ax2.set_xlabel("cumulative FLOPs per participant")
+    ax2.set_xscale("log")
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--methods", default="", help="comma-separated subset of the experiment's methods")
+    parser.add_argument("--seeds", default="", help="comma-separated subset of the experiment's seeds")
+    parser.add_argument("--work", default=str(REPO / "benchmark-runs"))
+    parser.add_argument("--results", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds allowed for one run")
+    parser.add_argument("--summarise-only", action="store_true")
+    args = parser.parse_args()
+    exp = EXPERIMENTS[args.experiment]
+    work = Path(args.work) / exp.name
+    methods = set(args.methods.split(",")) if args.methods else None
+    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
+    if not args.summarise_only:
+        run_grid(exp, work, methods, seeds, args.timeout)
+    out = write_results(exp, work, Path(args.results), f"python -m benchmarks.run {exp.name}")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+import sys
+from pathlib import Path
+
+# Tests import the repo's own helpers: tests/local_grid.py and benchmarks/ (process management).
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))

@@ -1,0 +1,44 @@
+"""The benchmark runner end to end on the tiny experiment (digits, 2 rounds, 2 methods): real
+`flwr run .` simulations, a well-formed summary.json, and finished runs skipped on a second call."""
+
+import json
+
+from benchmarks.experiments import EXPERIMENTS
+from benchmarks.run import run_grid, write_results
+
+KEYS = {
+    "final_accuracy",
+    "best_accuracy",
+    "rounds_to_target",
+    "flops_to_target",
+    "flops_per_participant_round",
+    "bytes_per_participant_round",
+    "wall_seconds",
+    "seeds",
+}
+
+
+def test_tiny_experiment_summary(tmp_path, capsys):
+    exp = EXPERIMENTS["tiny"]
+    work = tmp_path / "work"
+    run_grid(exp, work, None, None, timeout=300.0)
+    out = write_results(exp, work, tmp_path / "results", "python -m benchmarks.run tiny")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "tiny" and summary["target"] == exp.target
+    assert summary["setting"] == exp.setting
+    assert set(summary["methods"]) == {"msfusion", "small"}
+    for name, m in summary["methods"].items():
+        assert set(m) == KEYS, name
+        assert 0.0 <= m["final_accuracy"] <= m["best_accuracy"] <= 1.0
+        assert m["seeds"] == 1 and m["flops_per_participant_round"] > 0 and m["bytes_per_participant_round"] > 0
+        assert m["rounds_to_target"] is None or 1 <= m["rounds_to_target"] <= 2
+        assert (m["rounds_to_target"] is None) == (m["flops_to_target"] is None)
+    # The small model costs a quarter of the full model per participant; msfusion at r = 0.5 too.
+    ratio = summary["methods"]["msfusion"]["flops_per_participant_round"] / summary["methods"]["small"]["flops_per_participant_round"]
+    assert 0.7 < ratio < 1.6, ratio
+    assert (out / "results.md").read_text().count("| msfusion |") == 1
+    assert (out / "accuracy.png").stat().st_size > 1000 and len(list((out / "runs").glob("*.jsonl"))) == 2
+
+    capsys.readouterr()
+    run_grid(exp, work, None, None, timeout=300.0)  # everything finished: nothing reruns
+    assert capsys.readouterr().out.count("finished, skipped") == 2

@@ -1,0 +1,94 @@
+"""Crash and resume with real processes: SIGKILL a `flwr run .` after round 2 of 4, resume it with
+`resume-from`, and compare the final global model with an uninterrupted run's, bit for bit.
+
+Bit-exactness needs the contrastive term off (contrastive-mu=0): its negative is each node's
+previous sub-model, kept in the node's Flower state, which a crash of the whole simulation loses —
+the first resumed round then trains without a negative, exactly like a node's first round.
+Everything else (θ, the overlap schedule, node capacities) is in the checkpoint, and node sampling,
+data subsets and client seeds are functions of (seed, round)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from benchmarks.flower_procs import (
+    REPO,
+    flower_cleanup,
+    flower_env,
+    local_superlink_pids,
+    newest_run,
+    pids_with_flwr_home,
+    read_jsonl,
+    run_cli,
+    started,
+)
+
+CONFIG = "num-server-rounds=4 contrastive-mu=0.0 local-epochs=1 overlap-schedule='adaptive'"
+
+
+def flwr_cmd(extra: str) -> list[str]:
+    return ["flwr", "run", ".", "--stream", "--run-config", f"{CONFIG} {extra}"]
+
+
+def run_to_end(tmp_path, name: str, extra: str) -> dict:
+    home = tmp_path / f"home-{name}"
+    env = flower_env(home)
+    with flower_cleanup(home):
+        rc, out = run_cli(flwr_cmd(extra), tmp_path / f"{name}.log", env, 300.0, cwd=REPO)
+        assert rc == 0, out[-3000:]
+        run = newest_run(env)
+    assert run["status"] == "finished:completed", out[-3000:]
+    return run
+
+
+def test_sigkill_after_round_two_then_resume_is_bit_identical(tmp_path):
+    out = tmp_path / "runs"
+    run_to_end(tmp_path, "full", f"output-dir='{out}' run-name='full'")
+
+    # Start the same run and SIGKILL every process of it once round 2's checkpoint is complete.
+    home = tmp_path / "home-crash"
+    env = flower_env(home)
+    marker = out / "crash" / "checkpoints" / "round-0002.json"
+    with flower_cleanup(home), started(flwr_cmd(f"output-dir='{out}' run-name='crash'"), tmp_path / "crash.log", env) as proc:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert time.monotonic() < deadline, proc.tail()
+            assert proc.popen.poll() is None or marker.exists(), proc.tail()
+            time.sleep(0.2)
+        victims = pids_with_flwr_home(home) | local_superlink_pids(home) | {proc.pid}
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    rows = read_jsonl(out / "crash" / "metrics.jsonl")
+    assert rows[-1]["round"] < 4, "the run finished before it could be killed"
+
+    run_to_end(tmp_path, "resume", f"output-dir='{out}' run-name='crash' resume-from='{out / 'crash'}'")
+    resumed = read_jsonl(out / "crash" / "metrics.jsonl")
+    assert [r["round"] for r in resumed] == [0, 1, 2, 3, 4]
+    full = load_file(str(out / "full" / "checkpoints" / "round-0004.safetensors"))
+    again = load_file(str(out / "crash" / "checkpoints" / "round-0004.safetensors"))
+    assert full.keys() == again.keys()
+    different = [k for k in full if not (full[k] == again[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    from msfusion_core.config import Settings
+    from server_app.app import make_strategy, resume, run
+    from local_grid import LocalGrid
+
+    grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
+    settings = Settings(num_server_rounds=1, output_dir=str(tmp_path), run_name="r", contrastive_mu=0.0)
+    run(grid, settings)
+    changed = Settings(num_server_rounds=2, contrastive_mu=0.5, resume_from=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"contrastive-mu \(was 0.0, now 0.5\)"):
+        resume(changed, make_strategy(changed))
+    with pytest.raises(ValueError, match="not a run directory"):
+        resume(Settings(resume_from=str(tmp_path)), make_strategy(Settings()))
