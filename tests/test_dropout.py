@@ -45,6 +45,10 @@ from benchmarks.flower_procs import (
 NODES = {0: 1.0, 1: 0.5, 2: 0.5}  # partition id → split-ratio
 VICTIM = 2
 ROUNDS, ROUND_TIMEOUT = 4, 40
+# Light local training: every message starts a fresh `flwr-clientapp` (imports alone take ~6 s on a
+# busy 2-core machine), and with the default 2 epochs over the whole partition three concurrent
+# ClientApps overran the 40 s timeout in round 1 here (0 replies in time).
+LIGHT = "local-epochs=1 local-examples=96"
 RUN_TIMEOUT = 600.0  # round 1 (~1-2 min on 2 cores) + 3 rounds bounded by the round timeout
 
 
@@ -88,7 +92,7 @@ def test_supernode_dropout(tmp_path):
         }
         wait_online(env, len(NODES), [link, *nodes.values()])
 
-        config = f"num-server-rounds={ROUNDS} round-timeout={ROUND_TIMEOUT} output-dir='{out}' run-name='dropout'"
+        config = f"num-server-rounds={ROUNDS} round-timeout={ROUND_TIMEOUT} {LIGHT} output-dir='{out}' run-name='dropout'"
         run_proc = stack.enter_context(
             started(["flwr", "run", ".", "deploy", "--stream", "--run-config", config], logs / "flwr-run.log", env)
         )
