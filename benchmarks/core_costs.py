@@ -92,7 +92,7 @@ def aggregation_times(num_participants: int, repeats: int, with_robust: bool = T
     }
     if with_robust:
         for mode in ("trimmed-mean", "median"):
-            result[f"{mode}_seconds"] = median_seconds(lambda: robust_average(state, contribs, slicer, keys, mode), repeats)
+            result[f"{mode}_seconds"] = median_seconds(lambda m=mode: robust_average(state, contribs, slicer, keys, m), repeats)
         result["clip_seconds"] = median_seconds(lambda: clip_updates(state, contribs, slicer, keys, 2.0), repeats)
     return result
 

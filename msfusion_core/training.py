@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from msfusion_core.augment import prepare_batch
 from msfusion_core.contrastive import contrastive_loss
 from msfusion_core.data import TensorData
-from msfusion_core.measure import count_flops, shape_signature
+from msfusion_core.measure import shape_signature
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,22 @@ def train_submodel(
     totals = torch.zeros(3)
     batches = 0
     signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        con = torch.zeros(())
+        if use_con:
+            with torch.no_grad():
+                for m in frozen:
+                    m(x)
+            z_prev = boxes[1]["z"] if len(boxes) > 1 else None
+            con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
+        opt.zero_grad(set_to_none=True)
+        (ce + cfg.mu * con).backward()
+        opt.step()
+        return ce.detach(), con.detach()
+
     with ExitStack() as stack:
         zbox = stack.enter_context(capture_input(model, representation_layer))
         boxes = [stack.enter_context(capture_input(m, representation_layer)) for m in frozen]
@@ -102,29 +119,13 @@ def train_submodel(
                     continue  # a batch of one breaks batch-statistics BatchNorm
                 x = prepare_batch(cfg.dataset, data.x[idx], train=True, generator=gen)
                 y = data.y[idx]
-
-                def step() -> tuple[torch.Tensor, torch.Tensor]:
-                    logits = model(x)
-                    ce = F.cross_entropy(logits, y)
-                    con = torch.zeros(())
-                    if use_con:
-                        with torch.no_grad():
-                            for m in frozen:
-                                m(x)
-                        z_prev = boxes[1]["z"] if len(boxes) > 1 else None
-                        con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
-                    opt.zero_grad(set_to_none=True)
-                    (ce + cfg.mu * con).backward()
-                    opt.step()
-                    return ce.detach(), con.detach()
-
                 key = (signature, tuple(x.shape), len(frozen))
-                if key not in _FLOPS_PER_EXAMPLE:
-                    box: dict = {}
-                    _FLOPS_PER_EXAMPLE[key] = count_flops(lambda: box.__setitem__("r", step())) / x.shape[0]
-                    ce, con = box["r"]
+                if key not in _FLOPS_PER_EXAMPLE:  # measure the first step of each shape, once
+                    with FlopCounterMode(display=False) as counter:
+                        ce, con = step(x, y)
+                    _FLOPS_PER_EXAMPLE[key] = counter.get_total_flops() / x.shape[0]
                 else:
-                    ce, con = step()
+                    ce, con = step(x, y)
                 flops += _FLOPS_PER_EXAMPLE[key] * x.shape[0]
                 totals += torch.stack([ce + cfg.mu * con, ce, con])
                 batches += 1

@@ -12,7 +12,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import client_app.app as client
 from local_grid import LocalGrid
 from msfusion_core.config import Settings
 from server_app.app import make_strategy

@@ -1,6 +1,5 @@
 """Whole rounds without any FL framework: SubmodelServer + Participant on real digits data."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -17,7 +17,7 @@ from flwr.simulation import run_simulation
 import client_app.app as client
 from msfusion_core.config import Settings
 from msfusion_core.participant import Participant
-from server_app.app import make_strategy, run
+from server_app.app import run
 from server_app.strategy import MSfusion
 
 RUN_CONFIG = {"split-ratio-tiers": "1.0,0.5,0.5,0.25", "local-examples": 128, "num-server-rounds": 3}
