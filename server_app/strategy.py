@@ -49,6 +49,7 @@ class RoundLog:
 
     plan: RoundPlan | None = None
     sent: dict[int, int] = field(default_factory=dict)  # participant id → Flower node id
+    messages: list[Message] = field(default_factory=list)  # what was sent (ids set by the Grid)
     bytes_down: dict[int, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (Flower node id, reason)
@@ -157,6 +158,7 @@ class MSfusion(Strategy):
             record.bytes_down[pid] = arrays_out.count_bytes()
             content = RecordDict({ARRAYS_KEY: arrays_out, PLAN_KEY: cfg})
             messages.append(Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN))
+        record.messages = messages
         record.seconds["plan_and_slice"] = time.perf_counter() - started
         return messages
 
@@ -210,8 +212,12 @@ class MSfusion(Strategy):
 
     # -- nodes -----------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
-        """Ask nodes we have not heard from for their partition id and capacity (one QUERY round)."""
-        unknown = [n for n in grid.get_node_ids() if n not in self.nodes]
+        """Forget nodes that are no longer connected (so a dead node is not sampled again and a
+        restarted one can reclaim its partition); ask new ones for their partition id and capacity."""
+        online = set(grid.get_node_ids())
+        for gone in [n for n in self.nodes if n not in online]:
+            log(WARNING, "node %d (partition %d) is no longer connected", gone, self.nodes.pop(gone).partition_id)
+        unknown = sorted(n for n in online if n not in self.nodes)
         if not unknown:
             return
         queries = [Message(RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity"})}), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
@@ -246,12 +252,16 @@ class MSfusion(Strategy):
         """Valid replies (one per participant, matching its plan); every other reply is logged and counted."""
         record = self.rounds[server_round]
         by_node = {node: pid for pid, node in record.sent.items()}
+        # Error replies made by the SuperLink (node unavailable, timeout) come from the SuperLink's
+        # own id: name the node by the message they answer.
+        addressee = {m.metadata.message_id: m.metadata.dst_node_id for m in record.messages if m.metadata.message_id}
         accepted: list[Reply] = []
         metrics: list[MetricRecord] = []
         seen: set[int] = set()
         for msg in replies:
             src = msg.metadata.src_node_id
             if msg.has_error():
+                src = addressee.get(msg.metadata.reply_to_message_id, src)
                 reason = _last_line(str(msg.error.reason))
                 record.failed.append((src, reason))
                 log(WARNING, "round %d: node %d failed: %s", server_round, src, reason)

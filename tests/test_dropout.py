@@ -28,7 +28,6 @@ import subprocess
 import time
 
 from benchmarks.flower_procs import (
-    REPO,
     descendants,
     flower_cleanup,
     flower_env,

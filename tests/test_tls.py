@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from benchmarks.flower_procs import (
     REPO,
     Proc,
@@ -47,7 +49,7 @@ INTRUDER = 2  # key node-2: made, never registered
 
 def script(work: Path, env: dict, *args: str, timeout: float = 120.0) -> str:
     out = subprocess.run(
-        ["bash", str(SCRIPT), str(work), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        ["bash", str(SCRIPT), str(work), *args], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
     assert out.returncode == 0, f"tls_deploy.sh {' '.join(args)} exited with {out.returncode}:\n{out.stdout}\n{out.stderr}"
     return out.stdout + out.stderr
@@ -69,6 +71,12 @@ def wait_https_health(port: int, ca: Path, proc: Proc, timeout: float = 60.0) ->
             last = exc
         time.sleep(0.3)
     raise AssertionError(f"SuperLink not healthy over TLS after {timeout:.0f}s ({last}):\n{proc.tail()}")
+
+
+def pem_public_key(ssh_pub: Path) -> str:
+    """The PEM form in which the SuperLink logs a node's public key."""
+    key = serialization.load_ssh_public_key(ssh_pub.read_bytes())
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def supernodes(env: dict) -> list[dict]:
@@ -130,6 +138,10 @@ def test_tls_with_supernode_auth(tmp_path):
             assert rc != 0 and "Exit Code: 305" in refusal, f"unregistered SuperNode exited with {rc}:\n{refusal}"
             assert "Failed to initialize the connection to the SuperLink" in refusal and "Failed to activate SuperNode" in refusal, refusal
             assert "Received" not in refusal and "flwr-clientapp" not in refusal, refusal
+            # The SuperLink's side: ActivateNode refused (HTTP 412) for exactly that public key.
+            intruder_pem = pem_public_key(work / "keys" / f"node-{INTRUDER}.pub")
+            refused = [ln for ln in link.output().splitlines() if "No SuperNode found with the given public key" in ln]
+            assert len(refused) == 1 and intruder_pem.replace("\n", "\\n") in refused[0], refused or link.tail()
 
             cmd = ["flwr", "run", ".", CONNECTION, "--stream", "--run-config", f"output-dir='{out}' run-name='tls' num-server-rounds=2"]
             rc, output = run_cli(cmd, logs / "flwr-run.log", env, RUN_TIMEOUT)
