@@ -210,3 +210,16 @@ def test_initial_arrays_must_fit():
     strategy = make_strategy(Settings())
     with pytest.raises(ValueError, match="do not fit the model"):
         strategy.load_global({k: torch.zeros(1) for k in strategy.core.state})
+
+
+def test_disconnected_nodes_are_forgotten_and_a_restarted_node_reclaims_its_partition():
+    strategy = make_strategy(Settings())
+    grid = make_grid({1: 0.5, 2: 0.5, 3: 0.25})
+    train_round(strategy, grid, 1)
+    ctx, app = grid.contexts.pop(3), grid.apps.pop(3)  # node 3 dies
+    msgs, _ = train_round(strategy, grid, 2)
+    assert {m.metadata.dst_node_id for m in msgs} == {1, 2} and 3 not in strategy.nodes
+    grid.contexts[33], grid.apps[33] = ctx, app  # ...and comes back with a new node id
+    msgs, replies = train_round(strategy, grid, 3)
+    assert strategy.nodes[33].partition_id == 2 and len(msgs) == 3
+    assert not any(r.has_error() for r in replies)
