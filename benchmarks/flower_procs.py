@@ -281,5 +281,26 @@ def wait_http_health(port: int, timeout: float = 30.0, proc: Proc | None = None)
     raise AssertionError(f"nothing healthy on {LOOPBACK}:{port} after {timeout:.0f}s" + (f":\n{proc.tail()}" if proc else ""))
 
 
+def supernode_cmd(link_port: int, port: int, partition_id: int, num_partitions: int, split_ratio: float) -> list[str]:
+    """An insecure SuperNode on loopback with its partition and capacity in the node config."""
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions} split-ratio={split_ratio}"
+    return ["flower-supernode", "--insecure", "--superlink", f"{LOOPBACK}:{link_port}", "--port", str(port), "--node-config", node_config]
+
+
+def wait_online_nodes(env: Mapping[str, str], count: int, procs: list[Proc], connection: str, timeout: float = 90.0) -> list[dict]:
+    """Wait until ``flwr supernode ls <connection>`` shows ``count`` online nodes; return the list.
+    Fails early, with their logs, if one of ``procs`` exits."""
+    deadline = time.monotonic() + timeout
+    nodes: list[dict] = []
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.popen.poll() is None, f"a Flower process exited early ({p.popen.returncode}):\n{p.tail()}"
+        nodes = flwr_json(["supernode", "ls", connection], env).get("nodes") or []
+        if sum(n.get("status") == "online" for n in nodes) >= count:
+            return nodes
+        time.sleep(1.0)
+    raise AssertionError(f"fewer than {count} SuperNodes online after {timeout:.0f}s: {nodes}\n" + "\n".join(p.tail(20) for p in procs))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

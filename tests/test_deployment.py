@@ -9,13 +9,11 @@ SuperNode starts a fresh `flwr-clientapp` process per message, so 2 rounds take 
 from __future__ import annotations
 
 import re
-import time
 
 from benchmarks.flower_procs import (
     REPO,
     flower_cleanup,
     flower_env,
-    flwr_json,
     free_ports,
     newest_run,
     pids_with_flwr_home,
@@ -23,24 +21,13 @@ from benchmarks.flower_procs import (
     run_cli,
     started,
     stop_flower_processes,
+    supernode_cmd,
     wait_http_health,
+    wait_online_nodes,
 )
 
 RUN_TIMEOUT = 480.0
 NODES = {0: 1.0, 1: 0.5}  # partition id → split-ratio (capacity)
-
-
-def wait_online_nodes(env, count: int, procs, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    nodes: list = []
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.popen.poll() is None, f"a Flower process exited early ({p.popen.returncode}):\n{p.tail()}"
-        nodes = [n for n in flwr_json(["supernode", "ls", "deploy"], env).get("nodes") or [] if n.get("status") == "online"]
-        if len(nodes) >= count:
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"{len(nodes)} of {count} SuperNodes online after {timeout:.0f}s:\n" + "\n".join(p.tail(20) for p in procs))
 
 
 def test_deployment_two_supernodes(tmp_path):
@@ -54,11 +41,11 @@ def test_deployment_two_supernodes(tmp_path):
     link_cmd = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(link_port)]
     with flower_cleanup(home), started(link_cmd, logs / "superlink.log", env) as link:
         wait_http_health(link_port, timeout=60.0, proc=link)
-        with started(_node_cmd(link_port, node_ports[0], 0), logs / "supernode-0.log", env) as n0, started(
-            _node_cmd(link_port, node_ports[1], 1), logs / "supernode-1.log", env
+        with started(supernode_cmd(link_port, node_ports[0], 0, len(NODES), NODES[0]), logs / "supernode-0.log", env) as n0, started(
+            supernode_cmd(link_port, node_ports[1], 1, len(NODES), NODES[1]), logs / "supernode-1.log", env
         ) as n1:
             node_procs = [link, n0, n1]
-            wait_online_nodes(env, len(NODES), node_procs)
+            wait_online_nodes(env, len(NODES), node_procs, "deploy")
 
             cmd = ["flwr", "run", ".", "deploy", "--stream", "--run-config", f"num-server-rounds=2 output-dir='{out}' run-name='deploy'"]
             rc, output = run_cli(cmd, logs / "flwr-run.log", env, RUN_TIMEOUT, cwd=REPO)
@@ -85,16 +72,3 @@ def test_deployment_two_supernodes(tmp_path):
     left = stop_flower_processes(home)
     assert not left, f"processes survived SIGKILL: {left}"
     assert not pids_with_flwr_home(home)
-
-
-def _node_cmd(link_port: int, port: int, pid: int) -> list[str]:
-    return [
-        "flower-supernode",
-        "--insecure",
-        "--superlink",
-        f"127.0.0.1:{link_port}",
-        "--port",
-        str(port),
-        "--node-config",
-        f"partition-id={pid} num-partitions={len(NODES)} split-ratio={NODES[pid]}",
-    ]

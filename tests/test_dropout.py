@@ -31,14 +31,15 @@ from benchmarks.flower_procs import (
     descendants,
     flower_cleanup,
     flower_env,
-    flwr_json,
     free_ports,
     newest_run,
     pids_with_flwr_home,
     read_jsonl,
     started,
     stop_flower_processes,
+    supernode_cmd,
     wait_http_health,
+    wait_online_nodes,
 )
 
 NODES = {0: 1.0, 1: 0.5, 2: 0.5}  # partition id → split-ratio
@@ -49,19 +50,6 @@ ROUNDS, ROUND_TIMEOUT = 4, 40
 # ClientApps overran the 40 s timeout in round 1 here (0 replies in time).
 LIGHT = "local-epochs=1 local-examples=96"
 RUN_TIMEOUT = 600.0  # round 1 (~1-2 min on 2 cores) + 3 rounds bounded by the round timeout
-
-
-def wait_online(env, count: int, procs, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    nodes: list = []
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.popen.poll() is None, f"a Flower process exited early ({p.popen.returncode}):\n{p.tail()}"
-        nodes = [n for n in flwr_json(["supernode", "ls", "deploy"], env).get("nodes") or [] if n.get("status") == "online"]
-        if len(nodes) >= count:
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"{len(nodes)} of {count} SuperNodes online after {timeout:.0f}s:\n" + "\n".join(p.tail(20) for p in procs))
 
 
 def kill_tree(pid: int) -> set[int]:
@@ -86,10 +74,10 @@ def test_supernode_dropout(tmp_path):
         link = stack.enter_context(started(link_cmd, logs / "superlink.log", env))
         wait_http_health(link_port, timeout=60.0, proc=link)
         nodes = {
-            i: stack.enter_context(started(_node_cmd(link_port, node_ports[i], i), logs / f"supernode-{i}.log", env))
+            i: stack.enter_context(started(supernode_cmd(link_port, node_ports[i], i, len(NODES), NODES[i]), logs / f"supernode-{i}.log", env))
             for i in NODES
         }
-        wait_online(env, len(NODES), [link, *nodes.values()])
+        wait_online_nodes(env, len(NODES), [link, *nodes.values()], "deploy")
 
         config = f"num-server-rounds={ROUNDS} round-timeout={ROUND_TIMEOUT} {LIGHT} output-dir='{out}' run-name='dropout'"
         run_proc = stack.enter_context(
@@ -135,16 +123,3 @@ def test_supernode_dropout(tmp_path):
     left = stop_flower_processes(home)
     assert not left, f"processes survived SIGKILL: {left}"
     assert not pids_with_flwr_home(home)
-
-
-def _node_cmd(link_port: int, port: int, pid: int) -> list[str]:
-    return [
-        "flower-supernode",
-        "--insecure",
-        "--superlink",
-        f"127.0.0.1:{link_port}",
-        "--port",
-        str(port),
-        "--node-config",
-        f"partition-id={pid} num-partitions={len(NODES)} split-ratio={NODES[pid]}",
-    ]

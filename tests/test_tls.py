@@ -38,6 +38,7 @@ from benchmarks.flower_procs import (
     run_cli,
     started,
     stop_flower_processes,
+    wait_online_nodes,
 )
 
 SCRIPT = REPO / "scripts" / "tls_deploy.sh"
@@ -83,19 +84,6 @@ def supernodes(env: dict) -> list[dict]:
     return flwr_json(["supernode", "ls", CONNECTION], env).get("nodes") or []
 
 
-def wait_online(env: dict, count: int, procs: list[Proc], timeout: float = 90.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    nodes: list[dict] = []
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.popen.poll() is None, f"a Flower process exited early ({p.popen.returncode}):\n{p.tail()}"
-        nodes = supernodes(env)
-        if sum(n.get("status") == "online" for n in nodes) >= count:
-            return nodes
-        time.sleep(1.0)
-    raise AssertionError(f"fewer than {count} SuperNodes online after {timeout:.0f}s: {nodes}\n" + "\n".join(p.tail(20) for p in procs))
-
-
 def test_tls_with_supernode_auth(tmp_path):
     work, home, out = tmp_path / "tls", tmp_path / "flwr-home", tmp_path / "runs"
     logs = work / "logs"
@@ -124,7 +112,7 @@ def test_tls_with_supernode_auth(tmp_path):
 
         with node(0, len(NODES), NODES[0]) as n0, node(1, len(NODES), NODES[1]) as n1:
             procs = [link, n0, n1]
-            online = wait_online(env, len(NODES), procs)
+            online = wait_online_nodes(env, len(NODES), procs, CONNECTION)
             node_ids = {n["node-id"] for n in online}
 
             # An unregistered key: it would claim partition 1 at full capacity if it got in.
