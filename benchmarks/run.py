@@ -53,6 +53,8 @@ def run_grid(exp: Experiment, work: Path, methods: set[str] | None, seeds: set[i
         if list((run_dir / "checkpoints").glob("round-*.json")):
             config["resume-from"] = str(run_dir.resolve())
             print(f"[{exp.name}] {name}: resuming", flush=True)
+        elif run_dir.exists():
+            shutil.rmtree(run_dir)  # died before its first checkpoint: start it again
         print(f"[{exp.name}] {name}: running ({variant.num_supernodes} nodes)", flush=True)
         result = flwr_run(config, work=work, run_name=name, num_supernodes=variant.num_supernodes, timeout=timeout)
         print(f"[{exp.name}] {name}: {result.status} in {result.wall_seconds:.0f}s", flush=True)

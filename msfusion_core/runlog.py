@@ -36,6 +36,11 @@ class Checkpoint:
 class RunLog:
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
         self.dir = Path(run_dir)
+        if (self.dir / "metrics.jsonl").exists():
+            raise ValueError(
+                f"run directory {str(self.dir)!r} already holds a run: choose another run-name, "
+                "or continue it with resume-from"
+            )
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         _atomic_write(self.dir / "config.json", json.dumps(dict(config), indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []

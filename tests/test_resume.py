@@ -92,3 +92,11 @@ def test_resume_refuses_a_changed_config(tmp_path):
         resume(changed, make_strategy(changed))
     with pytest.raises(ValueError, match="not a run directory"):
         resume(Settings(resume_from=str(tmp_path)), make_strategy(Settings()))
+
+
+def test_a_new_run_never_appends_to_an_existing_run_directory(tmp_path):
+    from msfusion_core.runlog import RunLog
+
+    RunLog(tmp_path / "r", {}).append({"round": 0})
+    with pytest.raises(ValueError, match="already holds a run"):
+        RunLog(tmp_path / "r", {})
