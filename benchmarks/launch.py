@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return "'" + value.replace("'", "") + "'"
+        return json.dumps(value)  # a TOML basic string
     return repr(value)
 
 
@@ -43,15 +44,20 @@ def flwr_run(
     timeout: float = 3600.0,
     config_files: tuple[Path, ...] = (),
 ) -> FlwrRun:
-    """`flwr run . --stream` with ``run_config`` (output goes to ``work/runs/<run_name>``)."""
+    """`flwr run . --stream` with ``config_files`` (presets) overlaid by ``run_config``; output goes
+    to ``work/runs/<run_name>``. `flwr run` takes either TOML files or key=value pairs, not both, so
+    everything is merged into one TOML file under ``work/configs``."""
     work = Path(work).resolve()
     home = work / "flwr-home" / run_name
     out = work / "runs"
-    config = dict(run_config) | {"output-dir": str(out), "run-name": run_name}
-    cmd = ["flwr", "run", ".", "--stream"]
+    config: dict[str, Any] = {}
     for f in config_files:
-        cmd += ["--run-config", str(Path(f).resolve())]
-    cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in config.items())]
+        config |= tomllib.loads(Path(f).read_text())
+    config |= dict(run_config) | {"output-dir": str(out), "run-name": run_name}
+    merged = work / "configs" / f"{run_name}.toml"
+    merged.parent.mkdir(parents=True, exist_ok=True)
+    merged.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in config.items()))
+    cmd = ["flwr", "run", ".", "--stream", "--run-config", str(merged)]
     cmd += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node}"]
     env = flower_env(home)
     log = work / "logs" / f"{run_name}.log"
