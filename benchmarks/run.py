@@ -3,7 +3,7 @@
     python -m benchmarks.run E1 [--methods msfusion,small] [--seeds 0,1] [--work benchmark-runs]
 
 Every run's directory lives under ``--work`` (checkpoints included; not committed). A run that
-already finished is skipped; one that was interrupted resumes from its last checkpoint (the app's
+already finished — there, or as a committed copy in ``docs/results/<experiment>/runs`` — is skipped; one that was interrupted resumes from its last checkpoint (the app's
 ``resume-from``), so a grid can be completed over several sittings. Then it writes
 ``docs/results/<experiment>/``: ``summary.json`` (per method: final and best central accuracy,
 rounds and cumulative per-participant FLOPs to the target, per-participant FLOPs and bytes per
@@ -38,7 +38,11 @@ def finished(rows: list[dict], rounds: int) -> bool:
     return bool(rows) and rows[-1].get("round") == rounds
 
 
-def run_grid(exp: Experiment, work: Path, methods: set[str] | None, seeds: set[int] | None, timeout: float) -> None:
+def run_grid(
+    exp: Experiment, work: Path, methods: set[str] | None, seeds: set[int] | None, timeout: float, results: Path | None = None
+) -> None:
+    """Run what is not finished yet, either under ``work`` or as a copy in ``results/<exp>/runs``
+    (committed results count: a fresh machine does not redo them)."""
     for method, seed, variant in exp.grid():
         if (methods and method not in methods) or (seeds is not None and seed not in seeds):
             continue
@@ -47,7 +51,8 @@ def run_grid(exp: Experiment, work: Path, methods: set[str] | None, seeds: set[i
         run_dir = work / "runs" / name
         metrics = run_dir / "metrics.jsonl"
         rows = read_jsonl(metrics) if metrics.exists() else []
-        if finished(rows, config["num-server-rounds"]):
+        copy = results / exp.name / "runs" / f"{name}.jsonl" if results else None
+        if finished(rows, config["num-server-rounds"]) or (copy and copy.exists() and finished(read_jsonl(copy), config["num-server-rounds"])):
             print(f"[{exp.name}] {name}: finished, skipped", flush=True)
             continue
         if list((run_dir / "checkpoints").glob("round-*.json")):
@@ -87,13 +92,14 @@ def _mean_or_none(values: list[Any]) -> Any:
     return statistics.mean(present)
 
 
-def summarise(exp: Experiment, work: Path) -> dict[str, Any]:
+def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
+    """Summary over the finished runs whose metrics are ``runs/<run name>.jsonl``."""
     methods: dict[str, Any] = {}
     for method in exp.methods:
         for variant in exp.variants or (Variant("", {}, exp.num_supernodes),):
             per_seed = []
             for seed in exp.seeds:
-                metrics = work / "runs" / run_name(method, seed, variant) / "metrics.jsonl"
+                metrics = runs / f"{run_name(method, seed, variant)}.jsonl"
                 rows = read_jsonl(metrics) if metrics.exists() else []
                 if finished(rows, run_config(exp, method, seed, variant)["num-server-rounds"]):
                     per_seed.append(summarise_run(rows, exp.target))
@@ -107,12 +113,11 @@ def summarise(exp: Experiment, work: Path) -> dict[str, Any]:
 def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> Path:
     out = out_root / exp.name
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    summary = summarise(exp, work)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    curves = {}
     for metrics in sorted((work / "runs").glob("*/metrics.jsonl")):
         shutil.copyfile(metrics, out / "runs" / f"{metrics.parent.name}.jsonl")
-        curves[metrics.parent.name] = read_jsonl(metrics)
+    summary = summarise(exp, out / "runs")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    curves = {path.stem: read_jsonl(path) for path in sorted((out / "runs").glob("*.jsonl"))}
     _plot(curves, out / "accuracy.png", exp.target)
     lines = [
         f"# {exp.name}",
@@ -189,7 +194,7 @@ def main() -> None:
     methods = set(args.methods.split(",")) if args.methods else None
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     if not args.summarise_only:
-        run_grid(exp, work, methods, seeds, args.timeout)
+        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results))
     out = write_results(exp, work, Path(args.results), f"python -m benchmarks.run {exp.name}")
     print(f"results: {out}")
 

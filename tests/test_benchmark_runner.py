@@ -42,3 +42,6 @@ def test_tiny_experiment_summary(tmp_path, capsys):
     capsys.readouterr()
     run_grid(exp, work, None, None, timeout=300.0)  # everything finished: nothing reruns
     assert capsys.readouterr().out.count("finished, skipped") == 2
+    # A fresh machine with only the committed results does not rerun them either.
+    run_grid(exp, tmp_path / "fresh-machine", None, None, timeout=300.0, results=tmp_path / "results")
+    assert capsys.readouterr().out.count("finished, skipped") == 2
