@@ -167,6 +167,7 @@ class MSfusion(Strategy):
         started = time.perf_counter()
         record = self.rounds.setdefault(server_round, RoundLog())
         accepted, train_metrics = self.check_replies(server_round, replies)
+        record.messages = []  # they hold every sub-model sent: keep no reference past the round
         applied = record.plan is not None and len(accepted) >= self.min_replies
         if applied:
             result = self.core.aggregate(record.plan, accepted)
