@@ -36,6 +36,7 @@ class AggregateResult:
     model_shift: float  # d_t over coordinates covered by ≥ 2 participants (nan if there are none)
     shared_fraction: float  # fraction of aggregated coordinates covered by ≥ 2 participants
     covered_fraction: float  # fraction of aggregated coordinates covered by ≥ 1 participant
+    coverage_histogram: dict[int, int]  # {c: number of aggregated coordinates trained by c participants}
 
 
 def scatter_average(
@@ -55,6 +56,7 @@ def scatter_average(
     new_state = dict(global_state)
     shift_num = shift_den = 0.0
     shared = covered = total = 0
+    histogram = torch.zeros(len(contributions) + 1, dtype=torch.long)
     for name in keys:
         theta = global_state[name]
         acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
@@ -76,11 +78,13 @@ def scatter_average(
         multi = count >= 2
         shift_num += float(torch.where(multi, sq - den * mean * mean, 0.0).sum())
         shift_den += float(torch.where(multi, sq, 0.0).sum())
+        histogram += torch.bincount(count.reshape(-1).long(), minlength=len(contributions) + 1)
         shared += int(multi.sum())
         covered += int(hit.sum())
         total += theta.numel()
     model_shift = max(0.0, shift_num / shift_den) if shift_den > 0 else float("nan")
-    return AggregateResult(new_state, model_shift, shared / max(total, 1), covered / max(total, 1))
+    hist = {c: int(n) for c, n in enumerate(histogram.tolist()) if n}
+    return AggregateResult(new_state, model_shift, shared / max(total, 1), covered / max(total, 1), hist)
 
 
 def _scatter_add(out: torch.Tensor, dims: list[tuple[int, torch.Tensor]], sub: torch.Tensor) -> None:

@@ -171,7 +171,12 @@ class MSfusion(Strategy):
         applied = record.plan is not None and len(accepted) >= self.min_replies
         if applied:
             result = self.core.aggregate(record.plan, accepted)
-            record.metrics |= {"model-shift": result.model_shift, "shared-fraction": result.shared_fraction, "covered-fraction": result.covered_fraction}
+            record.metrics |= {
+                "model-shift": result.model_shift,
+                "shared-fraction": result.shared_fraction,
+                "covered-fraction": result.covered_fraction,
+                "coordinate-coverage-histogram": [result.coverage_histogram.get(c, 0) for c in range(max(result.coverage_histogram) + 1)],
+            }
         elif record.plan is not None:
             log(WARNING, "round %d: %d valid replies < min_replies=%d; global model unchanged", server_round, len(accepted), self.min_replies)
         record.seconds["aggregate"] = time.perf_counter() - started

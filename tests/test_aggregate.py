@@ -112,6 +112,7 @@ def test_all_full_capacity_is_fedavg():
         fedavg = sum(c.weight * c.state[k].double() for c in contribs) / total
         torch.testing.assert_close(result.state[k].double(), fedavg, rtol=1e-6, atol=1e-6)
     assert result.covered_fraction == 1.0 and result.shared_fraction == 1.0
+    assert result.coverage_histogram == {3: sum(model.state_dict()[k].numel() for k, _ in model.named_parameters())}
 
 
 def test_uncovered_coordinates_keep_their_value_and_shift():
@@ -132,6 +133,9 @@ def test_uncovered_coordinates_keep_their_value_and_shift():
     assert torch.equal(agree.state["0.weight"][2:], state["0.weight"][2:])  # units 1, 2 of h untouched
     assert torch.allclose(agree.state["0.weight"][:2], state["0.weight"][:2] + 1)
     assert 0 < agree.covered_fraction < 1
+    total = sum(t.numel() for t in state.values())
+    assert sum(agree.coverage_histogram.values()) == total and set(agree.coverage_histogram) == {0, 2}
+    assert agree.coverage_histogram[2] == round(agree.covered_fraction * total)
 
 
 def test_rejects_empty_and_nonpositive_weights():
