@@ -38,10 +38,11 @@ class Experiment:
     description: str
     setting: dict[str, Any]
     methods: tuple[str, ...]
-    target: float  # accuracy (fraction) a run must reach for rounds/FLOPs-to-target
+    target: float  # accuracy (fraction) or perplexity a run must reach for rounds/FLOPs-to-target
     num_supernodes: int = 10
     seeds: tuple[int, ...] = (0,)
     variants: tuple[Variant, ...] = field(default_factory=tuple)
+    metric: str = "accuracy"  # or "perplexity" (lower is better)
 
     def grid(self) -> list[tuple[str, int, Variant]]:
         variants = self.variants or (Variant("", {}, self.num_supernodes),)
@@ -64,6 +65,46 @@ def cifar_setting(width: int, **extra: Any) -> dict[str, Any]:
 
 
 ALL_METHODS = tuple(METHODS)
+TRANSFORMER_METHODS = ("msfusion", "fedrolex", "small", "full")
+
+# Issue 5, sized for 2 CPU cores. At this size the 33k-word embedding (tied with the LM head) is
+# 67 % of the LM's parameters, so a sub-model saves less than at the default size (8 × 512).
+LM_SETTING: dict[str, Any] = {
+    "model": "llama",
+    "model-width": 256,
+    "model-layers": 4,
+    "dataset": "wikitext2",
+    "data-path": str(SHARED_DATA / "wikitext2"),
+    "partitioner": "iid",
+    "seq-len": 64,
+    "optimizer": "adamw",
+    "lr": 0.002,
+    "weight-decay": 0.0,
+    "batch-size": 16,
+    "local-epochs": 1,
+    "local-examples": 32,
+    "num-server-rounds": 12,
+    "split-ratio-tiers": "0.5",
+    "central-eval-examples": 200,
+    "bn-calibration-batches": 0,
+}
+SST2_SETTING: dict[str, Any] = {
+    "model": "minilm",
+    "dataset": "sst2",
+    "data-path": str(SHARED_DATA / "sst2"),
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "seq-len": 64,
+    "optimizer": "adamw",
+    "lr": 0.0001,
+    "weight-decay": 0.0,
+    "batch-size": 32,
+    "local-epochs": 1,
+    "local-examples": 64,
+    "num-server-rounds": 10,
+    "split-ratio-tiers": "0.5",
+    "bn-calibration-batches": 0,
+}
 
 EXPERIMENTS: dict[str, Experiment] = {
     "tiny": Experiment(
@@ -97,6 +138,26 @@ EXPERIMENTS: dict[str, Experiment] = {
         ("msfusion", "fedrolex", "heterofl", "small"),
         target=0.5,
         num_supernodes=12,
+    ),
+    "LM": Experiment(
+        "LM",
+        "WikiText-2 word-level language model: Llama-style decoder (4 layers, hidden 256, 4 heads of 64, FFN 1024, "
+        "tied 33,278-word embedding), 8 nodes with contiguous chunks of the training text, r = 0.5, 32 sequences of "
+        "64 tokens per node per round (AdamW, fresh each round); perplexity on the first 200 sequences of test/valid.",
+        LM_SETTING,
+        TRANSFORMER_METHODS,
+        target=2000.0,
+        num_supernodes=8,
+        metric="perplexity",
+    ),
+    "SST2": Experiment(
+        "SST2",
+        "SST-2 fine-tuning of pretrained all-MiniLM-L6-v2 (embeddings frozen and never sent) + linear head, 8 nodes, "
+        "Dirichlet 0.5 on the label, r = 0.5, 64 sentences per node per round (AdamW); accuracy on the 872 validation sentences.",
+        SST2_SETTING,
+        TRANSFORMER_METHODS,
+        target=0.8,
+        num_supernodes=8,
     ),
     "E4": Experiment(
         "E4",

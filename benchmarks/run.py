@@ -66,17 +66,27 @@ def run_grid(
 
 
 # -- summarising ------------------------------------------------------------------------------
-def summarise_run(rows: list[dict], target: float) -> dict[str, Any]:
+METRIC_KEYS = {"accuracy": "central-accuracy", "perplexity": "central-perplexity"}
+
+
+def reaches(metric: str, value: float, target: float) -> bool:
+    return value >= target if metric == "accuracy" else value <= target  # perplexity: lower is better
+
+
+def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> dict[str, Any]:
     trained = [r for r in rows if r["round"] >= 1]
-    acc = [float(r["central-accuracy"]) for r in trained]
+    values = [float(r[METRIC_KEYS[metric]]) for r in trained]
+    best = max(values) if metric == "accuracy" else min(values)
     flops = [float(r.get("flops-per-participant") or 0.0) for r in trained]
     cumulative = [sum(flops[: i + 1]) for i in range(len(flops))]
-    reached = next((i for i, a in enumerate(acc) if a >= target), None)
+    reached = next((i for i, v in enumerate(values) if reaches(metric, v, target)), None)
     down = [float(r.get("bytes-down-per-participant") or 0.0) for r in trained]
     up = [float(r.get("bytes-up-per-participant") or 0.0) for r in trained]
+    extra = {"final_valid_perplexity": float(trained[-1]["central-valid-perplexity"])} if metric == "perplexity" else {}
     return {
-        "final_accuracy": acc[-1],
-        "best_accuracy": max(acc),
+        f"final_{metric}": values[-1],
+        f"best_{metric}": best,
+        **extra,
         "rounds_to_target": trained[reached]["round"] if reached is not None else None,
         "flops_to_target": cumulative[reached] if reached is not None else None,
         "flops_per_participant_round": statistics.mean(flops),
@@ -102,7 +112,7 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
                 metrics = runs / f"{run_name(method, seed, variant)}.jsonl"
                 rows = read_jsonl(metrics) if metrics.exists() else []
                 if finished(rows, run_config(exp, method, seed, variant)["num-server-rounds"]):
-                    per_seed.append(summarise_run(rows, exp.target))
+                    per_seed.append(summarise_run(rows, exp.target, exp.metric))
             if not per_seed:
                 continue
             key = method + (f"/{variant.name}" if variant.name else "")
@@ -118,13 +128,14 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
     summary = summarise(exp, out / "runs")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     curves = {path.stem: read_jsonl(path) for path in sorted((out / "runs").glob("*.jsonl"))}
-    _plot(curves, out / "accuracy.png", exp.target)
+    _plot(curves, out / "accuracy.png", exp.target, exp.metric)
     lines = [
         f"# {exp.name}",
         "",
         exp.description,
         "",
-        f"Target accuracy: {exp.target:.0%}. Setting (run config shared by all methods):",
+        (f"Target accuracy: {exp.target:.0%}." if exp.metric == "accuracy" else f"Target test perplexity: {exp.target:g}.")
+        + " Setting (run config shared by all methods):",
         "",
         "```toml",
         *(f"{k} = {toml_value(v)}" for k, v in exp.setting.items()),
@@ -132,16 +143,17 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         "",
         f"Reproduce: `{command}`",
         "",
-        "| method | final acc. | best acc. | rounds to target | FLOPs/participant to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
+        f"| method | final {exp.metric} | best {exp.metric} | rounds to target | FLOPs/participant to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    value = "{:.4f}" if exp.metric == "accuracy" else "{:.1f}"
     for name, m in summary["methods"].items():
         lines.append(
-            f"| {name} | {m['final_accuracy']:.4f} | {m['best_accuracy']:.4f} | {_fmt(m['rounds_to_target'], '{:.0f}')} "
+            f"| {name} | {value.format(m[f'final_{exp.metric}'])} | {value.format(m[f'best_{exp.metric}'])} | {_fmt(m['rounds_to_target'], '{:.0f}')} "
             f"| {_fmt(m['flops_to_target'], '{:.3g}')} | {m['flops_per_participant_round']:.3g} "
             f"| {m['bytes_per_participant_round']:.3g} | {m['wall_seconds']:.0f} | {m['seeds']} |"
         )
-    lines += ["", "![accuracy vs round and vs cumulative per-participant FLOPs](accuracy.png)", ""]
+    lines += ["", f"![{exp.metric} vs round and vs cumulative per-participant FLOPs](accuracy.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     return out
 
@@ -150,7 +162,7 @@ def _fmt(value: Any, spec: str) -> str:
     return "never" if value is None or (isinstance(value, float) and math.isnan(value)) else spec.format(value)
 
 
-def _plot(curves: dict[str, list[dict]], path: Path, target: float) -> None:
+def _plot(curves: dict[str, list[dict]], path: Path, target: float, metric: str = "accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +171,7 @@ def _plot(curves: dict[str, list[dict]], path: Path, target: float) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, rows in curves.items():
         rounds = [r["round"] for r in rows]
-        acc = [r["central-accuracy"] for r in rows]
+        acc = [r[METRIC_KEYS[metric]] for r in rows]
         flops, total = [], 0.0
         for r in rows:
             total += float(r.get("flops-per-participant") or 0.0)
@@ -169,7 +181,9 @@ def _plot(curves: dict[str, list[dict]], path: Path, target: float) -> None:
     for ax in (ax1, ax2):
         ax.axhline(target, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
-        ax.set_ylabel("central accuracy")
+        ax.set_ylabel(f"central {metric}")
+        if metric == "perplexity":
+            ax.set_yscale("log")
     ax1.set_xlabel("round")
     ax2.set_xlabel("cumulative FLOPs per participant")
     ax2.set_xscale("log")

@@ -25,7 +25,6 @@ from msfusion_core.config import Settings
 from msfusion_core.data import TensorData, load_partition, load_test
 from msfusion_core.participant import Participant, PreviousSubmodel
 from msfusion_core.planner import ParticipantPlan, check_capacity
-from msfusion_core.submodel import build_submodel
 from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
 
 ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
@@ -72,9 +71,9 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             data = node.train_data()
         except (ValueError, KeyError) as exc:
             return error_reply(msg, exc)
-        if 0 < node.examples_per_round < int(data.y.numel()):
+        if 0 < node.examples_per_round < int(data.y.shape[0]):
             rng = np.random.default_rng([node.seed, server_round, node.partition_id])
-            pick = torch.from_numpy(rng.permutation(int(data.y.numel()))[: node.examples_per_round])
+            pick = torch.from_numpy(rng.permutation(int(data.y.shape[0]))[: node.examples_per_round])
             data = TensorData(data.x[pick], data.y[pick])
         update, keep = node.participant.train(
             plan,
@@ -109,12 +108,13 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             _plan, received, _ = read_message(msg, node.participant)
         except (ValueError, KeyError) as exc:
             return error_reply(msg, exc)
-        model = build_submodel(node.participant.build, received)
+        model = node.participant.model(received)
         dataset = node.train_config.dataset
-        calibrate_batchnorm(model, node.train_data(), dataset, num_batches=node.bn_calibration_batches)
+        if node.bn_calibration_batches:
+            calibrate_batchnorm(model, node.train_data(), dataset, num_batches=node.bn_calibration_batches)
         test = node.test_data()
         loss, accuracy = evaluate(model, test, dataset)
-        metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": int(test.y.numel())})
+        metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": int(test.y.shape[0])})
         return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
     return app
@@ -158,9 +158,9 @@ def error_reply(msg: Message, exc: Exception) -> Message:
 
 # -- the project's own ClientApp, configured by the run config --------------------------------
 @lru_cache(maxsize=4)
-def _participant(model: str, width: int, dataset: str) -> Participant:
-    family = Settings(model=model, model_width=width, dataset=dataset).family()
-    return Participant(family.build, family.split_map, family.representation_layer)
+def _participant(model: str, width: int, layers: int, dataset: str, data_path: str) -> Participant:
+    family = Settings(model=model, model_width=width, model_layers=layers, dataset=dataset, data_path=data_path).family()
+    return Participant(family.build, family.split_map, family.representation_layer, family.local_keys)
 
 
 def setup_from_run_config(context: Context) -> NodeSetup:
@@ -179,15 +179,17 @@ def setup_from_run_config(context: Context) -> NodeSetup:
     path = settings.data_path or None
 
     def train_data() -> TensorData:
-        return load_partition(settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed)
+        return load_partition(
+            settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len
+        )
 
     def test_data() -> TensorData:
-        test = load_test(settings.dataset, path)
-        share = torch.arange(pid, int(test.y.numel()), num)  # an IID 1/num share of the test split
+        test = load_test(settings.dataset, path, seq_len=settings.seq_len)
+        share = torch.arange(pid, int(test.y.shape[0]), num)  # an IID 1/num share of the test split
         return TensorData(test.x[share], test.y[share])
 
     return NodeSetup(
-        participant=_participant(settings.model, settings.model_width, settings.dataset),
+        participant=_participant(settings.model, settings.model_width, settings.model_layers, settings.dataset, settings.data_path),
         partition_id=pid,
         capacity=capacity,
         train_config=settings.train_config(),

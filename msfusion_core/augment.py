@@ -54,6 +54,12 @@ def prepare_batch(
     """
     if name in ("digits", "plain"):
         return x.to(torch.float32)
+    if name == "wikitext2":
+        return x  # token ids [B, T]
+    if name == "sst2":
+        # Token ids [B, L] padded with 0: drop the columns that are padding in every row.
+        length = int((x != 0).sum(1).max()) if x.numel() else 0
+        return x[:, : max(length, 1)]
     if name == "cifar10":
         xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
         if train:
@@ -61,4 +67,4 @@ def prepare_batch(
         mean = torch.tensor(CIFAR10_MEAN, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
         std = torch.tensor(CIFAR10_STD, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
         return (xf - mean) / std
-    raise ValueError(f"unknown dataset {name!r}; known: digits, cifar10, plain")
+    raise ValueError(f"unknown dataset {name!r}; known: digits, cifar10, wikitext2, sst2, plain")

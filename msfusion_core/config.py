@@ -16,7 +16,7 @@ from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.overlap import OverlapSchedule
 from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
-from msfusion_core.training import TrainConfig
+from msfusion_core.training import OPTIMIZERS, TrainConfig
 
 
 def _coerce(key: str, kind: type, value: Any) -> Any:
@@ -40,9 +40,11 @@ class Settings:
     num_server_rounds: int = 10
     planner: str = "msfusion"
     model: str = "digits-cnn"
-    model_width: int = 0  # 0: the family's default (32 for digits-cnn, 64 for resnet18)
+    model_width: int = 0  # 0: the family's default (32 for digits-cnn, 64 for resnet18, hidden 512 for llama)
+    model_layers: int = 0  # llama only: decoder layers; 0: the default (8)
     dataset: str = "digits"
-    data_path: str = ""  # local directory (CIFAR-10 Parquet); empty: the Hub (or embedded digits)
+    data_path: str = ""  # local directory (CIFAR-10/SST-2 Parquet, WikiText-2 .txt); empty: the Hub (or embedded digits)
+    seq_len: int = 64  # text: tokens per language-model sequence / maximum tokens of a sentence
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
@@ -67,6 +69,7 @@ class Settings:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | adamw (fresh each round)
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_replies: int = 1
@@ -96,14 +99,19 @@ class Settings:
             "planner": PLANNER_NAMES,
             "model": FAMILY_NAMES,
             "dataset": DATASETS,
-            "partitioner": ("iid", "dirichlet"),
+            "partitioner": ("iid", "dirichlet", "articles"),
+            "optimizer": OPTIMIZERS,
             "aggregation_weight": ("examples", "uniform"),
             "robust_aggregation": ROBUST_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies"):
+        if self.partitioner == "articles" and self.dataset != "wikitext2":
+            raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
+        if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
+            raise ValueError("wikitext2 has no labels for a Dirichlet split; use partitioner iid or articles")
+        for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("fraction_train", "fraction_evaluate"):
@@ -152,7 +160,9 @@ class Settings:
     def family(self) -> ModelFamily:
         from msfusion_core.data import num_classes
 
-        return get_family(self.model, num_classes(self.dataset), self.model_width or None)
+        return get_family(
+            self.model, num_classes(self.dataset, self.data_path or None), self.model_width or None, self.model_layers or None
+        )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -164,6 +174,7 @@ class Settings:
             weight_decay=self.weight_decay,
             mu=self.contrastive_mu,
             tau=self.contrastive_tau,
+            optimizer=self.optimizer,
         )
 
     def to_mapping(self) -> dict[str, Any]:

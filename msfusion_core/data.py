@@ -39,7 +39,8 @@ __all__ = [
     "num_classes",
 ]
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "wikitext2", "sst2")
+TEXT_DATASETS: tuple[str, ...] = ("wikitext2", "sst2")  # msfusion_core.text
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet")
 
 _CIFAR10_HUB_ID = "uoft-cs/cifar10"
@@ -153,10 +154,14 @@ def load_dataset_dict(name: str, data_path: str | None = None) -> datasets.Datas
     return _cached_dataset_dict(name, _data_key(name, data_path))
 
 
-def num_classes(name: str) -> int:
-    """Number of classes of ``name`` (no data access)."""
+def num_classes(name: str, data_path: str | None = None) -> int:
+    """Number of classes of ``name``; for ``wikitext2`` the vocabulary size (reads the train split)."""
     _check_name(name)
-    return _NUM_CLASSES[name]
+    if name == "wikitext2":
+        from msfusion_core.text import wikitext_vocab
+
+        return len(wikitext_vocab(data_path))
+    return 2 if name == "sst2" else _NUM_CLASSES[name]
 
 
 def label_names(name: str, data_path: str | None = None) -> list[str]:
@@ -360,13 +365,23 @@ def load_partition(
     partition_id: int,
     alpha: float = 0.5,
     seed: int = 42,
+    seq_len: int = 64,
 ) -> TensorData:
     """Partition ``partition_id`` of the train split of ``name``, as tensors (fresh copies).
 
     The first call in a process decodes the whole train split (CIFAR-10: ~5 s on one core);
-    later calls with any partitioning only index the cached tensors.
+    later calls with any partitioning only index the cached tensors. ``seq_len``: tokens per
+    sequence of the text data sets.
     """
     _check_name(name)
+    if name in TEXT_DATASETS:
+        from msfusion_core import text
+
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
+        if name == "wikitext2":
+            return text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len)
+        return text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
     make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)  # validate early
     if isinstance(partition_id, bool) or not isinstance(partition_id, (int, np.integer)):
         raise ValueError(f"partition_id must be an int, got {partition_id!r}")
@@ -378,10 +393,23 @@ def load_partition(
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 
-def load_test(name: str, data_path: str | None = None, limit: int | None = None) -> TensorData:
-    """The test split as tensors (fresh copies), its first ``limit`` rows if given."""
+def load_test(
+    name: str, data_path: str | None = None, limit: int | None = None, *, split: str | None = None, seq_len: int = 64
+) -> TensorData:
+    """The evaluation split as tensors (fresh copies), its first ``limit`` rows if given.
+
+    ``split`` defaults to ``test``, except SST-2's ``validation`` (GLUE reports validation accuracy).
+    """
     _check_name(name)
     if limit is not None and (isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+    if name in TEXT_DATASETS:
+        from msfusion_core import text
+
+        split = split or ("validation" if name == "sst2" else "test")
+        data = text.wikitext_split(data_path, split, seq_len) if name == "wikitext2" else text.sst2_tensors(data_path, split, seq_len)
+        return TensorData(data.x[:limit].clone(), data.y[:limit].clone())
+    if split not in (None, "test"):
+        raise ValueError(f"{name} has only a test split for evaluation, not {split!r}")
     data = _split_tensors(name, data_path, "test", limit)
     return TensorData(data.x.clone(), data.y.clone())

@@ -3,7 +3,7 @@ sub-model, train it (§4) and return only its parameters. The Flower ClientApp w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +13,7 @@ from torch import nn
 from msfusion_core.data import TensorData
 from msfusion_core.planner import ParticipantPlan, Window
 from msfusion_core.slicing import Slicer, map_previous
-from msfusion_core.split_map import SplitMap, group_sizes, model_shapes
+from msfusion_core.split_map import SplitMap, group_sizes, model_shapes, model_state
 from msfusion_core.submodel import attach_width_scaler, build_submodel
 from msfusion_core.training import TrainConfig, TrainResult, train_submodel
 
@@ -37,16 +37,40 @@ class PreviousSubmodel:
 class Participant:
     """Everything a participant needs to know about the model family, computed once per process."""
 
-    def __init__(self, build: Callable[[], nn.Module], split_map: SplitMap, representation_layer: str) -> None:
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        split_map: SplitMap,
+        representation_layer: str,
+        local_keys: Collection[str] = (),
+    ) -> None:
+        """``local_keys``: frozen tensors this participant builds itself (never received nor sent)."""
         with torch.device("meta"):
             template = build()
         self.build = build
         self.split_map = split_map
         self.representation_layer = representation_layer
         self.slicer = Slicer(split_map)
-        self.full_shapes = model_shapes(template)
-        self.group_sizes = group_sizes(self.full_shapes, split_map)
-        self.param_keys = [k for k, _ in template.named_parameters()]
+        self.local_keys = frozenset(local_keys)
+        shapes = model_shapes(template)
+        self.group_sizes = group_sizes(shapes, split_map)
+        self.full_shapes = {k: v for k, v in shapes.items() if k not in self.local_keys}
+        self.param_keys = [k for k, _ in template.named_parameters() if k not in self.local_keys]
+        self._local_state: dict[str, torch.Tensor] | None = None
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """The local tensors, from one real build (e.g. the pretrained embeddings in the package)."""
+        if self._local_state is None:
+            state = model_state(self.build()) if self.local_keys else {}
+            self._local_state = {k: state[k] for k in self.local_keys}
+        return self._local_state
+
+    def model(self, received: Mapping[str, torch.Tensor], ratios: Mapping[str, float] | None = None) -> nn.Module:
+        """The real sub-model for ``received`` arrays (plus the local tensors), optionally width-scaled."""
+        model = build_submodel(self.build, {**received, **self.local_state()})
+        if ratios is not None:
+            attach_width_scaler(model, self.split_map, ratios)
+        return model
 
     def read_plan(self, compact: Mapping) -> ParticipantPlan:
         return ParticipantPlan.from_compact(compact, self.group_sizes)
@@ -65,12 +89,6 @@ class Participant:
             if received[key].is_floating_point() and not bool(torch.isfinite(received[key]).all()):
                 raise ValueError(f"received {key!r} holds non-finite values")
 
-    def _model(self, state: Mapping[str, torch.Tensor], ratios: Mapping[str, float] | None) -> nn.Module:
-        model = build_submodel(self.build, state)
-        if ratios is not None:
-            attach_width_scaler(model, self.split_map, ratios)
-        return model
-
     def train(
         self,
         plan: ParticipantPlan,
@@ -88,13 +106,13 @@ class Participant:
         # Scale by the fraction of the *global* model's units (its K can be below the family's: `small`).
         sizes = {g: sel.size if isinstance(sel, Window) else self.group_sizes[g] for g, sel in plan.groups.items()}
         ratios = {g: len(units[g]) / sizes[g] for g in units} if scaler else None
-        model = self._model(received, ratios)
+        model = self.model(received, ratios)
         global_model = prev_model = None
         if cfg.mu > 0:
-            global_model = self._model(received, ratios)
+            global_model = self.model(received, ratios)
             if previous is not None:
                 mapped = map_previous(self.slicer, previous.state, previous.units, received, units)
-                prev_model = self._model(mapped, ratios)
+                prev_model = self.model(mapped, ratios)
         result = train_submodel(
             model,
             data,
@@ -108,5 +126,5 @@ class Participant:
         reply = {k: params[k].detach().clone() for k in self.param_keys}
         down = sum(t.numel() * t.element_size() for t in received.values())
         up = sum(t.numel() * t.element_size() for t in reply.values())
-        keep = PreviousSubmodel({k: v.detach().clone() for k, v in model.state_dict().items()}, units)
+        keep = PreviousSubmodel({k: v.clone() for k, v in model_state(model).items() if k not in self.local_keys}, units)
         return LocalUpdate(reply, result, down, up), keep

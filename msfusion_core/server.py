@@ -4,7 +4,7 @@ aggregation. A Flower strategy (server_app/) only moves these objects in and out
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +14,7 @@ from msfusion_core.aggregate import AggregateResult, Contribution
 from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
 from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import SplitMap, group_sizes, model_shapes
+from msfusion_core.split_map import SplitMap, group_sizes, model_shapes, model_state
 from msfusion_core.submodel import build_submodel
 
 AGGREGATION_WEIGHTS = ("examples", "uniform")
@@ -52,6 +52,7 @@ class SubmodelServer:
         trim_fraction: float = 0.2,
         clip_factor: float = 0.0,
         seed: int = 0,
+        local_keys: Collection[str] = (),
     ) -> None:
         if aggregation_weight not in AGGREGATION_WEIGHTS:
             raise ValueError(f"unknown aggregation weight {aggregation_weight!r}; known: {', '.join(AGGREGATION_WEIGHTS)}")
@@ -66,8 +67,10 @@ class SubmodelServer:
             raise ValueError(f"unknown robust aggregation {robust!r}; known: {', '.join(ROBUST_MODES)}")
         self.robust, self.trim_fraction, self.clip_factor = robust, trim_fraction, clip_factor
         self.group_sizes = group_sizes(model_shapes(model), split_map)
-        self.param_keys = [k for k, _ in model.named_parameters()]
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # Local tensors (frozen, every party builds them itself) are kept for evaluation, never sent.
+        self.local_keys = frozenset(local_keys)
+        self.param_keys = [k for k, _ in model.named_parameters() if k not in self.local_keys]
+        state = {k: v.clone() for k, v in model_state(model).items()}
         if planner.name == "small":
             # "Exclusive learning": the global model itself is built at width r and trained by all.
             r = check_capacity(small_capacity if small_capacity is not None else 0.5, "the small model")
@@ -81,8 +84,9 @@ class SubmodelServer:
         return self.planner.plan(server_round, participants, self.group_sizes)
 
     def download(self, plan: ParticipantPlan) -> dict[str, torch.Tensor]:
-        """The sub-model state sent to a participant: every parameter and buffer, sliced."""
-        return self.slicer.extract(self.state, plan.unit_indices())
+        """The sub-model state sent to a participant: every parameter and buffer but the local ones, sliced."""
+        sent = {k: v for k, v in self.state.items() if k not in self.local_keys}
+        return self.slicer.extract(sent, plan.unit_indices())
 
     def expected_shapes(self, plan: ParticipantPlan) -> dict[str, tuple[int, ...]]:
         units = plan.unit_indices()

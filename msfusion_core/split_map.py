@@ -82,8 +82,25 @@ def group_sizes(shapes: Mapping[str, torch.Size | tuple[int, ...]], split_map: S
     return sizes
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias key: canonical key}`` for tensors registered under two names (a tied LM head)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        canonical = first.setdefault(id(tensor), key)
+        if canonical != key:
+            aliases[key] = canonical
+    return aliases
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with each tied tensor once (under its first name), detached."""
+    aliases = tied_aliases(model)
+    return {k: v.detach() for k, v in model.state_dict().items() if k not in aliases}
+
+
 def model_shapes(model: nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+    return {k: v.shape for k, v in model_state(model).items()}
 
 
 # Per-module-type binding of (out_group, in_group) onto its tensors. Normalisation layers carry

@@ -9,11 +9,12 @@ is family-specific; the sub-model's state-dict keys equal the full model's.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 import torch
 from torch import nn
 
-from msfusion_core.split_map import SplitMap, normalize_split_map
+from msfusion_core.split_map import SplitMap, normalize_split_map, tied_aliases
 
 # Size attributes that forward() reads (or that repr/consistency checks read), by leaf type.
 _SIZE_ATTRS: list[tuple[type, Callable[[nn.Module], dict[str, object]]]] = [
@@ -32,26 +33,49 @@ def _first_1d(module: nn.Module) -> int:
     raise ValueError(f"{type(module).__name__} has no 1-D tensor to read its size from")
 
 
-def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Instantiate ``build()`` at the sizes of ``state`` (a full or sliced state dict, all keys).
+@lru_cache(maxsize=8)
+def _nonpersistent_buffers(build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
+    """Buffers outside the state dict (rotary ``inv_freq``): computed in ``__init__``, so a meta build
+    lacks them. They never depend on the split, so one real build per family is enough."""
+    model = build()
+    persistent = set(model.state_dict())
+    return {k: v.detach() for k, v in model.named_buffers() if k not in persistent}
 
-    Raises ValueError naming the key when ``state`` misses a key of the model or has an extra one.
+
+def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Instantiate ``build()`` at the sizes of ``state`` (a full or sliced ``model_state``, all keys).
+
+    Tied tensors are given once and stay tied. Raises ValueError naming the key when ``state``
+    misses a key of the model or has an extra one.
     """
     with torch.device("meta"):
         model = build()
-    expected = set(model.state_dict().keys())
+    aliases = tied_aliases(model)
+    expected = set(model.state_dict().keys()) - set(aliases)
     missing, extra = expected - set(state), set(state) - expected
     if missing or extra:
         raise ValueError(f"state does not match the architecture: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}")
     modules = dict(model.named_modules())
-    for key, tensor in state.items():
+
+    def place(key: str, tensor: torch.Tensor) -> None:
         owner, _, attr = key.rpartition(".")
         module = modules[owner]
         if attr in module._parameters:
-            requires_grad = module._parameters[attr].requires_grad
-            module._parameters[attr] = nn.Parameter(tensor.detach().clone(), requires_grad=requires_grad)
+            param = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(
+                tensor.detach().clone(), requires_grad=module._parameters[attr].requires_grad
+            )
+            module._parameters[attr] = param
         else:
             module._buffers[attr] = tensor.detach().clone()
+
+    for key, tensor in state.items():
+        place(key, tensor)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for alias, canonical in aliases.items():  # re-tie: the alias gets the very same Parameter
+        place(alias, params[canonical])
+    if any(b.device.type == "meta" for b in model.buffers()):
+        for key, tensor in _nonpersistent_buffers(build).items():
+            place(key, tensor)
     for module in model.modules():
         has_tensors = bool(module._parameters) or bool(module._buffers)
         for cls, sizes in _SIZE_ATTRS:
@@ -59,6 +83,10 @@ def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Ten
                 for attr, value in sizes(module).items():
                     setattr(module, attr, value)
                 break
+        if hasattr(module, "attention_head_size") and isinstance(getattr(module, "query", None), nn.Linear):
+            # BERT-style attention keeps its head count as attributes: make them match the slice.
+            module.all_head_size = module.query.weight.shape[0]
+            module.num_attention_heads = module.all_head_size // module.attention_head_size
     return model
 
 

@@ -1,8 +1,9 @@
 """Local training of a sub-model (SPEC §4), static-BN calibration and evaluation.
 
 Loss = cross-entropy + μ·L_con. The representation z is the input of the family's
-``representation_layer`` (the classifier), captured with a forward hook, so a model needs no
-special forward method. BatchNorm follows HeteroFL's static policy: training always normalises
+``representation_layer`` (the classifier or LM head), captured with a forward hook, so a model
+needs no special forward method; a per-token input [B, T, H] is averaged over T. Language models
+(logits [B, T, V], targets [B, T]) use the per-token cross-entropy. BatchNorm follows HeteroFL's static policy: training always normalises
 with batch statistics; running statistics are recomputed for the model being evaluated by a
 calibration pass over a few batches of the evaluating party's training data.
 """
@@ -35,6 +36,29 @@ class TrainConfig:
     weight_decay: float = 5e-4
     mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
     tau: float = 0.5
+    optimizer: str = "sgd"  # sgd (with momentum) | adamw; fresh every round (no optimizer state is sent)
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """A plain tensor, or a `transformers` output's ``.logits``."""
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def token_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for class logits [B, C] / targets [B] and token logits [B, T, V] / targets [B, T]."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction=reduction)
 
 
 @dataclass(frozen=True)
@@ -51,7 +75,12 @@ class TrainResult:
 def capture_input(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tensor]]:
     """Record the input of ``model.<layer>`` on every forward: the representation z."""
     box: dict[str, torch.Tensor] = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda _m, inputs, _o: box.__setitem__("z", inputs[0]))
+
+    def keep(_module: nn.Module, inputs: tuple, _output: object) -> None:
+        z = inputs[0]
+        box["z"] = z.mean(dim=1) if z.ndim == 3 else z  # [B, T, H] → [B, H]: mean over positions
+
+    handle = model.get_submodule(layer).register_forward_hook(keep)
     try:
         yield box
     finally:
@@ -74,7 +103,7 @@ def train_submodel(
     """Train ``model`` in place. ``global_model`` (the sub-model as received) gives the contrastive
     positive, ``prev_model`` (the previous local sub-model mapped onto this round's units) the
     negative; both are frozen. Without ``global_model`` or with μ = 0 only cross-entropy is used."""
-    n = int(data.y.numel())
+    n = int(data.y.shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty partition")
     use_con = cfg.mu > 0 and global_model is not None
@@ -83,7 +112,7 @@ def train_submodel(
         m.train()  # static BN: batch statistics, as in training
         m.requires_grad_(False)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     flops = 0.0
@@ -92,8 +121,7 @@ def train_submodel(
     signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
+        ce = token_loss(logits_of(model(x)), y)
         con = torch.zeros(())
         if use_con:
             with torch.no_grad():
@@ -145,7 +173,7 @@ def calibrate_batchnorm(model: nn.Module, data: TensorData, dataset: str, batch_
         m.momentum = None  # cumulative moving average
     model.train()
     gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(int(data.y.numel()), generator=gen)
+    perm = torch.randperm(int(data.y.shape[0]), generator=gen)
     for b in range(num_batches):
         idx = perm[b * batch_size : (b + 1) * batch_size]
         if idx.numel() < 2:
@@ -157,14 +185,18 @@ def calibrate_batchnorm(model: nn.Module, data: TensorData, dataset: str, batch_
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, dataset: str, batch_size: int = 256) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode."""
+def evaluate(model: nn.Module, data: TensorData, dataset: str, batch_size: int | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode, per token for language models
+    (so exp(loss) is the perplexity)."""
     model.eval()
+    # Sequences of a language model carry [T, V] logits each: keep a batch's logits to ~100 MB.
+    batch_size = batch_size or (16 if data.y.ndim == 2 else 256)
     loss = correct = 0.0
-    n = int(data.y.numel())
+    n = int(data.y.shape[0])
     for i in range(0, n, batch_size):
-        logits = model(prepare_batch(dataset, data.x[i : i + batch_size], train=False))
+        logits = logits_of(model(prepare_batch(dataset, data.x[i : i + batch_size], train=False)))
         y = data.y[i : i + batch_size]
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        loss += float(token_loss(logits, y, reduction="sum"))
         correct += float((logits.argmax(-1) == y).sum())
-    return loss / max(n, 1), correct / max(n, 1)
+    count = max(int(data.y.numel()), 1)
+    return loss / count, correct / count

@@ -4,6 +4,7 @@ centrally every round, and write the run directory (msfusion_core.runlog)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
 from logging import INFO
@@ -34,6 +35,7 @@ def make_strategy(settings: Settings) -> MSfusion:
         family.build,
         family.split_map,
         settings.make_planner(),
+        local_keys=family.local_keys,
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_replies=settings.min_replies,
@@ -54,18 +56,23 @@ class CentralEvaluation:
     def __init__(self, strategy: MSfusion, settings: Settings, runlog: RunLog) -> None:
         self.strategy, self.settings, self.runlog = strategy, settings, runlog
         path = settings.data_path or None
-        self.test = load_test(settings.dataset, path, limit=settings.central_eval_examples or None)
-        # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample.
-        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed)
+        limit, seq = settings.central_eval_examples or None, settings.seq_len
+        self.test = load_test(settings.dataset, path, limit=limit, seq_len=seq)
+        # A language model reports validation and test perplexity (exp of the per-token loss).
+        self.valid = load_test(settings.dataset, path, limit=limit, split="validation", seq_len=seq) if settings.dataset == "wikitext2" else None
+        # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample
+        # (bn-calibration-batches = 0, for models without BatchNorm, skips loading it).
         keep = settings.bn_calibration_batches * 128
-        self.calibration = TensorData(calib.x[:keep], calib.y[:keep])
+        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq) if keep else None
+        self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
         self.last = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         started = time.perf_counter()
         round_seconds = started - self.last
         model = self.strategy.global_model()
-        calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
+        if self.calibration is not None:
+            calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
         loss, accuracy = evaluate(model, self.test, self.settings.dataset)
         if server_round == 0 and self.strategy.round_offset:  # a resumed run's checkpoint: logged already
             self.last = time.perf_counter()
@@ -73,6 +80,9 @@ class CentralEvaluation:
         server_round += self.strategy.round_offset
         record = self.strategy.rounds.get(server_round)
         row = {"round": server_round, "central-accuracy": accuracy, "central-loss": loss}
+        if self.valid is not None:
+            valid_loss, _ = evaluate(model, self.valid, self.settings.dataset)
+            row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}
         row |= record.metrics if record is not None else {}
         row |= {"round-seconds": round_seconds if server_round else 0.0, "eval-seconds": time.perf_counter() - started}
         if record is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -74,6 +74,7 @@ class MSfusion(Strategy):
     robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.robust``): ``none``,
         ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
     seed : seeds initialisation, node sampling and random planners.
+    local_keys : frozen tensors every node builds itself (pretrained embeddings): never sent.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class MSfusion(Strategy):
         clip_factor: float = 0.0,
         seed: int = 0,
         query_timeout: float = 120.0,
+        local_keys: Collection[str] = (),
     ) -> None:
         self.planner = make_planner(planner, seed=seed) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
@@ -106,6 +108,7 @@ class MSfusion(Strategy):
             trim_fraction=trim_fraction,
             clip_factor=clip_factor,
             seed=seed,
+            local_keys=local_keys,
         )
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate

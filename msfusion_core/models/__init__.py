@@ -10,7 +10,7 @@ from torch import nn
 
 from msfusion_core.models.cnn import DigitsCNN, digits_cnn_split_map
 from msfusion_core.models.resnet import ResNet18, resnet18_split_map
-from msfusion_core.split_map import SplitMap
+from msfusion_core.split_map import SplitMap, model_state
 
 
 @dataclass(frozen=True)
@@ -19,29 +19,48 @@ class ModelFamily:
 
     ``build`` must be deterministic in structure (it is re-run on the meta device to build
     sub-models); ``representation_layer`` names the module whose *input* is the representation z
-    used by the contrastive loss (typically the classifier).
+    used by the contrastive loss (the classifier or LM head; a [B, T, H] input is averaged over T).
+    ``local_keys`` are frozen tensors every party builds itself (pretrained embeddings shipped with
+    the package): never trained, never sent.
     """
 
     name: str
     build: Callable[[], nn.Module]
     split_map: SplitMap
     representation_layer: str
+    local_keys: frozenset[str] = frozenset()
 
 
-def _family(name: str, build: Callable[[], nn.Module], split_map_fn, representation_layer: str) -> ModelFamily:
+def _family(name: str, build: Callable[[], nn.Module], split_map_fn, representation_layer: str, local_prefix: str = "") -> ModelFamily:
     import torch
 
     with torch.device("meta"):
-        split_map = split_map_fn(build())
-    return ModelFamily(name, build, split_map, representation_layer)
+        template = build()
+    split_map = split_map_fn(template)
+    local = frozenset(k for k in model_state(template) if local_prefix and k.startswith(local_prefix))
+    if local & set(split_map):
+        raise ValueError(f"local (never sent) tensors cannot be split: {sorted(local & set(split_map))[:3]}")
+    return ModelFamily(name, build, split_map, representation_layer, local)
 
 
-FAMILY_NAMES = ("digits-cnn", "resnet18")
+FAMILY_NAMES = ("digits-cnn", "resnet18", "llama", "minilm")
 
 
-def get_family(name: str, num_classes: int = 10, width: int | None = None) -> ModelFamily:
+def get_family(name: str, num_classes: int = 10, width: int | None = None, layers: int | None = None) -> ModelFamily:
+    """``num_classes`` is the vocabulary size for the language model; ``width`` its hidden size."""
     if name == "digits-cnn":
         return _family(name, partial(DigitsCNN, num_classes, width or 32), digits_cnn_split_map, "fc")
     if name == "resnet18":
         return _family(name, partial(ResNet18, num_classes, width or 64), resnet18_split_map, "fc")
+    if name == "llama":
+        from msfusion_core.models.llama import LlamaSize, build_llama_lm, llama_split_map
+
+        size = LlamaSize(hidden=width or LlamaSize.hidden, layers=layers or LlamaSize.layers)
+        return _family(name, partial(build_llama_lm, num_classes, size), llama_split_map, "lm_head")
+    if name == "minilm":
+        from msfusion_core.models.minilm import LOCAL_PREFIX, build_minilm_classifier, minilm_split_map
+
+        if width or layers:
+            raise ValueError("minilm's width and depth are fixed by the pretrained checkpoint; leave model-width and model-layers at 0")
+        return _family(name, partial(build_minilm_classifier, num_classes), minilm_split_map, "classifier", LOCAL_PREFIX)
     raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILY_NAMES)}")
