@@ -19,38 +19,65 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from msfusion_core.aggregate import Contribution, scatter_average
-from msfusion_core.measure import count_flops, num_parameters
+from msfusion_core.measure import count_flops, num_bytes, num_parameters
 from msfusion_core.models import get_family
 from msfusion_core.planner import make_planner
 from msfusion_core.robust import clip_updates, robust_average
 from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes
+from msfusion_core.split_map import group_sizes, model_shapes, model_state
 from msfusion_core.submodel import build_submodel
+from msfusion_core.training import logits_of, token_loss
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
+WIKITEXT2_VOCAB = 33_278  # the word-level vocabulary of WikiText-2's training split
 
 
-def fractions(family: str, input_shape: tuple[int, ...]) -> dict[str, dict[str, float]]:
-    fam = get_family(family)
+def _batch(family: str, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two examples: images for the CNNs, 64-token sequences for the transformers."""
+    if family == "llama":
+        x = torch.randint(0, vocab, (2, 64))
+        return x, torch.randint(0, vocab, (2, 64))
+    if family == "minilm":
+        return torch.randint(1000, 30000, (2, 64)), torch.zeros(2, dtype=torch.long)
+    shape = (1, 8, 8) if family == "digits-cnn" else (3, 32, 32)
+    return torch.randn(2, *shape), torch.zeros(2, dtype=torch.long)
+
+
+def fractions(family: str, num_classes: int = 10, width: int | None = None, layers: int | None = None) -> dict[str, dict[str, float]]:
+    """Per r: parameters, training-step FLOPs and bytes sent of a sub-model, over the full model's.
+
+    ``sent`` counts what travels each way (local tensors such as MiniLM's frozen embeddings stay
+    home); it is relative to the full model's parameters, which full-model FedAvg would send."""
+    fam = get_family(family, num_classes, width, layers)
     torch.manual_seed(0)
     full = fam.build()
     slicer = Slicer(fam.split_map)
+    state = model_state(full)
     gs = group_sizes(model_shapes(full), fam.split_map)
-    x = torch.randn(2, *input_shape)
-    y = torch.zeros(2, dtype=torch.long)
+    x, y = _batch(family, num_classes)
 
     def step_flops(model: torch.nn.Module) -> int:
-        return count_flops(lambda: F.cross_entropy(model(x), y).backward())
+        return count_flops(lambda: token_loss(logits_of(model(x)), y).backward())
 
+    param_keys = [k for k, _ in full.named_parameters()]
+    sent_keys = [k for k in param_keys if k not in fam.local_keys]
     base_params, base_flops = num_parameters(full), step_flops(full)
+    base_bytes = num_bytes({k: state[k] for k in param_keys})
     out = {}
     for r in RATIOS:
         plan = make_planner("msfusion").plan(1, [(0, r)], gs).participants[0]
-        sub = build_submodel(fam.build, slicer.extract(full.state_dict(), plan.unit_indices()))
-        out[str(r)] = {"params": num_parameters(sub) / base_params, "flops": step_flops(sub) / base_flops, "r_squared": r * r}
+        sub_state = slicer.extract(state, plan.unit_indices())
+        sub = build_submodel(fam.build, sub_state)
+        out[str(r)] = {
+            "params": num_parameters(sub) / base_params,
+            "flops": step_flops(sub) / base_flops,
+            "sent_bytes": num_bytes({k: sub_state[k] for k in sent_keys}) / base_bytes,
+            "r_squared": r * r,
+        }
+    out["full"] = {"params": base_params, "flops_per_step_of_2": base_flops, "param_bytes": base_bytes,
+                   "local_bytes_never_sent": num_bytes({k: state[k] for k in fam.local_keys})}
     return out
 
 
@@ -101,17 +128,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="docs/results/core_costs.json")
+    parser.add_argument("--transformers", action="store_true", help="fractions of the LM (default size, WikiText-2 vocabulary) and MiniLM only")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    result = {
+    result: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "repeats": args.repeats,
-        "fractions": {
-            "resnet18_w64": fractions("resnet18", (3, 32, 32)),
-            "digits_cnn_w32": fractions("digits-cnn", (1, 8, 8)),
-        },
-        "aggregation_resnet18_w64_r0.5": [aggregation_times(10, args.repeats), aggregation_times(100, args.repeats, with_robust=False)],
     }
+    if args.transformers:
+        result["fractions"] = {
+            "llama_8x512_wikitext2_vocab": fractions("llama", WIKITEXT2_VOCAB),
+            "llama_4x256_wikitext2_vocab (the CPU benchmark's size)": fractions("llama", WIKITEXT2_VOCAB, width=256, layers=4),
+            "minilm_l6_sst2": fractions("minilm", 2),
+        }
+    else:
+        result["repeats"] = args.repeats
+        result["fractions"] = {"resnet18_w64": fractions("resnet18"), "digits_cnn_w32": fractions("digits-cnn")}
+        result["aggregation_resnet18_w64_r0.5"] = [aggregation_times(10, args.repeats), aggregation_times(100, args.repeats, with_robust=False)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

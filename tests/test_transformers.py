@@ -186,3 +186,15 @@ def test_llama_round_trains_and_evaluates_perplexity():
     loss, acc = evaluate(server.global_model(), data, "wikitext2")
     assert "lm_head.weight" not in server.state  # tied: stored and sent once
     assert np.isfinite(result.model_shift) and loss < before and np.exp(loss) < VOCAB
+
+
+@pytest.mark.parametrize("preset", ["wikitext2-llama", "sst2-minilm"])
+def test_presets_are_valid_settings(preset):
+    import tomllib
+    from pathlib import Path
+
+    from msfusion_core.config import Settings
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{preset}.toml"
+    settings = Settings.from_mapping(tomllib.loads(path.read_text()))
+    assert settings.model in ("llama", "minilm") and settings.optimizer == "adamw"
