@@ -45,3 +45,18 @@ def test_tiny_experiment_summary(tmp_path, capsys):
     # A fresh machine with only the committed results does not rerun them either.
     run_grid(exp, tmp_path / "fresh-machine", None, None, timeout=300.0, results=tmp_path / "results")
     assert capsys.readouterr().out.count("finished, skipped") == 2
+
+
+def test_language_model_runs_are_summarised_by_perplexity():
+    from benchmarks.run import summarise_run
+
+    rows = [
+        {"round": 0, "central-perplexity": 30000.0, "central-valid-perplexity": 30500.0},
+        {"round": 1, "central-perplexity": 900.0, "central-valid-perplexity": 950.0, "flops-per-participant": 2.0},
+        {"round": 2, "central-perplexity": 400.0, "central-valid-perplexity": 420.0, "flops-per-participant": 3.0},
+        {"round": 3, "central-perplexity": 450.0, "central-valid-perplexity": 470.0, "flops-per-participant": 3.0},
+    ]
+    s = summarise_run(rows, target=500.0, metric="perplexity")
+    assert s["final_perplexity"] == 450.0 and s["best_perplexity"] == 400.0 and s["final_valid_perplexity"] == 470.0
+    assert s["rounds_to_target"] == 2 and s["flops_to_target"] == 5.0  # lower is better: first round ≤ 500
+    assert "final_accuracy" not in s
