@@ -98,10 +98,10 @@ SST2_SETTING: dict[str, Any] = {
     "optimizer": "adamw",
     "lr": 0.0001,
     "weight-decay": 0.0,
-    "batch-size": 32,
+    "batch-size": 16,
     "local-epochs": 1,
-    "local-examples": 64,
-    "num-server-rounds": 10,
+    "local-examples": 32,
+    "num-server-rounds": 8,
     "split-ratio-tiers": "0.5",
     "bn-calibration-batches": 0,
 }
@@ -153,7 +153,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "SST2": Experiment(
         "SST2",
         "SST-2 fine-tuning of pretrained all-MiniLM-L6-v2 (embeddings frozen and never sent) + linear head, 8 nodes, "
-        "Dirichlet 0.5 on the label, r = 0.5, 64 sentences per node per round (AdamW); accuracy on the 872 validation sentences.",
+        "Dirichlet 0.5 on the label, r = 0.5, 32 sentences per node per round (AdamW, batches of 16); accuracy on the 872 validation sentences.",
         SST2_SETTING,
         TRANSFORMER_METHODS,
         target=0.8,
