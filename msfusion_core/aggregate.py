@@ -37,6 +37,10 @@ class AggregateResult:
     shared_fraction: float  # fraction of aggregated coordinates covered by ≥ 2 participants
     covered_fraction: float  # fraction of aggregated coordinates covered by ≥ 1 participant
     coverage_histogram: dict[int, int]  # {c: number of aggregated coordinates trained by c participants}
+    # What d_t would be if the updates were independent (zero-mean, equal size) at this coverage:
+    # per coordinate 1 − Σw²/(Σw)², i.e. (k − 1)/k for k equal weights. d_t near it means the
+    # participants' updates are as uncorrelated as noise; well below it, they agree.
+    shift_floor: float = float("nan")
 
 
 def scatter_average(
@@ -54,7 +58,7 @@ def scatter_average(
     keys = list(keys if keys is not None else contributions[0].state.keys())
     weights = torch.tensor([float(c.weight) for c in contributions], dtype=torch.float64)
     new_state = dict(global_state)
-    shift_num = shift_den = 0.0
+    shift_num = shift_den = floor_num = 0.0
     shared = covered = total = 0
     histogram = torch.zeros(len(contributions) + 1, dtype=torch.long)
     for name in keys:
@@ -70,6 +74,7 @@ def scatter_average(
             _scatter_add(sq, d, delta * delta * w)
         den = _coverage(theta.shape, dims, weights).to(acc).expand(theta.shape)  # Σ_{n∈C_e} w_n
         count = _coverage(theta.shape, dims, torch.ones_like(weights)).expand(theta.shape)  # |C_e|
+        den_sq = _coverage(theta.shape, dims, weights * weights).to(acc).expand(theta.shape)  # Σ_{n∈C_e} w_n²
         hit = den > 0
         mean = torch.where(hit, num / torch.where(hit, den, torch.ones_like(den)), torch.zeros_like(num))
         new_state[name] = (theta_acc + mean).to(theta.dtype)
@@ -78,13 +83,16 @@ def scatter_average(
         multi = count >= 2
         shift_num += float(torch.where(multi, sq - den * mean * mean, 0.0).sum())
         shift_den += float(torch.where(multi, sq, 0.0).sum())
+        floor = 1.0 - den_sq / torch.where(multi, den * den, torch.ones_like(den))
+        floor_num += float(torch.where(multi, floor * sq, 0.0).sum())
         histogram += torch.bincount(count.reshape(-1).long(), minlength=len(contributions) + 1)
         shared += int(multi.sum())
         covered += int(hit.sum())
         total += theta.numel()
     model_shift = max(0.0, shift_num / shift_den) if shift_den > 0 else float("nan")
     hist = {c: int(n) for c, n in enumerate(histogram.tolist()) if n}
-    return AggregateResult(new_state, model_shift, shared / max(total, 1), covered / max(total, 1), hist)
+    floor = floor_num / shift_den if shift_den > 0 else float("nan")
+    return AggregateResult(new_state, model_shift, shared / max(total, 1), covered / max(total, 1), hist, floor)
 
 
 def _scatter_add(out: torch.Tensor, dims: list[tuple[int, torch.Tensor]], sub: torch.Tensor) -> None:

@@ -97,4 +97,4 @@ def robust_average(
             stat = torch.where(keep, ordered, 0.0).sum(0) / keep.sum(0).clamp(min=1)
             stat = torch.where(count > 0, stat, float("nan"))
         state[k] = torch.where(stat.isnan(), theta, stat.to(theta.dtype))
-    return AggregateResult(state, plain.model_shift, plain.shared_fraction, plain.covered_fraction, plain.coverage_histogram)
+    return AggregateResult(state, plain.model_shift, plain.shared_fraction, plain.covered_fraction, plain.coverage_histogram, plain.shift_floor)

@@ -176,6 +176,7 @@ class MSfusion(Strategy):
             result = self.core.aggregate(record.plan, accepted)
             record.metrics |= {
                 "model-shift": result.model_shift,
+                "model-shift-floor": result.shift_floor,
                 "shared-fraction": result.shared_fraction,
                 "covered-fraction": result.covered_fraction,
                 "coordinate-coverage-histogram": [result.coverage_histogram.get(c, 0) for c in range(max(result.coverage_histogram) + 1)],

@@ -147,3 +147,23 @@ def test_rejects_empty_and_nonpositive_weights():
     sub = Slicer(TINY_SPLIT).extract(state, units)
     with pytest.raises(ValueError, match="positive weight"):
         scatter_average(state, [Contribution(units, sub, 0.0)], Slicer(TINY_SPLIT))
+
+
+def test_model_shift_of_independent_updates_sits_at_its_floor():
+    """d_t of independent noise is (k − 1)/k, not 1: the reported floor says so, per coverage."""
+    model = tiny_model()
+    slicer = Slicer(TINY_SPLIT)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    units = {"h": np.arange(3), "o": np.arange(4)}
+    sub = slicer.extract(state, units)
+    gen = torch.Generator().manual_seed(0)
+    for k in (2, 4):
+        contribs = [
+            Contribution(units, {n: v + torch.randn(v.shape, generator=gen) for n, v in sub.items()}, 1.0) for _ in range(k)
+        ]
+        res = scatter_average(state, contribs, slicer)
+        assert res.shift_floor == pytest.approx((k - 1) / k)
+        assert res.model_shift == pytest.approx(res.shift_floor, abs=0.15)
+    noisy = {n: v + torch.randn(v.shape, generator=gen) for n, v in sub.items()}
+    weighted = scatter_average(state, [Contribution(units, noisy, 1.0), Contribution(units, sub, 3.0)], slicer)
+    assert weighted.shift_floor == pytest.approx(1 - (1 + 9) / 16)
