@@ -61,18 +61,18 @@ def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Ten
         owner, _, attr = key.rpartition(".")
         module = modules[owner]
         if attr in module._parameters:
-            param = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(
-                tensor.detach().clone(), requires_grad=module._parameters[attr].requires_grad
-            )
-            module._parameters[attr] = param
+            requires_grad = module._parameters[attr].requires_grad
+            module._parameters[attr] = nn.Parameter(tensor.detach().clone(), requires_grad=requires_grad)
         else:
             module._buffers[attr] = tensor.detach().clone()
 
     for key, tensor in state.items():
         place(key, tensor)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for alias, canonical in aliases.items():  # re-tie: the alias gets the very same Parameter
-        place(alias, params[canonical])
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    for alias, canonical in aliases.items():  # re-tie: the alias gets the very same tensor
+        owner, _, attr = alias.rpartition(".")
+        slot = modules[owner]._parameters if attr in modules[owner]._parameters else modules[owner]._buffers
+        slot[attr] = tensors[canonical]
     if any(b.device.type == "meta" for b in model.buffers()):
         for key, tensor in _nonpersistent_buffers(build).items():
             place(key, tensor)
