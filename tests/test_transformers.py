@@ -1,7 +1,6 @@
 """Transformer families (issue 5): head/FFN splitting of a Llama-style LM and of pretrained MiniLM,
 and the WikiText-2 / SST-2 data pipelines."""
 
-from functools import partial
 
 import numpy as np
 import pytest
@@ -11,14 +10,26 @@ from transformers import LlamaForCausalLM
 from msfusion_core.data import TensorData
 from msfusion_core.measure import count_flops, num_parameters
 from msfusion_core.models import get_family
-from msfusion_core.models.llama import LlamaSize, llama_config, llama_split_map, num_heads
+from msfusion_core.models.llama import (
+    LlamaSize,
+    llama_config,
+    llama_split_map,
+    num_heads,
+)
 from msfusion_core.participant import Participant
 from msfusion_core.planner import make_planner
 from msfusion_core.server import Reply, SubmodelServer
 from msfusion_core.slicing import Slicer
 from msfusion_core.split_map import group_sizes, model_shapes, model_state
 from msfusion_core.submodel import build_submodel
-from msfusion_core.text import article_ids, build_vocab, lm_sequences, tokenize, wikitext_partition, wikitext_split
+from msfusion_core.text import (
+    article_ids,
+    build_vocab,
+    lm_sequences,
+    tokenize,
+    wikitext_partition,
+    wikitext_split,
+)
 from msfusion_core.training import TrainConfig, evaluate
 
 TINY = LlamaSize(hidden=64, layers=2, head_dim=16, ffn_multiple=2, max_positions=64)  # 4 heads, 128 FFN units
@@ -183,7 +194,7 @@ def test_llama_round_trains_and_evaluates_perplexity():
         replies.append(Reply(nid, update.state, update.result.num_examples))
     before, _ = evaluate(fam.build(), data, "wikitext2")
     result = server.aggregate(plan, replies)
-    loss, acc = evaluate(server.global_model(), data, "wikitext2")
+    loss, _ = evaluate(server.global_model(), data, "wikitext2")
     assert "lm_head.weight" not in server.state  # tied: stored and sent once
     assert np.isfinite(result.model_shift) and loss < before and np.exp(loss) < VOCAB
 

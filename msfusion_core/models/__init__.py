@@ -53,12 +53,20 @@ def get_family(name: str, num_classes: int = 10, width: int | None = None, layer
     if name == "resnet18":
         return _family(name, partial(ResNet18, num_classes, width or 64), resnet18_split_map, "fc")
     if name == "llama":
-        from msfusion_core.models.llama import LlamaSize, build_llama_lm, llama_split_map
+        from msfusion_core.models.llama import (
+            LlamaSize,
+            build_llama_lm,
+            llama_split_map,
+        )
 
         size = LlamaSize(hidden=width or LlamaSize.hidden, layers=layers or LlamaSize.layers)
         return _family(name, partial(build_llama_lm, num_classes, size), llama_split_map, "lm_head")
     if name == "minilm":
-        from msfusion_core.models.minilm import LOCAL_PREFIX, build_minilm_classifier, minilm_split_map
+        from msfusion_core.models.minilm import (
+            LOCAL_PREFIX,
+            build_minilm_classifier,
+            minilm_split_map,
+        )
 
         if width or layers:
             raise ValueError("minilm's width and depth are fixed by the pretrained checkpoint; leave model-width and model-layers at 0")
