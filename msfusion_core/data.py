@@ -374,19 +374,19 @@ def load_partition(
     sequence of the text data sets.
     """
     _check_name(name)
-    if name in TEXT_DATASETS:
-        from msfusion_core import text
-
-        if not 0 <= partition_id < num_partitions:
-            raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
-        if name == "wikitext2":
-            return text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len)
-        return text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
-    make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)  # validate early
     if isinstance(partition_id, bool) or not isinstance(partition_id, (int, np.integer)):
         raise ValueError(f"partition_id must be an int, got {partition_id!r}")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
+    if name in TEXT_DATASETS:
+        from msfusion_core import text
+
+        if name == "wikitext2":
+            data = text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len)
+        else:
+            data = text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
+        return TensorData(data.x.clone(), data.y.clone())
+    make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)  # validate early
     indices = _partition_indices(name, data_path, partitioner, num_partitions, alpha, seed)
     full = _split_tensors(name, data_path, "train")
     idx = torch.from_numpy(indices[int(partition_id)])

@@ -85,8 +85,8 @@ class SubmodelServer:
 
     def download(self, plan: ParticipantPlan) -> dict[str, torch.Tensor]:
         """The sub-model state sent to a participant: every parameter and buffer but the local ones, sliced."""
-        sent = {k: v for k, v in self.state.items() if k not in self.local_keys}
-        return self.slicer.extract(sent, plan.unit_indices())
+        keys = [k for k in self.state if k not in self.local_keys]
+        return self.slicer.extract(self.state, plan.unit_indices(), keys)
 
     def expected_shapes(self, plan: ParticipantPlan) -> dict[str, tuple[int, ...]]:
         units = plan.unit_indices()

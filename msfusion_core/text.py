@@ -127,14 +127,21 @@ def wikitext_partition(data_path: str | None, partitioner: str, num_partitions: 
         part.dataset = indexed
         return [np.asarray(part.load_partition(p)["_row"]) for p in range(num_partitions)]
 
-    shards = _cached(("wikitext-partitions", str(_folder(data_path, "wikitext2")), partitioner, num_partitions), rows)
-    lines = train.select(shards[partition_id])["text"]
-    return lm_sequences(tokenize(lines, wikitext_vocab(data_path)), seq_len)
+    key = ("wikitext-partitions", str(_folder(data_path, "wikitext2")), partitioner, num_partitions)
+
+    def sequences() -> TensorData:  # tokenised once per process, not every round
+        lines = train.select(_cached(key, rows)[partition_id])["text"]
+        return lm_sequences(tokenize(lines, wikitext_vocab(data_path)), seq_len)
+
+    return _cached((*key, partition_id, seq_len), sequences)
 
 
 def wikitext_split(data_path: str | None, split: str, seq_len: int) -> TensorData:
-    lines = wikitext_lines(data_path)[split]["text"]
-    return lm_sequences(tokenize(lines, wikitext_vocab(data_path)), seq_len)
+    def sequences() -> TensorData:
+        lines = wikitext_lines(data_path)[split]["text"]
+        return lm_sequences(tokenize(lines, wikitext_vocab(data_path)), seq_len)
+
+    return _cached(("wikitext-split", str(_folder(data_path, "wikitext2")), split, seq_len), sequences)
 
 
 # -- SST-2 -----------------------------------------------------------------------------------
@@ -188,4 +195,5 @@ def sst2_partition(
         return [np.asarray(part.load_partition(p)["_row"]) for p in range(num_partitions)]
 
     key = ("sst2-partitions", str(_folder(data_path, "sst2")), partitioner, num_partitions, float(alpha), seed)
-    return encode_sentences(train.select(_cached(key, rows)[partition_id]), seq_len)
+    # Tokenised once per process, not every round.
+    return _cached((*key, partition_id, seq_len), lambda: encode_sentences(train.select(_cached(key, rows)[partition_id]), seq_len))

@@ -3,9 +3,10 @@
 Loss = cross-entropy + μ·L_con. The representation z is the input of the family's
 ``representation_layer`` (the classifier or LM head), captured with a forward hook, so a model
 needs no special forward method; a per-token input [B, T, H] is averaged over T. Language models
-(logits [B, T, V], targets [B, T]) use the per-token cross-entropy. BatchNorm follows HeteroFL's static policy: training always normalises
-with batch statistics; running statistics are recomputed for the model being evaluated by a
-calibration pass over a few batches of the evaluating party's training data.
+(logits [B, T, V], targets [B, T]) use the per-token cross-entropy. BatchNorm follows HeteroFL's
+static policy: training always normalises with batch statistics; running statistics are
+recomputed for the model being evaluated by a calibration pass over a few batches of the
+evaluating party's training data.
 """
 
 from __future__ import annotations

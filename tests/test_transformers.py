@@ -61,27 +61,31 @@ def test_head_and_ffn_slicing_round_trip_is_bit_exact():
     assert torch.equal(sub["model.layers.1.self_attn.k_proj.weight"], state["model.layers.1.self_attn.k_proj.weight"][rows])
     assert torch.equal(sub["model.layers.1.self_attn.o_proj.weight"], state["model.layers.1.self_attn.o_proj.weight"][:, rows])
     # Writing the slices back into a blank model reproduces every sliced coordinate bit for bit.
+    back = write_back(state, sub, slicer, units)
     for key, full_t in state.items():
         pos = slicer.flat_positions(key, full_t.shape, units)
-        back = torch.zeros(full_t.numel(), dtype=full_t.dtype)
         if pos is None:
             assert torch.equal(sub[key], full_t)  # embeddings, norms: whole
             continue
-        back[pos] = sub[key].reshape(-1)
-        assert torch.equal(back[pos], full_t.reshape(-1)[pos])
+        assert torch.equal(back[key].reshape(-1)[pos], full_t.reshape(-1)[pos])
 
 
-def zero_outside(state, slicer, units):
+def write_back(state, sub, slicer, units):
+    """Full-shaped tensors holding ``sub`` at its coordinates and zeros elsewhere."""
     out = {}
     for k, v in state.items():
         pos = slicer.flat_positions(k, v.shape, units)
         if pos is None:
-            out[k] = v.clone()
+            out[k] = sub[k].clone()
             continue
         z = torch.zeros(v.numel(), dtype=v.dtype)
-        z[pos] = v.reshape(-1)[pos]
+        z[pos] = sub[k].reshape(-1)
         out[k] = z.reshape(v.shape)
     return out
+
+
+def zero_outside(state, slicer, units):
+    return write_back(state, slicer.extract(state, units), slicer, units)
 
 
 def test_llama_submodel_logits_equal_full_model_zero_outside_and_run_fewer_heads():
