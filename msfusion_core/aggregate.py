@@ -13,6 +13,8 @@ product of per-dimension membership masks.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +43,14 @@ class AggregateResult:
     # per coordinate 1 − Σw²/(Σw)², i.e. (k − 1)/k for k equal weights. d_t near it means the
     # participants' updates are as uncorrelated as noise; well below it, they agree.
     shift_floor: float = float("nan")
+
+    @property
+    def relative_shift(self) -> float:
+        """d_t / floor: 0 when participants agree, 1 when their shared updates are as uncorrelated
+        as noise, above 1 when they pull against each other (nan without shared coordinates)."""
+        if not (math.isfinite(self.model_shift) and math.isfinite(self.shift_floor)) or self.shift_floor <= 0:
+            return float("nan")
+        return self.model_shift / self.shift_floor
 
 
 def scatter_average(

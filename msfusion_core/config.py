@@ -52,7 +52,7 @@ class Settings:
     overlap_start: float = 0.5
     overlap_end: float = 0.1
     overlap_eta: float = 0.2
-    overlap_target_shift: float = 0.5
+    overlap_target_shift: float = 1.0
     overlap_min: float = 0.0
     overlap_max: float = 0.9
     shift_step: int = 1

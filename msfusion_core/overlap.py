@@ -2,8 +2,16 @@
 
 ``constant``, ``linear`` and ``cosine`` are functions of the round. ``adaptive`` (this project's
 design; the paper's abstract only says the overlap is adaptive) follows the measured model shift:
-o_{t+1} = clip(o_t + η·(d_t − d*), o_min, o_max) — more disagreement between participants on shared
-coordinates asks for more overlap, so those coordinates are averaged over more participants.
+o_{t+1} = clip(o_t + η·(ρ_t − ρ*), o_min, o_max) with ρ_t = d_t / floor_t — more disagreement between
+participants on shared coordinates asks for more overlap, so those coordinates are averaged over
+more participants.
+
+Why d_t relative to its floor: uncorrelated updates from k participants give d_t ≈ (k − 1)/k, and
+more overlap means more participants per coordinate, so the raw d_t rises with the overlap itself.
+Steering the raw d_t to an absolute d* fed back on itself: on CIFAR-10 (E1) d_t sat at its floor,
+above d* = 0.5, and the overlap ran to o_max in ten rounds, halving the spread and costing 9 points
+against the same method at constant overlap. ρ* = 1 (the default) asks for more overlap only when
+shared updates disagree more than independent ones would, and for more coverage when they agree.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ class OverlapSchedule:
     end: float = 0.1  # last value of linear/cosine
     num_rounds: int = 10  # length of the linear/cosine ramp
     eta: float = 0.2  # adaptive step size η
-    target_shift: float = 0.5  # adaptive d*
+    target_shift: float = 1.0  # adaptive ρ*, the target for d_t / floor_t
     min_overlap: float = 0.0
     max_overlap: float = 0.9
     current: float | None = None  # adaptive state o_t
@@ -37,6 +45,8 @@ class OverlapSchedule:
                 raise ValueError(f"overlap {name} must be in [0, 1), got {value}")
         if self.min_overlap > self.max_overlap:
             raise ValueError(f"min_overlap {self.min_overlap} > max_overlap {self.max_overlap}")
+        if self.eta < 0 or self.target_shift < 0:
+            raise ValueError(f"overlap eta and target_shift must be >= 0, got {self.eta} and {self.target_shift}")
         if self.current is None:
             self.current = self.start
 
@@ -51,9 +61,10 @@ class OverlapSchedule:
             frac = 0.5 * (1.0 - math.cos(math.pi * frac))
         return self.start + (self.end - self.start) * frac
 
-    def update(self, model_shift: float) -> None:
-        if self.kind == "adaptive" and math.isfinite(model_shift):
-            step = self.current + self.eta * (model_shift - self.target_shift)
+    def update(self, relative_shift: float) -> None:
+        """Adaptive: one step of o toward the target, given ρ_t = d_t / floor_t of the last round."""
+        if self.kind == "adaptive" and math.isfinite(relative_shift):
+            step = self.current + self.eta * (relative_shift - self.target_shift)
             self.current = min(max(step, self.min_overlap), self.max_overlap)
 
     def state_dict(self) -> dict[str, Any]:

@@ -192,8 +192,8 @@ class Planner(Protocol):
         self, server_round: int, participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]
     ) -> RoundPlan: ...
 
-    def observe(self, server_round: int, model_shift: float) -> None:
-        """Feed back the model shift d_t measured when aggregating ``server_round``."""
+    def observe(self, server_round: int, relative_shift: float) -> None:
+        """Feed back d_t / floor, the relative model shift measured when aggregating ``server_round``."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -219,8 +219,8 @@ class DoubleShiftPlanner:
         plans = plan_double_shift(server_round, participants, group_sizes, spread, self.shift_step)
         return RoundPlan(server_round, plans, overlap, spread)
 
-    def observe(self, server_round: int, model_shift: float) -> None:
-        self.schedule.update(model_shift)
+    def observe(self, server_round: int, relative_shift: float) -> None:
+        self.schedule.update(relative_shift)
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shift_step": self.shift_step, "schedule": self.schedule.state_dict()}
@@ -251,7 +251,7 @@ class FixedRulePlanner:
             return RoundPlan(server_round, plan_static_prefix(everyone, group_sizes), 1.0, 0.0)
         raise ValueError(f"unknown planner {self.name!r}; known: {', '.join(PLANNER_NAMES)}")
 
-    def observe(self, server_round: int, model_shift: float) -> None:
+    def observe(self, server_round: int, relative_shift: float) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:

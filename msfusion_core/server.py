@@ -133,8 +133,8 @@ class SubmodelServer:
             contributions = clip_updates(self.state, contributions, self.slicer, self.param_keys, self.clip_factor)
         result = robust_average(self.state, contributions, self.slicer, self.param_keys, self.robust, self.trim_fraction)
         self.state = result.state
-        if not math.isnan(result.model_shift):
-            self.planner.observe(plan.server_round, result.model_shift)
+        if math.isfinite(result.relative_shift):
+            self.planner.observe(plan.server_round, result.relative_shift)
         return result
 
     # -- the global model ------------------------------------------------------------------

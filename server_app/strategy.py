@@ -177,6 +177,7 @@ class MSfusion(Strategy):
             record.metrics |= {
                 "model-shift": result.model_shift,
                 "model-shift-floor": result.shift_floor,
+                "relative-shift": result.relative_shift,
                 "shared-fraction": result.shared_fraction,
                 "covered-fraction": result.covered_fraction,
                 "coordinate-coverage-histogram": [result.coverage_histogram.get(c, 0) for c in range(max(result.coverage_histogram) + 1)],

@@ -5,6 +5,7 @@ import torch
 
 from msfusion_core.data import load_partition, load_test
 from msfusion_core.models import get_family
+from msfusion_core.overlap import OverlapSchedule
 from msfusion_core.participant import Participant
 from msfusion_core.planner import make_planner
 from msfusion_core.server import Reply, ReplyError, SubmodelServer
@@ -66,3 +67,34 @@ def test_validate_rejects_malformed_replies_and_keeps_theta():
     for k in before:
         assert torch.equal(server.state[k], before[k])
     server.validate(pp, Reply(1, good, 5))  # the well-formed reply passes
+
+
+@pytest.mark.parametrize("agree, moves", [(False, "stays"), (True, "falls")])
+def test_adaptive_overlap_does_not_feed_on_its_own_coverage(agree, moves):
+    """Independent updates sit at d_t's floor, which rises with the overlap; the adaptive rule steers
+    d_t / floor, so noise leaves o where it is (an absolute d* drove it to o_max), and agreement
+    between participants lowers it (more coverage)."""
+    fam = get_family("digits-cnn")
+    schedule = OverlapSchedule("adaptive", start=0.5, eta=0.2, max_overlap=0.9)
+    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion", schedule=schedule))
+    nodes = [(100 + i, 0.5) for i in range(8)]
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, 11):
+        plan = server.plan_round(t, nodes)
+        keys = server.param_keys
+        common = {k: torch.randn(server.state[k].shape, generator=gen) for k in keys}
+        replies = []
+        for n, pp in plan.participants.items():
+            received = server.download(pp)
+            shared = server.slicer.extract(common, pp.unit_indices(), keys)
+            noise = {k: torch.randn(received[k].shape, generator=gen) for k in keys}
+            # "agree": everyone's update is its slice of one common direction plus a little noise.
+            update = {k: received[k] + (shared[k] + 0.1 * noise[k] if agree else noise[k]) for k in keys}
+            replies.append(Reply(n, update, 10))
+        result = server.aggregate(plan, replies)
+        assert result.shift_floor > 0.5  # several participants share each coordinate
+    final = schedule.overlap(11)
+    if moves == "stays":
+        assert abs(final - 0.5) < 0.1
+    else:
+        assert final < 0.2
