@@ -17,7 +17,9 @@ import argparse
 import json
 import math
 import shutil
+import signal
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +195,14 @@ def _plot(curves: dict[str, list[dict]], path: Path, target: float, metric: str 
     plt.close(fig)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # SystemExit unwinds through `flower_cleanup`, which stops the run's SuperLink, simulation and
+    # Ray workers by PID; the default SIGTERM action would leave them orphaned and running.
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--methods", default="", help="comma-separated subset of the experiment's methods")

@@ -60,3 +60,40 @@ def test_language_model_runs_are_summarised_by_perplexity():
     assert s["final_perplexity"] == 450.0 and s["best_perplexity"] == 400.0 and s["final_valid_perplexity"] == 470.0
     assert s["rounds_to_target"] == 2 and s["flops_to_target"] == 5.0  # lower is better: first round ≤ 500
     assert "final_accuracy" not in s
+
+
+def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
+    """Killing a grid mid-run must not leave its SuperLink, simulation or Ray workers running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.flower_procs import REPO, _cmdline, local_superlink_pids, pids_with_flwr_home
+
+    work = tmp_path / "work"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.run", "tiny", "--work", str(work), "--results", str(tmp_path / "results")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    home = work / "tiny" / "flwr-home" / "msfusion-s0"
+
+    def flower_pids():
+        return _live(pids_with_flwr_home(home) | local_superlink_pids(home))
+
+    deadline = time.monotonic() + 120
+    while not any("flwr-simulation" in _cmdline(p) for p in flower_pids()):
+        assert runner.poll() is None and time.monotonic() < deadline, "the run never started its simulation"
+        time.sleep(0.5)
+    os.kill(runner.pid, signal.SIGTERM)
+    assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+    assert flower_pids() == set()
+
+
+def _live(pids):
+    from benchmarks.flower_procs import _stat
+
+    return {p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"}
