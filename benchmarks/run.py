@@ -76,6 +76,10 @@ def reaches(metric: str, value: float, target: float) -> bool:
 
 
 def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> dict[str, Any]:
+    rounds = [r["round"] for r in rows]
+    if rounds != sorted(set(rounds)):
+        # Seen once: a SuperExec that started one run twice, both writing the same metrics file.
+        raise ValueError(f"metrics rounds must be unique and increasing, got {rounds}")
     trained = [r for r in rows if r["round"] >= 1]
     values = [float(r[METRIC_KEYS[metric]]) for r in trained]
     best = max(values) if metric == "accuracy" else min(values)

@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.experiments import EXPERIMENTS
 from benchmarks.run import run_grid, write_results
 
@@ -97,3 +99,31 @@ def _live(pids):
     from benchmarks.flower_procs import _stat
 
     return {p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"}
+
+
+def test_a_run_with_duplicated_rounds_is_refused():
+    from benchmarks.run import summarise_run
+
+    rows = [{"round": 0, "central-accuracy": 0.1}, {"round": 1, "central-accuracy": 0.2}, {"round": 1, "central-accuracy": 0.3}]
+    with pytest.raises(ValueError, match="unique and increasing"):
+        summarise_run(rows, target=0.5)
+
+
+def test_systems_costs_are_steady_state_medians_and_ratios_to_full(tmp_path):
+    from benchmarks.systems import systems_summary
+
+    def row(t, flops, scale):
+        return {
+            "round": t, "round-seconds": 10.0 * t, "eval-seconds": 1.0, "server-plan-slice-seconds": 0.1,
+            "server-aggregate-seconds": 0.4, "build-seconds-per-participant": 0.05 * t, "train-seconds-per-participant": 2.0,
+            "flops-per-participant": flops, "bytes-down-per-participant": scale, "bytes-up-per-participant": scale,
+        }
+
+    for name, flops, scale in (("full", 4e9, 100.0), ("small", 1e9, 25.0)):
+        rows = [row(1, 99 * flops, 99 * scale)] + [row(t, flops, scale) for t in (2, 3, 4)]  # round 1 is ignored
+        (tmp_path / f"{name}-s0.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = systems_summary(tmp_path, 0.5)
+    small = s["methods"]["small"]
+    assert small["round_s"] == 30.0 and small["client_build_s"] == pytest.approx(0.15)
+    assert small["build_over_train"] == pytest.approx(0.075) and small["server_share_of_round"] == pytest.approx(0.5 / 30)
+    assert small["flops_vs_full"] == pytest.approx(0.25) and small["bytes_vs_full"] == pytest.approx(0.25)
