@@ -129,8 +129,11 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
 def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> Path:
     out = out_root / exp.name
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    for metrics in sorted((work / "runs").glob("*/metrics.jsonl")):
-        shutil.copyfile(metrics, out / "runs" / f"{metrics.parent.name}.jsonl")
+    for method, seed, variant in exp.grid():  # finished runs only: a partial curve is not a result
+        name = run_name(method, seed, variant)
+        metrics = work / "runs" / name / "metrics.jsonl"
+        if metrics.exists() and finished(read_jsonl(metrics), run_config(exp, method, seed, variant)["num-server-rounds"]):
+            shutil.copyfile(metrics, out / "runs" / f"{name}.jsonl")
     summary = summarise(exp, out / "runs")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     curves = {path.stem: read_jsonl(path) for path in sorted((out / "runs").glob("*.jsonl"))}

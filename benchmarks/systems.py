@@ -47,8 +47,10 @@ def method_costs(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def systems_summary(runs: Path, r: float) -> dict[str, Any]:
-    methods = {path.stem.rsplit("-s", 1)[0]: method_costs(read_jsonl(path)) for path in sorted(runs.glob("*-s0.jsonl"))}
+def systems_summary(runs: Path, r: float, rounds: int) -> dict[str, Any]:
+    """Costs of every finished (``rounds`` rounds) seed-0 run in ``runs``."""
+    finished = {path.stem.rsplit("-s", 1)[0]: read_jsonl(path) for path in sorted(runs.glob("*-s0.jsonl"))}
+    methods = {name: method_costs(rows) for name, rows in finished.items() if rows and rows[-1]["round"] == rounds}
     if "full" in methods:
         for m in methods.values():
             m["flops_vs_full"] = m["flops_per_participant_round"] / methods["full"]["flops_per_participant_round"]
@@ -72,10 +74,14 @@ def write(summary: dict[str, Any], source: str, out: Path) -> None:
         lines.append(
             f"| {name} | {m['round_s']:.1f} | {m['server_plan_slice_s']:.3f} | {m['server_aggregate_s']:.3f} "
             f"| {m['server_share_of_round']:.1%} | {m['client_build_s']:.3f} | {m['client_train_s']:.2f} "
-            f"| {m['build_over_train']:.1%} | {m.get('flops_vs_full', float('nan')):.3f} | {m.get('bytes_vs_full', float('nan')):.3f} |"
+            f"| {m['build_over_train']:.1%} | {_ratio(m, 'flops_vs_full')} | {_ratio(m, 'bytes_vs_full')} |"
         )
     lines += ["", f"r² = {summary['r_squared']:.4f}.", ""]
     (out / "results.md").write_text("\n".join(lines))
+
+
+def _ratio(m: dict[str, float], key: str) -> str:
+    return f"{m[key]:.3f}" if key in m else "— (no full run)"
 
 
 def main() -> None:
@@ -86,7 +92,7 @@ def main() -> None:
     exp = EXPERIMENTS[args.experiment]
     r = float(exp.setting["split-ratio-tiers"])
     runs = Path(args.results) / exp.name / "runs"
-    write(systems_summary(runs, r), f"`docs/results/{exp.name}/runs`", Path(args.results) / "E5")
+    write(systems_summary(runs, r, exp.setting["num-server-rounds"]), f"`docs/results/{exp.name}/runs`", Path(args.results) / "E5")
     print(f"results: {Path(args.results) / 'E5'}")
 
 

@@ -122,7 +122,9 @@ def test_systems_costs_are_steady_state_medians_and_ratios_to_full(tmp_path):
     for name, flops, scale in (("full", 4e9, 100.0), ("small", 1e9, 25.0)):
         rows = [row(1, 99 * flops, 99 * scale)] + [row(t, flops, scale) for t in (2, 3, 4)]  # round 1 is ignored
         (tmp_path / f"{name}-s0.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    s = systems_summary(tmp_path, 0.5)
+    (tmp_path / "unfinished-s0.jsonl").write_text(json.dumps(row(2, 1.0, 1.0)))
+    s = systems_summary(tmp_path, 0.5, rounds=4)
+    assert set(s["methods"]) == {"full", "small"}
     small = s["methods"]["small"]
     assert small["round_s"] == 30.0 and small["client_build_s"] == pytest.approx(0.15)
     assert small["build_over_train"] == pytest.approx(0.075) and small["server_share_of_round"] == pytest.approx(0.5 / 30)
