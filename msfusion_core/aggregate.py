@@ -14,7 +14,6 @@ product of per-dimension membership masks.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 

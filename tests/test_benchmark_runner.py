@@ -72,7 +72,12 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
     import sys
     import time
 
-    from benchmarks.flower_procs import REPO, _cmdline, local_superlink_pids, pids_with_flwr_home
+    from benchmarks.flower_procs import (
+        REPO,
+        _cmdline,
+        local_superlink_pids,
+        pids_with_flwr_home,
+    )
 
     work = tmp_path / "work"
     runner = subprocess.Popen(
