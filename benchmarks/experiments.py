@@ -111,6 +111,8 @@ SST2_SETTING: dict[str, Any] = {
     "bn-calibration-batches": 0,
 }
 
+E1_SETTING = cifar_setting(32, **{"num-server-rounds": 40, "split-ratio-tiers": "0.5", "local-examples": 500})
+
 EXPERIMENTS: dict[str, Experiment] = {
     "tiny": Experiment(
         "tiny",
@@ -124,14 +126,14 @@ EXPERIMENTS: dict[str, Experiment] = {
         "E1",
         "CPU scale: CIFAR-10, ResNet-18 width 32, 10 nodes, Dirichlet 0.5, all nodes every round, r = 0.5, "
         "1 local epoch over a fresh 500-example sample of each node's partition per round.",
-        cifar_setting(32, **{"num-server-rounds": 40, "split-ratio-tiers": "0.5", "local-examples": 500}),
+        E1_SETTING,
         ALL_METHODS,
         target=0.6,
     ),
     "E1A": Experiment(
         "E1A",
         "Ablations on the E1 setting: one part of MSfusion changed per run (msfusion itself is E1's run).",
-        cifar_setting(32, **{"num-server-rounds": 40, "split-ratio-tiers": "0.5", "local-examples": 500}),
+        E1_SETTING,
         ABLATIONS,
         target=0.6,
     ),

@@ -89,7 +89,7 @@ def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -134,7 +134,7 @@ def local_superlink_pids(flwr_home: Path) -> set[int]:
     ``--database <FLWR_HOME>/local-superlink/state.db`` or the log file there), plus its
     descendants (its `flower-superexec` and whatever that runs)."""
     needle = str(Path(flwr_home) / "local-superlink") + "/"
-    found = {p for p in _all_pids() if "flower-superlink" in (cmd := _cmdline(p)) and needle in cmd}
+    found = {p for p in _all_pids() if "flower-superlink" in (cmd := cmdline(p)) and needle in cmd}
     for p in list(found):
         found |= descendants(p)
     return found
@@ -163,14 +163,21 @@ def stop_pids(pids: Iterable[int], grace: float = 10.0) -> list[int]:
     return [p for p, start in targets.items() if _alive(p, start)]
 
 
+def flower_pids(flwr_home: Path) -> set[int]:
+    """Live processes of this FLWR_HOME: its local SuperLink tree, everything that inherited the
+    FLWR_HOME, and their descendants."""
+    pids = local_superlink_pids(flwr_home) | pids_with_flwr_home(flwr_home)
+    for p in list(pids):
+        pids |= descendants(p)
+    return {p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"}
+
+
 def stop_flower_processes(flwr_home: Path, grace: float = 10.0) -> list[int]:
     """Stop, by PID, every process that belongs to this FLWR_HOME (see the module docstring).
     Returns the PIDs still alive afterwards (empty when all went)."""
     left: list[int] = []
     for _ in range(3):  # a dying parent may spawn nothing new, but look again to be sure
-        pids = local_superlink_pids(flwr_home) | pids_with_flwr_home(flwr_home)
-        for p in list(pids):
-            pids |= descendants(p)
+        pids = flower_pids(flwr_home)
         if not pids:
             return []
         left = stop_pids(pids, grace)

@@ -74,9 +74,10 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
 
     from benchmarks.flower_procs import (
         REPO,
-        _cmdline,
-        local_superlink_pids,
-        pids_with_flwr_home,
+        cmdline,
+        descendants,
+        flower_pids,
+        stop_flower_processes,
     )
 
     work = tmp_path / "work"
@@ -87,23 +88,17 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     home = work / "tiny" / "flwr-home" / "msfusion-s0"
-
-    def flower_pids():
-        return _live(pids_with_flwr_home(home) | local_superlink_pids(home))
-
-    deadline = time.monotonic() + 120
-    while not any("flwr-simulation" in _cmdline(p) for p in flower_pids()):
-        assert runner.poll() is None and time.monotonic() < deadline, "the run never started its simulation"
-        time.sleep(0.5)
-    os.kill(runner.pid, signal.SIGTERM)
-    assert runner.wait(timeout=60) == 128 + signal.SIGTERM
-    assert flower_pids() == set()
-
-
-def _live(pids):
-    from benchmarks.flower_procs import _stat
-
-    return {p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"}
+    try:
+        deadline = time.monotonic() + 120
+        while not any("flwr-simulation" in cmdline(p) for p in descendants(runner.pid)):
+            assert runner.poll() is None and time.monotonic() < deadline, "the run never started its simulation"
+            time.sleep(0.5)
+        os.kill(runner.pid, signal.SIGTERM)
+        assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+        assert flower_pids(home) == set()
+    finally:  # whatever failed, leave nothing running
+        runner.kill()
+        stop_flower_processes(home)
 
 
 def test_a_run_with_duplicated_rounds_is_refused():
