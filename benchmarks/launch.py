@@ -7,6 +7,7 @@ Each call gets its own FLWR_HOME and loopback ports, waits boundedly, reads the 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import tomllib
 from collections.abc import Mapping
@@ -59,6 +60,10 @@ def flwr_run(
     merged.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in config.items()))
     cmd = ["flwr", "run", ".", "--stream", "--run-config", str(merged)]
     cmd += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node}"]
+    # A SuperLink re-launches the runs its database still lists as pending, so a database left by
+    # an attempt killed mid-start would run beside this one. Resuming is the app's job (its
+    # checkpoints), so every attempt starts from an empty SuperLink.
+    shutil.rmtree(home / "local-superlink", ignore_errors=True)
     env = flower_env(home)
     log = work / "logs" / f"{run_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no guard against a second writer
+    fcntl = None
+
 KEEP_CHECKPOINTS = 3
 
 
@@ -34,14 +39,20 @@ class Checkpoint:
 
 
 class RunLog:
+    """The writer of one run directory. It holds an exclusive lock on ``<run dir>/.lock`` while it
+    lives, so a second ServerApp pointed at the same directory (a SuperLink re-launching a stale
+    run beside a new one, say) fails at once instead of interleaving rounds into the same files.
+    The OS drops the lock when the process dies, so a crashed run can always be resumed."""
+
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
         self.dir = Path(run_dir)
+        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_run_dir(self.dir)
         if (self.dir / "metrics.jsonl").exists():
             raise ValueError(
                 f"run directory {str(self.dir)!r} already holds a run: choose another run-name, "
                 "or continue it with resume-from"
             )
-        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         _atomic_write(self.dir / "config.json", json.dumps(dict(config), indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
 
@@ -50,6 +61,7 @@ class RunLog:
         """Reopen a run after round ``server_round``: rows of later (unfinished) rounds are dropped."""
         log = cls.__new__(cls)
         log.dir = Path(run_dir)
+        log._lock = _lock_run_dir(log.dir)
         path = log.dir / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         log.rows = [r for r in rows if r.get("round", 0) <= server_round]
@@ -125,6 +137,27 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
             extra = json.loads(meta.read_text())
             return Checkpoint(int(extra["round"]), load_file(str(weights)), extra)
     return None
+
+
+def _lock_run_dir(run_dir: Path) -> Any:
+    """Take ``run_dir``'s writer lock or raise, naming the process that holds it."""
+    lock = open(run_dir / ".lock", "a+")
+    if fcntl is None:
+        return lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise RuntimeError(
+            f"run directory {str(run_dir)!r} is being written by another process (pid {holder}): "
+            "two ServerApps must not share a run-name; stop the other one or choose another run-name"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _plain(value: Any) -> Any:

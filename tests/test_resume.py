@@ -100,3 +100,18 @@ def test_a_new_run_never_appends_to_an_existing_run_directory(tmp_path):
     RunLog(tmp_path / "r", {}).append({"round": 0})
     with pytest.raises(ValueError, match="already holds a run"):
         RunLog(tmp_path / "r", {})
+
+
+def test_two_writers_never_share_a_run_directory(tmp_path):
+    """A second ServerApp on the same run dir (e.g. a SuperLink re-launching a stale run beside a
+    new one) is refused, whether it starts fresh or resumes; the lock dies with its holder."""
+    from msfusion_core.runlog import RunLog
+
+    writer = RunLog(tmp_path / "r", {})
+    with pytest.raises(RuntimeError, match=rf"being written by another process \(pid {os.getpid()}\)"):
+        RunLog.resume(tmp_path / "r", 0)
+    with pytest.raises(RuntimeError, match="must not share a run-name"):
+        RunLog(tmp_path / "r", {})
+    writer.append({"round": 0})
+    del writer  # closing the lock file releases it, as the OS does when a crashed run's process dies
+    assert [r["round"] for r in RunLog.resume(tmp_path / "r", 0).rows] == [0]
