@@ -141,7 +141,7 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
 
 def _lock_run_dir(run_dir: Path) -> Any:
     """Take ``run_dir``'s writer lock or raise, naming the process that holds it."""
-    lock = open(run_dir / ".lock", "a+")
+    lock = open(run_dir / ".lock", "a+")  # noqa: SIM115 -- held open for the writer's lifetime: closing it releases the lock
     if fcntl is None:
         return lock
     try:
