@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks.experiments import EXPERIMENTS
 from benchmarks.flower_procs import REPO, read_jsonl
+from benchmarks.run import finished
 
 TIMES = {
     "server_plan_slice_s": "server-plan-slice-seconds",
@@ -49,8 +50,8 @@ def method_costs(rows: list[dict]) -> dict[str, float]:
 
 def systems_summary(runs: Path, r: float, rounds: int) -> dict[str, Any]:
     """Costs of every finished (``rounds`` rounds) seed-0 run in ``runs``."""
-    finished = {path.stem.rsplit("-s", 1)[0]: read_jsonl(path) for path in sorted(runs.glob("*-s0.jsonl"))}
-    methods = {name: method_costs(rows) for name, rows in finished.items() if rows and rows[-1]["round"] == rounds}
+    curves = {path.stem.rsplit("-s", 1)[0]: read_jsonl(path) for path in sorted(runs.glob("*-s0.jsonl"))}
+    methods = {name: method_costs(rows) for name, rows in curves.items() if finished(rows, rounds)}
     if "full" in methods:
         for m in methods.values():
             m["flops_vs_full"] = m["flops_per_participant_round"] / methods["full"]["flops_per_participant_round"]
