@@ -41,12 +41,18 @@ def finished(rows: list[dict], rounds: int) -> bool:
 
 
 def run_grid(
-    exp: Experiment, work: Path, methods: set[str] | None, seeds: set[int] | None, timeout: float, results: Path | None = None
+    exp: Experiment,
+    work: Path,
+    methods: set[str] | None,
+    seeds: set[int] | None,
+    timeout: float,
+    results: Path | None = None,
+    variants: set[str] | None = None,
 ) -> None:
     """Run what is not finished yet, either under ``work`` or as a copy in ``results/<exp>/runs``
     (committed results count: a fresh machine does not redo them)."""
     for method, seed, variant in exp.grid():
-        if (methods and method not in methods) or (seeds is not None and seed not in seeds):
+        if (methods and method not in methods) or (seeds is not None and seed not in seeds) or (variants and variant.name not in variants):
             continue
         name = run_name(method, seed, variant)
         config = run_config(exp, method, seed, variant)
@@ -214,6 +220,7 @@ def main() -> None:
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--methods", default="", help="comma-separated subset of the experiment's methods")
     parser.add_argument("--seeds", default="", help="comma-separated subset of the experiment's seeds")
+    parser.add_argument("--variants", default="", help="comma-separated subset of the experiment's variants (E2: P4,P8,P16)")
     parser.add_argument("--work", default=str(REPO / "benchmark-runs"))
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds allowed for one run")
@@ -223,8 +230,9 @@ def main() -> None:
     work = Path(args.work) / exp.name
     methods = set(args.methods.split(",")) if args.methods else None
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
+    variants = set(args.variants.split(",")) if args.variants else None
     if not args.summarise_only:
-        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results))
+        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results), variants)
     out = write_results(exp, work, Path(args.results), f"python -m benchmarks.run {exp.name}")
     print(f"results: {out}")
 

@@ -53,6 +53,7 @@ class Settings:
     overlap_end: float = 0.1
     overlap_eta: float = 0.2
     overlap_target_shift: float = 1.0
+    overlap_leak: float = 0.2
     overlap_min: float = 0.0
     overlap_max: float = 0.9
     shift_step: int = 1
@@ -150,6 +151,7 @@ class Settings:
             num_rounds=self.num_server_rounds,
             eta=self.overlap_eta,
             target_shift=self.overlap_target_shift,
+            leak=self.overlap_leak,
             min_overlap=self.overlap_min,
             max_overlap=self.overlap_max,
         )

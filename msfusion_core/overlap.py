@@ -2,9 +2,11 @@
 
 ``constant``, ``linear`` and ``cosine`` are functions of the round. ``adaptive`` (this project's
 design; the paper's abstract only says the overlap is adaptive) follows the measured model shift:
-o_{t+1} = clip(o_t + η·(ρ_t − ρ*), o_min, o_max) with ρ_t = d_t / floor_t — more disagreement between
-participants on shared coordinates asks for more overlap, so those coordinates are averaged over
-more participants.
+
+    o_{t+1} = clip(o_t + η·(ρ_t − ρ*) − λ·(o_t − o_0), o_min, o_max),   ρ_t = d_t / floor_t
+
+More disagreement between participants on shared coordinates asks for more overlap, so those
+coordinates are averaged over more participants.
 
 Why d_t relative to its floor: uncorrelated updates from k participants give d_t ≈ (k − 1)/k, and
 more overlap means more participants per coordinate, so the raw d_t rises with the overlap itself.
@@ -12,6 +14,14 @@ Steering the raw d_t to an absolute d* fed back on itself: on CIFAR-10 (E1) d_t 
 above d* = 0.5, and the overlap ran to o_max in ten rounds, halving the spread and costing 9 points
 against the same method at constant overlap. ρ* = 1 (the default) asks for more overlap only when
 shared updates disagree more than independent ones would, and for more coverage when they agree.
+
+Why the leak λ toward o_0: ρ_t hardly responds to o (its floor moves with the overlap), so a pure
+integrator (λ = 0) turns any persistent bias in ρ into a ramp to a bound. Non-IID updates on shared
+coordinates disagree a little more than noise does: on CIFAR-10 at P = 8, r = 1/4, ρ_t sat at
+1.03–1.14 every round, o ran from 0.5 to o_max = 0.9 by round 22, per-round coverage fell from 38 %
+to 15 % and accuracy stalled 8 points below FedRolex. With the leak the rule settles where the two
+terms balance, o* = o_0 + (η/λ)·(ρ̄ − ρ*): a sustained 10 % excess moves the overlap by 0.1 at the
+defaults, not to the bound.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ class OverlapSchedule:
     num_rounds: int = 10  # length of the linear/cosine ramp
     eta: float = 0.2  # adaptive step size η
     target_shift: float = 1.0  # adaptive ρ*, the target for d_t / floor_t
+    leak: float = 0.2  # adaptive λ: pull toward `start` per round, so a biased ρ_t cannot wind o up
     min_overlap: float = 0.0
     max_overlap: float = 0.9
     current: float | None = None  # adaptive state o_t
@@ -47,6 +58,8 @@ class OverlapSchedule:
             raise ValueError(f"min_overlap {self.min_overlap} > max_overlap {self.max_overlap}")
         if self.eta < 0 or self.target_shift < 0:
             raise ValueError(f"overlap eta and target_shift must be >= 0, got {self.eta} and {self.target_shift}")
+        if not 0.0 <= self.leak <= 1.0:
+            raise ValueError(f"overlap leak must be in [0, 1], got {self.leak}")
         if self.current is None:
             self.current = self.start
 
@@ -64,7 +77,8 @@ class OverlapSchedule:
     def update(self, relative_shift: float) -> None:
         """Adaptive: one step of o toward the target, given ρ_t = d_t / floor_t of the last round."""
         if self.kind == "adaptive" and math.isfinite(relative_shift):
-            step = self.current + self.eta * (relative_shift - self.target_shift)
+            pull = self.leak * (self.current - self.start)
+            step = self.current + self.eta * (relative_shift - self.target_shift) - pull
             self.current = min(max(step, self.min_overlap), self.max_overlap)
 
     def state_dict(self) -> dict[str, Any]:

@@ -110,14 +110,36 @@ def test_adaptive_overlap_follows_model_shift():
     pl = make_planner("msfusion", schedule=sched)
     pl.observe(1, 0.9)  # more disagreement than the target → more overlap
     assert sched.overlap(2) == pytest.approx(0.5)
-    pl.observe(2, 0.1)
-    assert sched.overlap(3) == pytest.approx(0.3)
+    pl.observe(2, 0.1)  # less → less, and the leak pulls 0.2·(0.5 − 0.3) back toward o_0
+    assert sched.overlap(3) == pytest.approx(0.26)
     for _ in range(20):
         pl.observe(3, 1.0)
     assert sched.overlap(4) == pytest.approx(0.9)  # clipped to o_max
     restored = make_planner("msfusion")
     restored.load_state_dict(pl.state_dict())
     assert restored.schedule.overlap(5) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("rho", [1.03, 1.1, 1.14])
+def test_a_persistent_small_excess_does_not_wind_the_overlap_up(rho):
+    """E2 at P = 8 saw ρ_t at 1.03–1.14 every round: the pure integrator (λ = 0) ran o to o_max;
+    the leaky rule settles at o_0 + (η/λ)(ρ − ρ*)."""
+    leaky = OverlapSchedule("adaptive", start=0.5, eta=0.2, leak=0.2, max_overlap=0.9)
+    integrator = OverlapSchedule("adaptive", start=0.5, eta=0.2, leak=0.0, max_overlap=0.9)
+    for _ in range(100):
+        leaky.update(rho)
+        integrator.update(rho)
+    assert leaky.overlap(101) == pytest.approx(0.5 + (rho - 1.0), abs=1e-6)
+    assert integrator.overlap(101) == pytest.approx(0.9)
+    # ρ back at its target: the leak returns o to o_0.
+    for _ in range(60):
+        leaky.update(1.0)
+    assert leaky.overlap(161) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_overlap_leak_is_validated():
+    with pytest.raises(ValueError, match="leak"):
+        OverlapSchedule("adaptive", leak=1.5)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
