@@ -139,9 +139,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "E2": Experiment(
         "E2",
-        "Scalability: P nodes at r = 2/P (msfusion, fedrolex, small); per-participant FLOPs to the target.",
+        "Scalability: P nodes at r = 2/P (msfusion, fedrolex, small); per-participant FLOPs to the target. "
+        "msfusion-constant-overlap is the control for the adaptive rule (run at P = 8, where the rule moves o).",
         cifar_setting(32, **{"num-server-rounds": 40, "local-examples": 500}),
-        ("msfusion", "fedrolex", "small"),
+        ("msfusion", "fedrolex", "small", "msfusion-constant-overlap"),
         target=0.5,
         variants=tuple(Variant(f"P{p}", {"split-ratio-tiers": str(2 / p)}, p) for p in (4, 8, 16)),
     ),
