@@ -7,7 +7,7 @@ import json
 import math
 import time
 from datetime import datetime, timezone
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -114,13 +114,20 @@ def resume(settings: Settings, strategy: MSfusion) -> RunLog:
     """Reopen ``settings.resume_from`` at its last complete round and restore the strategy.
 
     Every setting but those in RESUMABLE_CHANGES must equal the run's: the ClientApps train with
-    the run config they are given, so a silently different config would not continue the run."""
+    the run config they are given, so a silently different config would not continue the run. A
+    setting the run's config.json predates (added to the app since) is accepted at its default only,
+    and named in a warning: the older code had no such knob, so its behaviour may differ."""
     run_dir = Path(settings.resume_from)
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"resume-from {str(run_dir)!r} is not a run directory (no config.json)")
     saved = json.loads((run_dir / "config.json").read_text())
     now = settings.to_mapping()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    default = Settings().to_mapping()
+    added = sorted(k for k in now if k not in saved and now[k] == default[k])
+    if added:
+        log(WARNING, "Resuming %s, recorded before these settings existed: %s", run_dir,
+            ", ".join(f"{k} = {now[k]!r} (default)" for k in added))
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k not in added and saved.get(k) != now[k])
     if changed:
         raise ValueError(
             "resume-from: settings differ from the run's config.json: "

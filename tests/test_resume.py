@@ -13,6 +13,8 @@ import os
 import signal
 import time
 
+import json
+
 import pytest
 from safetensors.torch import load_file
 
@@ -92,6 +94,15 @@ def test_resume_refuses_a_changed_config(tmp_path):
         resume(changed, make_strategy(changed))
     with pytest.raises(ValueError, match="not a run directory"):
         resume(Settings(resume_from=str(tmp_path)), make_strategy(Settings()))
+    # A setting added to the app after the run was recorded: accepted at its default, refused otherwise.
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    del saved["overlap-leak"]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    same = Settings(num_server_rounds=2, contrastive_mu=0.0, resume_from=str(tmp_path / "r"))
+    assert resume(same, make_strategy(same)).rows[-1]["round"] == 1
+    leaky = Settings(num_server_rounds=2, contrastive_mu=0.0, overlap_leak=0.5, resume_from=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"overlap-leak \(was None, now 0.5\)"):
+        resume(leaky, make_strategy(leaky))
 
 
 def test_a_new_run_never_appends_to_an_existing_run_directory(tmp_path):
