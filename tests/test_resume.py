@@ -9,11 +9,10 @@ data subsets and client seeds are functions of (seed, round)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
-
-import json
 
 import pytest
 from safetensors.torch import load_file
