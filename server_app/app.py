@@ -74,7 +74,7 @@ class CentralEvaluation:
         if self.calibration is not None:
             calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
         loss, accuracy = evaluate(model, self.test, self.settings.dataset)
-        if server_round == 0 and self.strategy.round_offset:  # a resumed run's checkpoint: logged already
+        if server_round == 0 and self.settings.resume_from:  # the checkpoint resumed from: logged already
             self.last = time.perf_counter()
             return MetricRecord({"accuracy": accuracy, "loss": loss})
         server_round += self.strategy.round_offset

@@ -125,3 +125,19 @@ def test_two_writers_never_share_a_run_directory(tmp_path):
     writer.append({"round": 0})
     del writer  # closing the lock file releases it, as the OS does when a crashed run's process dies
     assert [r["round"] for r in RunLog.resume(tmp_path / "r", 0).rows] == [0]
+
+
+def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
+    """A run killed after its initial evaluation resumes at Flower round 0, whose row is logged."""
+    from msfusion_core.config import Settings
+    from server_app.app import run
+    from local_grid import LocalGrid
+
+    grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
+    run(grid, Settings(num_server_rounds=1, output_dir=str(tmp_path), run_name="r", contrastive_mu=0.0))
+    run_dir = tmp_path / "r"
+    for f in (run_dir / "checkpoints").glob("round-0001.*"):
+        f.unlink()  # as if killed before round 1 ended
+    run(grid, Settings(num_server_rounds=1, contrastive_mu=0.0, resume_from=str(run_dir)))
+    rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1]
