@@ -52,7 +52,8 @@ def run_grid(
     """Run what is not finished yet, either under ``work`` or as a copy in ``results/<exp>/runs``
     (committed results count: a fresh machine does not redo them)."""
     for method, seed, variant in exp.grid():
-        if (methods and method not in methods) or (seeds is not None and seed not in seeds) or (variants and variant.name not in variants):
+        picked = ((methods, method), (seeds, seed), (variants, variant.name))
+        if any(subset is not None and value not in subset for subset, value in picked):
             continue
         name = run_name(method, seed, variant)
         config = run_config(exp, method, seed, variant)
