@@ -246,7 +246,7 @@ def run_cli(cmd: list[str], log: Path, env: Mapping[str, str], timeout: float, c
 def flwr_json(args: list[str], env: Mapping[str, str], timeout: float = 60.0, cwd: Path = REPO) -> dict:
     """Run ``flwr <args> --format json`` and parse its JSON answer."""
     out = subprocess.run(
-        ["flwr", *args, "--format", "json"], cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        ["flwr", *args, "--format", "json"], cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
     )
     text = _ANSI.sub("", out.stdout)
     start = text.find("{")

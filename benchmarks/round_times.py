@@ -15,15 +15,15 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.launch import flwr_run
 from benchmarks.flower_procs import REPO
+from benchmarks.launch import flwr_run
 
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"
 
 
 def summarise_rounds(rows: list[dict]) -> dict:
     later = [r for r in rows if r["round"] >= 2]
-    med = lambda key: statistics.median(float(r[key]) for r in later)  # noqa: E731
+    med = lambda key: statistics.median(float(r[key]) for r in later)
     server = statistics.median((r["server-plan-slice-seconds"] + r["server-aggregate-seconds"]) / r["round-seconds"] for r in later)
     return {
         "round_seconds_median": med("round-seconds"),

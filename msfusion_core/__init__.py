@@ -22,12 +22,12 @@ from msfusion_core.split_map import SplitMap, group_sizes, layer_split_map
 from msfusion_core.submodel import attach_width_scaler, build_submodel
 
 __all__ = [
+    "PLANNER_NAMES",
     "AggregateResult",
     "Contribution",
     "DoubleShiftPlanner",
     "FixedRulePlanner",
     "OverlapSchedule",
-    "PLANNER_NAMES",
     "ParticipantPlan",
     "Planner",
     "RoundPlan",

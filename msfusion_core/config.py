@@ -14,8 +14,8 @@ from typing import Any
 from msfusion_core.data import DATASETS
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
+from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.training import OPTIMIZERS, TrainConfig
 
 
@@ -83,7 +83,7 @@ class Settings:
     resume_from: str = ""  # a run directory: continue it from its last complete round
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> "Settings":
+    def from_mapping(cls, config: Mapping[str, Any]) -> Settings:
         """Parse ``{"num-server-rounds": 3, ...}``; unknown keys and bad values raise ValueError."""
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
         values: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -130,7 +130,7 @@ def _digits_dataset_dict() -> datasets.DatasetDict:
     return datasets.DatasetDict(splits)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_dataset_dict(name: str, key: str | None) -> datasets.DatasetDict:
     if name == "digits":
         return _digits_dataset_dict()
@@ -294,7 +294,7 @@ def make_partitioner(
     defaults (it resamples up to 10 times if a partition would be smaller than the minimum).
     """
     if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)):
-        raise ValueError(f"num_partitions must be an int, got {num_partitions!r}")
+        raise TypeError(f"num_partitions must be an int, got {num_partitions!r}")
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
     # Checked for every kind (iid ignores alpha) so a bad config fails the same way everywhere.
@@ -375,7 +375,7 @@ def load_partition(
     """
     _check_name(name)
     if isinstance(partition_id, bool) or not isinstance(partition_id, (int, np.integer)):
-        raise ValueError(f"partition_id must be an int, got {partition_id!r}")
+        raise TypeError(f"partition_id must be an int, got {partition_id!r}")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
     if name in TEXT_DATASETS:

@@ -32,7 +32,7 @@ PLANNER_NAMES = ("msfusion", "fedrolex", "heterofl", "fd", "full", "small")
 
 def window_length(capacity: float, size: int) -> int:
     """m = clamp(round(r·K), 1, K)."""
-    return min(max(int(round(capacity * size)), 1), size)
+    return min(max(round(capacity * size), 1), size)
 
 
 def check_capacity(capacity: float, who: object = "participant") -> float:
@@ -76,7 +76,7 @@ class ParticipantPlan:
         return {"node_id": self.node_id, "capacity": self.capacity, "windows": windows, "subsets": subsets}
 
     @classmethod
-    def from_compact(cls, compact: Mapping[str, Any], group_sizes: Mapping[str, int]) -> "ParticipantPlan":
+    def from_compact(cls, compact: Mapping[str, Any], group_sizes: Mapping[str, int]) -> ParticipantPlan:
         """Rebuild and verify a plan against the receiver's own (full-model) group sizes.
 
         A plan's K may be smaller than the receiver's (the ``small`` baseline's global model is
@@ -119,8 +119,8 @@ class RoundPlan:
         """How many participants train each unit of each group."""
         counts = {g: np.zeros(k, dtype=np.int64) for g, k in group_sizes.items()}
         for p in self.participants.values():
-            for g in counts:
-                np.add.at(counts[g], p.indices(g), 1)
+            for g, count in counts.items():
+                np.add.at(count, p.indices(g), 1)
         return counts
 
     def coverage_histogram(self, group_sizes: Mapping[str, int]) -> dict[int, int]:

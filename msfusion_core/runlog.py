@@ -57,7 +57,7 @@ class RunLog:
         self.rows: list[dict[str, Any]] = []
 
     @classmethod
-    def resume(cls, run_dir: str | Path, server_round: int) -> "RunLog":
+    def resume(cls, run_dir: str | Path, server_round: int) -> RunLog:
         """Reopen a run after round ``server_round``: rows of later (unfinished) rounds are dropped."""
         log = cls.__new__(cls)
         log.dir = Path(run_dir)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from msfusion_core.aggregate import AggregateResult, Contribution
-from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
+from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.slicing import Slicer
 from msfusion_core.split_map import SplitMap, group_sizes, model_shapes, model_state
 from msfusion_core.submodel import build_submodel

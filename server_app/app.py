@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -148,7 +148,7 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
     if settings.resume_from:
         runlog = resume(settings, strategy)
     else:
-        name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
     log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
     result = strategy.start(

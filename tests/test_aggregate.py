@@ -97,8 +97,8 @@ def test_returning_what_was_received_is_bit_identical(planner):
     plan = make_planner(planner).plan(3, [(1, 0.5), (2, 0.25), (3, 1.0), (4, 0.5)], gs)
     contribs = [Contribution(p.unit_indices(), slicer.extract(state, p.unit_indices()), w) for p, w in zip(plan.participants.values(), (7, 13, 1, 101))]
     result = scatter_average(state, contribs, slicer)
-    for k in state:
-        assert torch.equal(result.state[k], state[k]), k
+    for k, v in state.items():
+        assert torch.equal(result.state[k], v), k
     assert result.model_shift != result.model_shift or result.model_shift == 0.0  # nan (no update) or zero
 
 
@@ -126,8 +126,8 @@ def test_uncovered_coordinates_keep_their_value_and_shift():
     res = scatter_average(state, [Contribution(units, up, 1.0), Contribution(units, down, 1.0)], slicer)
     # Both cover the same coordinates with opposite updates: the mean is θ, the shift is total.
     assert res.model_shift == pytest.approx(1.0)
-    for k in state:
-        torch.testing.assert_close(res.state[k], state[k])
+    for k, v in state.items():
+        torch.testing.assert_close(res.state[k], v)
     agree = scatter_average(state, [Contribution(units, up, 1.0), Contribution(units, up, 3.0)], slicer)
     assert agree.model_shift == pytest.approx(0.0, abs=1e-12)
     assert torch.equal(agree.state["0.weight"][2:], state["0.weight"][2:])  # units 1, 2 of h untouched

@@ -281,6 +281,11 @@ def test_bad_partition_arguments() -> None:
             data.load_partition("digits", None, "dirichlet", 4, 0, alpha=alpha)
     with pytest.raises(ValueError, match="num_partitions"):
         data.make_partitioner("iid", 0)
+    for not_an_int in (2.0, "2", True):
+        with pytest.raises(TypeError, match="num_partitions must be an int"):
+            data.make_partitioner("iid", not_an_int)
+        with pytest.raises(TypeError, match="partition_id must be an int"):
+            data.load_partition("digits", None, "iid", 4, not_an_int)
     with pytest.raises(ValueError, match="limit"):
         data.load_test("digits", limit=-1)
     with pytest.raises(ValueError, match="pad"):

@@ -11,8 +11,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from local_grid import LocalGrid
+
 from msfusion_core.config import Settings
 from server_app.app import make_strategy
 
@@ -47,7 +47,7 @@ defect = st.sampled_from(["shape", "dtype", "nan", "inf", "huge", "missing", "ex
 @FUZZ
 @given(defects=st.lists(defect, min_size=1, max_size=4), data=st.data())
 def test_fuzzed_replies_are_rejected_and_theta_is_unchanged(round_one, defects, data):
-    strategy, grid, msgs, replies = round_one
+    strategy, _grid, msgs, replies = round_one
     strategy.rounds[1].rejected.clear()
     before = {k: v.clone() for k, v in strategy.core.state.items()}
     which = data.draw(st.integers(0, len(replies) - 1))
@@ -91,7 +91,7 @@ def test_fuzzed_replies_are_rejected_and_theta_is_unchanged(round_one, defects, 
 @FUZZ
 @given(data=st.data())
 def test_duplicated_and_reordered_good_replies(round_one, data):
-    strategy, grid, msgs, replies = round_one
+    strategy, _grid, _msgs, replies = round_one
     before = {k: v.clone() for k, v in strategy.core.state.items()}
     batch = data.draw(st.lists(st.sampled_from(replies), min_size=1, max_size=5))
     strategy.rounds[1].rejected.clear()
@@ -107,7 +107,7 @@ msg_defect = st.sampled_from(["garbage-plan", "no-plan-key", "no-round", "window
 @FUZZ
 @given(defect=msg_defect, data=st.data())
 def test_fuzzed_messages_get_an_error_reply(round_one, defect, data):
-    strategy, grid, msgs, _ = round_one
+    _strategy, grid, msgs, _ = round_one
     request = msgs[0]
     node = request.metadata.dst_node_id
     compact = json.loads(request.content.config_records["plan"]["plan"])

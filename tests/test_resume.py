@@ -81,9 +81,10 @@ def test_sigkill_after_round_two_then_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
+    from local_grid import LocalGrid
+
     from msfusion_core.config import Settings
     from server_app.app import make_strategy, resume, run
-    from local_grid import LocalGrid
 
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
     settings = Settings(num_server_rounds=1, output_dir=str(tmp_path), run_name="r", contrastive_mu=0.0)
@@ -129,9 +130,10 @@ def test_two_writers_never_share_a_run_directory(tmp_path):
 
 def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
     """A run killed after its initial evaluation resumes at Flower round 0, whose row is logged."""
+    from local_grid import LocalGrid
+
     from msfusion_core.config import Settings
     from server_app.app import run
-    from local_grid import LocalGrid
 
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
     run(grid, Settings(num_server_rounds=1, output_dir=str(tmp_path), run_name="r", contrastive_mu=0.0))

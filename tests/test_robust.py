@@ -88,7 +88,7 @@ def test_trimmed_mean_without_trimming_is_the_plain_mean():
 
 
 def test_median_matches_brute_force_and_uncovered_coordinates_keep_their_value():
-    state, contribs, slicer, keys, plan = honest_round(num=3, r=0.25, planner="fd")
+    state, contribs, slicer, keys, _plan = honest_round(num=3, r=0.25, planner="fd")
     robust = robust_average(state, contribs, slicer, keys, "median").state
     k = "hidden.weight"
     values = {}

@@ -39,7 +39,7 @@ def run_rounds(planner_name, rounds=3, capacities=(1.0, 0.5, 0.5, 0.25), mu=1.0,
 
 @pytest.mark.parametrize("planner", ["msfusion", "small"])
 def test_rounds_learn_digits(planner):
-    (loss, acc), history, server = run_rounds(planner)
+    (_loss, acc), history, _server = run_rounds(planner)
     assert acc > 0.6, acc  # chance is 0.1
     if planner == "msfusion":
         assert all(0 <= h.model_shift <= 1 for h in history)
@@ -64,8 +64,8 @@ def test_validate_rejects_malformed_replies_and_keeps_theta():
     for reason, (state, n) in bad_cases.items():
         with pytest.raises(ReplyError, match=reason):
             server.validate(pp, Reply(1, state, n))
-    for k in before:
-        assert torch.equal(server.state[k], before[k])
+    for k, v in before.items():
+        assert torch.equal(server.state[k], v)
     server.validate(pp, Reply(1, good, 5))  # the well-formed reply passes
 
 

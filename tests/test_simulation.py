@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import ray.cloudpickle
 import torch
@@ -47,7 +48,7 @@ wrapped.train()(_with_config(client.app, True))
 class RecordingMSfusion(MSfusion):
     """Snapshots θ around every aggregation to check which coordinates changed."""
 
-    snapshots: list = []
+    snapshots: ClassVar[list] = []
 
     def aggregate_train(self, server_round, replies):
         before = {k: self.core.state[k].clone() for k in self.core.param_keys}

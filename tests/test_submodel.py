@@ -26,7 +26,7 @@ def submodel_at(family, r, planner="msfusion", t=3, width=None):
 
 @pytest.mark.parametrize("r", [0.5, 0.25])
 def test_resnet18_param_and_flop_fractions_near_r_squared(r):
-    fam, full, sub, _, _ = submodel_at("resnet18", r)
+    _fam, full, sub, _, _ = submodel_at("resnet18", r)
     x = torch.randn(2, 3, 32, 32)
     param_frac = num_parameters(sub) / num_parameters(full)
     flop_frac = count_flops(lambda: sub(x)) / count_flops(lambda: full(x))
@@ -36,7 +36,7 @@ def test_resnet18_param_and_flop_fractions_near_r_squared(r):
 
 
 def test_submodel_is_genuinely_smaller_with_the_same_keys():
-    fam, full, sub, plan, _ = submodel_at("resnet18", 0.5, width=16)
+    _fam, full, sub, _plan, _ = submodel_at("resnet18", 0.5, width=16)
     assert list(sub.state_dict().keys()) == list(full.state_dict().keys())
     assert sub.layer3[0].conv1.out_channels == 32 and sub.layer3[0].conv1.weight.shape == (32, 16, 3, 3)
     assert sub.bn1.num_features == 8 and sub.fc.in_features == 64
