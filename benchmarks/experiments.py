@@ -48,10 +48,15 @@ class Experiment:
     seeds: tuple[int, ...] = (0,)
     variants: tuple[Variant, ...] = field(default_factory=tuple)
     metric: str = "accuracy"  # or "perplexity" (lower is better)
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # this experiment's own methods, beside METHODS
+    method_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a method's seeds, where not ``seeds``
+
+    def seeds_of(self, method: str) -> tuple[int, ...]:
+        return self.method_seeds.get(method, self.seeds)
 
     def grid(self) -> list[tuple[str, int, Variant]]:
         variants = self.variants or (Variant("", {}, self.num_supernodes),)
-        return [(m, s, v) for v in variants for m in self.methods for s in self.seeds]
+        return [(m, s, v) for v in variants for m in self.methods for s in self.seeds_of(m)]
 
 
 def cifar_setting(width: int, **extra: Any) -> dict[str, Any]:
@@ -188,3 +193,51 @@ EXPERIMENTS: dict[str, Experiment] = {
         num_supernodes=100,
     ),
 }
+
+
+# C1 (issue 14): converged and capacity-bound. A compact CNN (CifarCNN, width 32) that full-width
+# FedAvg fits markedly better than its width-1/4 slice, and short rounds (250 examples per node),
+# so that a run of several hundred rounds fits the 2-core time budget and its curve flattens.
+C1_SETTING: dict[str, Any] = {
+    "model": "cifar-cnn",
+    "model-width": 32,
+    "dataset": "cifar10",
+    "data-path": str(SHARED_DATA / "cifar10"),
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "local-epochs": 1,
+    "local-examples": 250,
+    "batch-size": 32,
+    "lr": 0.05,
+    "num-server-rounds": 300,
+    "central-eval-examples": 0,  # the whole 10,000-image test split: binomial sd ≤ 0.5 points
+    "eval-every": 10,  # an evaluation of 10,000 images costs about 3 full-width rounds here
+}
+
+
+def _at(method: str, r: float) -> dict[str, Any]:
+    return METHODS[method] | {"split-ratio-tiers": str(r)}
+
+
+C1_ARMS: dict[str, dict[str, Any]] = {
+    "small-r0.5": _at("small", 0.5),
+    "small-r0.25": _at("small", 0.25),
+    "msfusion-r0.5": _at("msfusion", 0.5),
+    "msfusion-r0.25": _at("msfusion", 0.25),
+    "fedrolex-r0.25": _at("fedrolex", 0.25),
+    "heterofl-r0.25": _at("heterofl", 0.25),
+    "fd-r0.25": _at("fd", 0.25),
+}
+C1 = Experiment(
+    "C1",
+    "Converged, capacity-bound CIFAR-10: compact CNN (conv 32-64-128, GAP, fc), 10 nodes, Dirichlet 0.5, all nodes "
+    "every round, 1 local epoch over a fresh 250-example sample of each node's partition per round; central accuracy "
+    "on the whole test split every 10 rounds.",
+    C1_SETTING,
+    ("full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25"),
+    target=0.6,
+    seeds=(0, 1, 2),
+    arms=C1_ARMS,
+    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25")},
+)
+EXPERIMENTS["C1"] = C1

@@ -1,6 +1,10 @@
-"""Run a named experiment's grid through `flwr run .` and write its results.
+"""Run a named experiment's grid and write its results.
 
-    python -m benchmarks.run E1 [--methods msfusion,small] [--seeds 0,1] [--work benchmark-runs]
+    python -m benchmarks.run C1 [--methods msfusion-r0.25,small-r0.25] [--seeds 0,1] [--engine flwr]
+
+Runs go through the in-process runner by default (``server_app.local_grid``: the real Strategy and
+ClientApp in this process, no Ray, no SuperLink); ``--engine flwr`` runs the same grid through
+`flwr run .` on a local simulation instead. Both write the same run directory.
 
 Every run's directory lives under ``--work`` (checkpoints included; not committed). A run that
 already finished — there, or as a committed copy in ``docs/results/<experiment>/runs`` — is skipped; one that was interrupted resumes from its last checkpoint (the app's
@@ -14,12 +18,15 @@ round, wall time), ``results.md`` (a table, the exact commands) and ``accuracy.p
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
 import signal
 import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,35 @@ def run_name(method: str, seed: int, variant: Variant) -> str:
 
 
 def run_config(exp: Experiment, method: str, seed: int, variant: Variant) -> dict[str, Any]:
-    return exp.setting | METHODS[method] | variant.overrides | {"seed": seed}
+    return exp.setting | (METHODS | exp.arms)[method] | variant.overrides | {"seed": seed}
+
+
+ENGINES = ("local", "flwr")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str
+    wall_seconds: float
+
+
+def run_once(engine: str, config: dict[str, Any], *, work: Path, run_name: str, num_supernodes: int, timeout: float) -> RunOutcome:
+    """One run into ``work/runs/<run_name>``, by ``engine``; a failure is reported, not raised, so a
+    grid goes on with its next run."""
+    if engine == "flwr":
+        result = flwr_run(config, work=work, run_name=run_name, num_supernodes=num_supernodes, timeout=timeout)
+        return RunOutcome(result.status, result.wall_seconds)
+    if engine != "local":
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    from server_app.local_grid import run_local
+
+    started = time.perf_counter()
+    try:
+        run_local(config | {"output-dir": str((work / "runs").resolve()), "run-name": run_name}, num_supernodes)
+        status = "completed"
+    except Exception as exc:  # noqa: BLE001 - one failed run must not end the grid; its reason is printed
+        status = f"failed: {type(exc).__name__}: {exc}"
+    return RunOutcome(status, time.perf_counter() - started)
 
 
 def finished(rows: list[dict], rounds: int) -> bool:
@@ -48,6 +83,7 @@ def run_grid(
     timeout: float,
     results: Path | None = None,
     variants: set[str] | None = None,
+    engine: str = "local",
 ) -> None:
     """Run what is not finished yet, either under ``work`` or as a copy in ``results/<exp>/runs``
     (committed results count: a fresh machine does not redo them)."""
@@ -70,7 +106,7 @@ def run_grid(
         elif run_dir.exists():
             shutil.rmtree(run_dir)  # died before its first checkpoint: start it again
         print(f"[{exp.name}] {name}: running ({variant.num_supernodes} nodes)", flush=True)
-        result = flwr_run(config, work=work, run_name=name, num_supernodes=variant.num_supernodes, timeout=timeout)
+        result = run_once(engine, config, work=work, run_name=name, num_supernodes=variant.num_supernodes, timeout=timeout)
         print(f"[{exp.name}] {name}: {result.status} in {result.wall_seconds:.0f}s", flush=True)
 
 
@@ -88,20 +124,21 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
         # Seen once: a SuperExec that started one run twice, both writing the same metrics file.
         raise ValueError(f"metrics rounds must be unique and increasing, got {rounds}")
     trained = [r for r in rows if r["round"] >= 1]
-    values = [float(r[METRIC_KEYS[metric]]) for r in trained]
+    evaluated = [r for r in trained if METRIC_KEYS[metric] in r]  # with eval-every > 1, not every round
+    values = [float(r[METRIC_KEYS[metric]]) for r in evaluated]
     best = max(values) if metric == "accuracy" else min(values)
     flops = [float(r.get("flops-per-participant") or 0.0) for r in trained]
-    cumulative = [sum(flops[: i + 1]) for i in range(len(flops))]
+    cumulative_at = dict(zip((r["round"] for r in trained), itertools.accumulate(flops)))
     reached = next((i for i, v in enumerate(values) if reaches(metric, v, target)), None)
     down = [float(r.get("bytes-down-per-participant") or 0.0) for r in trained]
     up = [float(r.get("bytes-up-per-participant") or 0.0) for r in trained]
-    extra = {"final_valid_perplexity": float(trained[-1]["central-valid-perplexity"])} if metric == "perplexity" else {}
+    extra = {"final_valid_perplexity": float(evaluated[-1]["central-valid-perplexity"])} if metric == "perplexity" else {}
     return {
         f"final_{metric}": values[-1],
         f"best_{metric}": best,
         **extra,
-        "rounds_to_target": trained[reached]["round"] if reached is not None else None,
-        "flops_to_target": cumulative[reached] if reached is not None else None,
+        "rounds_to_target": evaluated[reached]["round"] if reached is not None else None,
+        "flops_to_target": cumulative_at[evaluated[reached]["round"]] if reached is not None else None,
         "flops_per_participant_round": statistics.mean(flops),
         "bytes_per_participant_round": statistics.mean(d + u for d, u in zip(down, up)),
         "wall_seconds": sum(float(r.get("round-seconds") or 0.0) + float(r.get("eval-seconds") or 0.0) for r in rows),
@@ -121,7 +158,7 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
     for method in exp.methods:
         for variant in exp.variants or (Variant("", {}, exp.num_supernodes),):
             per_seed = []
-            for seed in exp.seeds:
+            for seed in exp.seeds_of(method):
                 metrics = runs / f"{run_name(method, seed, variant)}.jsonl"
                 rows = read_jsonl(metrics) if metrics.exists() else []
                 if finished(rows, run_config(exp, method, seed, variant)["num-server-rounds"]):
@@ -186,12 +223,14 @@ def _plot(curves: dict[str, list[dict]], path: Path, target: float, metric: str 
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, rows in curves.items():
-        rounds = [r["round"] for r in rows]
-        acc = [r[METRIC_KEYS[metric]] for r in rows]
         flops, total = [], 0.0
         for r in rows:
             total += float(r.get("flops-per-participant") or 0.0)
             flops.append(total)
+        evaluated = [i for i, r in enumerate(rows) if METRIC_KEYS[metric] in r]
+        rounds = [rows[i]["round"] for i in evaluated]
+        acc = [rows[i][METRIC_KEYS[metric]] for i in evaluated]
+        flops = [flops[i] for i in evaluated]
         ax1.plot(rounds, acc, label=name)
         ax2.plot(flops, acc, label=name)
     for ax in (ax1, ax2):
@@ -225,6 +264,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "benchmark-runs"))
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds allowed for one run")
+    parser.add_argument("--engine", choices=ENGINES, default="local", help="local: in-process runner; flwr: `flwr run .`")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     exp = EXPERIMENTS[args.experiment]
@@ -233,7 +273,7 @@ def main() -> None:
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     variants = set(args.variants.split(",")) if args.variants else None
     if not args.summarise_only:
-        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results), variants)
+        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results), variants, args.engine)
     out = write_results(exp, work, Path(args.results), f"python -m benchmarks.run {exp.name}")
     print(f"results: {out}")
 

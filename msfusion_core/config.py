@@ -77,6 +77,7 @@ class Settings:
     round_timeout: float = 600.0
     bn_calibration_batches: int = 8
     central_eval_examples: int = 0  # 0: the whole test split
+    eval_every: int = 1  # central evaluation every this many rounds (and after round 0 and the last round)
     seed: int = 0
     output_dir: str = "runs"
     run_name: str = ""  # empty: <planner>-<dataset>-s<seed>-<timestamp>
@@ -112,7 +113,7 @@ class Settings:
             raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
         if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
             raise ValueError("wikitext2 has no labels for a Dirichlet split; use partitioner iid or articles")
-        for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies", "seq_len"):
+        for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies", "seq_len", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("fraction_train", "fraction_evaluate"):

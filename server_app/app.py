@@ -67,34 +67,37 @@ class CentralEvaluation:
         self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
         self.last = time.perf_counter()
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         started = time.perf_counter()
         round_seconds = started - self.last
-        model = self.strategy.global_model()
-        if self.calibration is not None:
-            calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
-        loss, accuracy = evaluate(model, self.test, self.settings.dataset)
         if server_round == 0 and self.settings.resume_from:  # the checkpoint resumed from: logged already
             self.last = time.perf_counter()
-            return MetricRecord({"accuracy": accuracy, "loss": loss})
+            return None
         server_round += self.strategy.round_offset
+        row: dict = {"round": server_round}
+        evaluated = server_round % self.settings.eval_every == 0 or server_round == self.settings.num_server_rounds
+        if evaluated:
+            model = self.strategy.global_model()
+            if self.calibration is not None:
+                calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
+            loss, accuracy = evaluate(model, self.test, self.settings.dataset)
+            row |= {"central-accuracy": accuracy, "central-loss": loss}
+            if self.valid is not None:
+                valid_loss, _ = evaluate(model, self.valid, self.settings.dataset)
+                row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}
         record = self.strategy.rounds.get(server_round)
-        row = {"round": server_round, "central-accuracy": accuracy, "central-loss": loss}
-        if self.valid is not None:
-            valid_loss, _ = evaluate(model, self.valid, self.settings.dataset)
-            row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}
         row |= record.metrics if record is not None else {}
         row |= {"round-seconds": round_seconds if server_round else 0.0, "eval-seconds": time.perf_counter() - started}
         if record is not None:
             row |= {"rejected-reasons": sorted({why for _, why in record.rejected}), "failed-reasons": sorted({why for _, why in record.failed})}
         self.runlog.append(row)
-        self.runlog.save_checkpoint(server_round, self.strategy.core.state, self.strategy.state_dict())
+        self.runlog.save_checkpoint(server_round, self.strategy.checkpoint_tensors(), self.strategy.state_dict())
         log(
             INFO,
-            "[round %d] accuracy=%.4f loss=%.4f overlap=%s shift=%s bytes/participant down=%s up=%s rejected=%s (%.1fs)",
+            "[round %d] accuracy=%s loss=%s overlap=%s shift=%s bytes/participant down=%s up=%s rejected=%s (%.1fs)",
             server_round,
-            accuracy,
-            loss,
+            _fmt(row.get("central-accuracy"), "{:.4f}"),
+            _fmt(row.get("central-loss"), "{:.4f}"),
             _fmt(row.get("overlap")),
             _fmt(row.get("model-shift")),
             _fmt(row.get("bytes-down-per-participant"), "{:.3g}"),
@@ -103,7 +106,7 @@ class CentralEvaluation:
             round_seconds,
         )
         self.last = time.perf_counter()
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        return MetricRecord({"accuracy": row["central-accuracy"], "loss": row["central-loss"]}) if evaluated else None
 
 
 # Settings that may differ between a run and its resumption.
@@ -164,4 +167,4 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
 
 
 def _fmt(value: object, spec: str = "{:.3f}") -> str:
-    return spec.format(value) if isinstance(value, (int, float)) else "-"
+    return spec.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"

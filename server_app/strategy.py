@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from msfusion_core.coverage import TrainCounts
 from msfusion_core.planner import Planner, RoundPlan, check_capacity, make_planner
 from msfusion_core.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.split_map import SplitMap
@@ -120,6 +121,7 @@ class MSfusion(Strategy):
         self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
         self.rounds: dict[int, RoundLog] = {}  # by run round (Flower's round + round_offset)
         self.round_offset = 0  # rounds completed before this start() (a resumed run)
+        self.train_counts = TrainCounts(self.core.slicer, {k: tuple(self.core.state[k].shape) for k in self.core.param_keys})
         self.full_model_bytes = sum(t.numel() * t.element_size() for k, t in self.core.state.items() if k in self.core.param_keys)
 
     # -- Strategy API ----------------------------------------------------------------------
@@ -174,6 +176,7 @@ class MSfusion(Strategy):
         applied = record.plan is not None and len(accepted) >= self.min_replies
         if applied:
             result = self.core.aggregate(record.plan, accepted)
+            self.train_counts.add(record.plan.participants[r.node_id] for r in accepted)
             record.metrics |= {
                 "model-shift": result.model_shift,
                 "model-shift-floor": result.shift_floor,
@@ -185,6 +188,9 @@ class MSfusion(Strategy):
         elif record.plan is not None:
             log(WARNING, "round %d: %d valid replies < min_replies=%d; global model unchanged", server_round, len(accepted), self.min_replies)
         record.seconds["aggregate"] = time.perf_counter() - started
+        # Cumulative over the run so far (applied rounds only): the share of weight coordinates still
+        # at their initial values, and how unevenly the others have been trained.
+        record.metrics |= {"never-trained-fraction": self.train_counts.never_trained_fraction(), "train-count-cv": self.train_counts.count_cv()}
         record.metrics |= self.round_metrics(record, accepted, train_metrics, applied)
         return (self.global_arrays() if applied else None), MetricRecord(_scalars(record.metrics))
 
@@ -336,6 +342,10 @@ class MSfusion(Strategy):
         }
 
     # -- checkpoint state --------------------------------------------------------------------
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """θ and the per-coordinate train counts: what a resumed run restores besides ``state_dict``."""
+        return self.core.state | self.train_counts.state_dict()
+
     def state_dict(self) -> dict[str, Any]:
         """Everything besides θ that the next rounds depend on (node sampling and the client seeds
         are functions of (seed, round), so they need no saved RNG state)."""
@@ -347,6 +357,7 @@ class MSfusion(Strategy):
     def restore(self, completed_round: int, state: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
         """Continue after ``completed_round``: θ, the planner's state, and Flower's round numbering."""
         self.load_global(state)
+        self.train_counts.load_state_dict(state)
         self.planner.load_state_dict(extra["planner"])
         self.round_offset = completed_round
 

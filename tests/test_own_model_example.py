@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from local_grid import LocalGrid
+from server_app.local_grid import LocalGrid
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_model.py"
 

@@ -81,7 +81,7 @@ def test_sigkill_after_round_two_then_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    from local_grid import LocalGrid
+    from server_app.local_grid import LocalGrid
 
     from msfusion_core.config import Settings
     from server_app.app import make_strategy, resume, run
@@ -130,7 +130,7 @@ def test_two_writers_never_share_a_run_directory(tmp_path):
 
 def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
     """A run killed after its initial evaluation resumes at Flower round 0, whose row is logged."""
-    from local_grid import LocalGrid
+    from server_app.local_grid import LocalGrid
 
     from msfusion_core.config import Settings
     from server_app.app import run

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from local_grid import LocalGrid
+from server_app.local_grid import LocalGrid
 
 from msfusion_core.config import Settings
 from msfusion_core.planner import ParticipantPlan
