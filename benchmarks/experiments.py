@@ -50,6 +50,7 @@ class Experiment:
     metric: str = "accuracy"  # or "perplexity" (lower is better)
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # this experiment's own methods, beside METHODS
     method_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a method's seeds, where not ``seeds``
+    small_of: dict[str, str] = field(default_factory=dict)  # arm → its small-model control, for the gap closed
 
     def seeds_of(self, method: str) -> tuple[int, ...]:
         return self.method_seeds.get(method, self.seeds)
@@ -239,5 +240,6 @@ C1 = Experiment(
     seeds=(0, 1, 2),
     arms=C1_ARMS,
     method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25")},
+    small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1

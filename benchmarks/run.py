@@ -44,6 +44,7 @@ def run_config(exp: Experiment, method: str, seed: int, variant: Variant) -> dic
 
 
 ENGINES = ("local", "flwr")
+DENSE_PLANNERS = ("full", "small")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ class RunOutcome:
     wall_seconds: float
 
 
-def run_once(engine: str, config: dict[str, Any], *, work: Path, run_name: str, num_supernodes: int, timeout: float) -> RunOutcome:
+def run_once(
+    engine: str, config: dict[str, Any], *, work: Path, run_name: str, num_supernodes: int, timeout: float, num_threads: int | None = None
+) -> RunOutcome:
     """One run into ``work/runs/<run_name>``, by ``engine``; a failure is reported, not raised, so a
     grid goes on with its next run."""
     if engine == "flwr":
@@ -64,7 +67,7 @@ def run_once(engine: str, config: dict[str, Any], *, work: Path, run_name: str, 
 
     started = time.perf_counter()
     try:
-        run_local(config | {"output-dir": str((work / "runs").resolve()), "run-name": run_name}, num_supernodes)
+        run_local(config | {"output-dir": str((work / "runs").resolve()), "run-name": run_name}, num_supernodes, num_threads)
         status = "completed"
     except Exception as exc:  # noqa: BLE001 - one failed run must not end the grid; its reason is printed
         status = f"failed: {type(exc).__name__}: {exc}"
@@ -133,10 +136,19 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
     down = [float(r.get("bytes-down-per-participant") or 0.0) for r in trained]
     up = [float(r.get("bytes-up-per-participant") or 0.0) for r in trained]
     extra = {"final_valid_perplexity": float(evaluated[-1]["central-valid-perplexity"])} if metric == "perplexity" else {}
+    # The gain over the last 20 % of rounds: the metric at the last round minus at the last
+    # evaluated round at or before 80 % of the run (0 gain = a flat curve).
+    last = evaluated[-1]["round"]
+    before = [v for r, v in zip(evaluated, values) if r["round"] <= 0.8 * last] or values[:1]
+    never = trained[-1].get("never-trained-fraction")
     return {
         f"final_{metric}": values[-1],
         f"best_{metric}": best,
         **extra,
+        "rounds": last,
+        "last_fifth_gain": values[-1] - before[-1],
+        "never_trained_fraction": float(never) if isinstance(never, (int, float)) else None,
+        "train_count_cv": float(trained[-1]["train-count-cv"]) if isinstance(trained[-1].get("train-count-cv"), (int, float)) else None,
         "rounds_to_target": evaluated[reached]["round"] if reached is not None else None,
         "flops_to_target": cumulative_at[evaluated[reached]["round"]] if reached is not None else None,
         "flops_per_participant_round": statistics.mean(flops),
@@ -148,26 +160,90 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
 def _mean_or_none(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     if len(present) < len(values):
-        return None  # a seed never reached the target
+        return None  # a seed never reached the target (or a dense method: no never-trained fraction)
     return statistics.mean(present)
 
 
+def _sd(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def gap_closed(method: float, small: float, full: float) -> float:
+    """(method − small) / (full − small): 0 = no better than the small model, 1 = as good as full width."""
+    return (method - small) / (full - small)
+
+
+def _gaps(exp: Experiment, per_seed_final: dict[str, dict[int, float]]) -> dict[str, Any]:
+    """Headroom (full − small) per capacity, and each arm's gap closed, mean ± sd over the seeds
+    that its small control and ``full`` also have (paired by seed)."""
+    full = per_seed_final.get("full", {})
+    headroom, gaps = {}, {}
+    for small_arm in sorted(set(exp.small_of.values())):
+        small = per_seed_final.get(small_arm, {})
+        if small and full:
+            headroom[small_arm.removeprefix("small-")] = statistics.mean(full.values()) - statistics.mean(small.values())
+    for arm, small_arm in exp.small_of.items():
+        small = per_seed_final.get(small_arm, {})
+        mine = per_seed_final.get(arm, {})
+        paired = [gap_closed(v, small[s], full[s]) for s, v in sorted(mine.items()) if s in small and s in full]
+        if paired:
+            gaps[arm] = {"gap_closed": statistics.mean(paired), "gap_closed_sd": _sd(paired), "gap_closed_seeds": len(paired)}
+    return {"headroom": headroom, "gaps": gaps}
+
+
 def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
-    """Summary over the finished runs whose metrics are ``runs/<run name>.jsonl``."""
+    """Summary over the finished runs whose metrics are ``runs/<run name>.jsonl``: per method the
+    mean over its seeds (``final_<metric>_sd``: their sd); with ``exp.small_of``, the headroom and
+    every arm's gap closed."""
     methods: dict[str, Any] = {}
+    finals: dict[str, dict[int, float]] = {}
     for method in exp.methods:
         for variant in exp.variants or (Variant("", {}, exp.num_supernodes),):
-            per_seed = []
+            per_seed = {}
             for seed in exp.seeds_of(method):
                 metrics = runs / f"{run_name(method, seed, variant)}.jsonl"
                 rows = read_jsonl(metrics) if metrics.exists() else []
-                if finished(rows, run_config(exp, method, seed, variant)["num-server-rounds"]):
-                    per_seed.append(summarise_run(rows, exp.target, exp.metric))
+                config = run_config(exp, method, seed, variant)
+                if finished(rows, config["num-server-rounds"]):
+                    per_seed[seed] = summarise_run(rows, exp.target, exp.metric)
+                    if config.get("planner") in DENSE_PLANNERS:  # every coordinate is in every model
+                        per_seed[seed] |= {"never_trained_fraction": None, "train_count_cv": None}
             if not per_seed:
                 continue
             key = method + (f"/{variant.name}" if variant.name else "")
-            methods[key] = {k: _mean_or_none([s[k] for s in per_seed]) for k in per_seed[0]} | {"seeds": len(per_seed)}
-    return {"experiment": exp.name, "setting": exp.setting, "target": exp.target, "methods": methods}
+            runs_ = list(per_seed.values())
+            final = f"final_{exp.metric}"
+            methods[key] = {k: _mean_or_none([s[k] for s in runs_]) for k in runs_[0]} | {
+                f"{final}_sd": _sd([s[final] for s in runs_]),
+                "seeds": len(runs_),
+            }
+            finals[key] = {seed: s[final] for seed, s in per_seed.items()}
+    summary = {"experiment": exp.name, "setting": exp.setting, "target": exp.target}
+    if exp.small_of:
+        gaps = _gaps(exp, finals)
+        summary["headroom"] = gaps["headroom"]
+        for arm, g in gaps["gaps"].items():
+            methods[arm] |= g
+        curves = {m: mean_curve(c, exp.metric) for m, c in method_curves(exp, runs).items()}
+        for arm, small_arm in exp.small_of.items():
+            if arm in curves and small_arm in curves:
+                (rounds, mine, _, _), (small_rounds, small, _, _) = curves[arm], curves[small_arm]
+                common = sorted(set(rounds) & set(small_rounds))
+                at = dict(zip(rounds, mine)), dict(zip(small_rounds, small))
+                methods[arm]["crosses_small_round"] = crossing_round(common, [at[0][t] for t in common], [at[1][t] for t in common])
+    return summary | {"methods": methods}
+
+
+def method_curves(exp: Experiment, runs: Path) -> dict[str, list[list[dict]]]:
+    """Each method's (and variant's) finished runs under ``runs``, one row list per seed."""
+    curves: dict[str, list[list[dict]]] = {}
+    for method, seed, variant in exp.grid():
+        path = runs / f"{run_name(method, seed, variant)}.jsonl"
+        if path.exists():
+            rows = read_jsonl(path)
+            if finished(rows, run_config(exp, method, seed, variant)["num-server-rounds"]):
+                curves.setdefault(method + (f"/{variant.name}" if variant.name else ""), []).append(rows)
+    return curves
 
 
 def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> Path:
@@ -180,8 +256,7 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
             shutil.copyfile(metrics, out / "runs" / f"{name}.jsonl")
     summary = summarise(exp, out / "runs")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    curves = {path.stem: read_jsonl(path) for path in sorted((out / "runs").glob("*.jsonl"))}
-    _plot(curves, out / "accuracy.png", exp.target, exp.metric)
+    _plot(method_curves(exp, out / "runs"), out / "accuracy.png", exp.target, exp.metric, title=f"{exp.name}: mean over seeds, ±1 sd")
     lines = [
         f"# {exp.name}",
         "",
@@ -196,14 +271,20 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         "",
         f"Reproduce: `{command}`",
         "",
-        f"| method | final {exp.metric} | best {exp.metric} | rounds to target | FLOPs/participant to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *([f"Headroom (full − small): {', '.join(f'{k}: {v * 100:+.2f} points' for k, v in summary['headroom'].items())}.", ""] if summary.get("headroom") else []),
+        f"| method | final {exp.metric} (mean ± sd) | gap closed (mean ± sd) | crosses small at round | best {exp.metric} | last-fifth gain "
+        "| never trained | train-count CV | rounds to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     value = "{:.4f}" if exp.metric == "accuracy" else "{:.1f}"
     for name, m in summary["methods"].items():
+        final, sd = m[f"final_{exp.metric}"], m[f"final_{exp.metric}_sd"]
+        gap = "" if "gap_closed" not in m else _fmt(m["gap_closed"], "{:+.2f}") + ("" if m["gap_closed_sd"] is None else f" ± {m['gap_closed_sd']:.2f}")
+        crosses = "" if "crosses_small_round" not in m else _fmt(m["crosses_small_round"], "{:.0f}")
         lines.append(
-            f"| {name} | {value.format(m[f'final_{exp.metric}'])} | {value.format(m[f'best_{exp.metric}'])} | {_fmt(m['rounds_to_target'], '{:.0f}')} "
-            f"| {_fmt(m['flops_to_target'], '{:.3g}')} | {m['flops_per_participant_round']:.3g} "
+            f"| {name} | {value.format(final)}{'' if sd is None else ' ± ' + value.format(sd)} | {gap} | {crosses} | {value.format(m[f'best_{exp.metric}'])} "
+            f"| {m['last_fifth_gain']:+.4f} | {_dash(m['never_trained_fraction'], '{:.4f}')} | {_dash(m['train_count_cv'], '{:.3f}')} "
+            f"| {_fmt(m['rounds_to_target'], '{:.0f}')} | {m['flops_per_participant_round']:.3g} "
             f"| {m['bytes_per_participant_round']:.3g} | {m['wall_seconds']:.0f} | {m['seeds']} |"
         )
     lines += ["", f"![{exp.metric} vs round and vs cumulative per-participant FLOPs](accuracy.png)", ""]
@@ -211,28 +292,56 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
     return out
 
 
+def _dash(value: Any, spec: str) -> str:
+    return "–" if value is None else spec.format(value)  # not applicable (a dense method)
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "never" if value is None or (isinstance(value, float) and math.isnan(value)) else spec.format(value)
 
 
-def _plot(curves: dict[str, list[dict]], path: Path, target: float, metric: str = "accuracy") -> None:
+def mean_curve(runs: list[list[dict]], metric: str = "accuracy") -> tuple[list[int], list[float], list[float], list[float]]:
+    """(rounds, mean, sd, mean cumulative per-participant FLOPs) over seeds, at the rounds every seed evaluated."""
+    key = METRIC_KEYS[metric]
+    per_run = []
+    for rows in runs:
+        flops = itertools.accumulate(float(r.get("flops-per-participant") or 0.0) for r in rows)
+        per_run.append({r["round"]: (float(r[key]), f) for r, f in zip(rows, flops) if key in r})
+    rounds = sorted(set.intersection(*(set(c) for c in per_run))) if per_run else []
+    mean = [statistics.mean(c[t][0] for c in per_run) for t in rounds]
+    sd = [statistics.pstdev([c[t][0] for c in per_run]) for t in rounds]
+    flops = [statistics.mean(c[t][1] for c in per_run) for t in rounds]
+    return rounds, mean, sd, flops
+
+
+def crossing_round(rounds: list[int], method: list[float], small: list[float]) -> int | None:
+    """The first round from which ``method`` stays at or above ``small`` to the end (None: it ends below)."""
+    above = [m >= s for m, s in zip(method, small)]
+    if not above or not above[-1]:
+        return None
+    first = len(above) - 1
+    while first > 0 and above[first - 1] and rounds[first - 1] >= 1:
+        first -= 1
+    return rounds[first]
+
+
+def _plot(curves: dict[str, list[list[dict]]], path: Path, target: float, metric: str = "accuracy", title: str = "") -> None:
+    """Per method: the mean over seeds, with a ±1 sd band where there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, rows in curves.items():
-        flops, total = [], 0.0
-        for r in rows:
-            total += float(r.get("flops-per-participant") or 0.0)
-            flops.append(total)
-        evaluated = [i for i, r in enumerate(rows) if METRIC_KEYS[metric] in r]
-        rounds = [rows[i]["round"] for i in evaluated]
-        acc = [rows[i][METRIC_KEYS[metric]] for i in evaluated]
-        flops = [flops[i] for i in evaluated]
-        ax1.plot(rounds, acc, label=name)
-        ax2.plot(flops, acc, label=name)
+    for name, runs in curves.items():
+        rounds, mean, sd, flops = mean_curve(runs, metric)
+        label = f"{name} ({len(runs)} seeds)" if len(runs) > 1 else name
+        (line,) = ax1.plot(rounds, mean, label=label)
+        ax2.plot(flops, mean, color=line.get_color(), label=label)
+        if len(runs) > 1:
+            low, high = [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)]
+            ax1.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+            ax2.fill_between(flops, low, high, color=line.get_color(), alpha=0.2)
     for ax in (ax1, ax2):
         ax.axhline(target, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
@@ -240,9 +349,12 @@ def _plot(curves: dict[str, list[dict]], path: Path, target: float, metric: str 
         if metric == "perplexity":
             ax.set_yscale("log")
     ax1.set_xlabel("round")
+    ax1.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_xlabel("cumulative FLOPs per participant")
     ax2.set_xscale("log")
     ax1.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -10,7 +10,12 @@ from benchmarks.run import run_grid, write_results
 
 KEYS = {
     "final_accuracy",
+    "final_accuracy_sd",
     "best_accuracy",
+    "rounds",
+    "last_fifth_gain",
+    "never_trained_fraction",
+    "train_count_cv",
     "rounds_to_target",
     "flops_to_target",
     "flops_per_participant_round",
@@ -20,10 +25,12 @@ KEYS = {
 }
 
 
-def test_tiny_experiment_summary(tmp_path, capsys):
+@pytest.mark.parametrize("engine", ["local", "flwr"])
+def test_tiny_experiment_summary(tmp_path, capsys, engine):
     exp = EXPERIMENTS["tiny"]
     work = tmp_path / "work"
-    run_grid(exp, work, None, None, timeout=300.0)
+    run_grid(exp, work, None, None, timeout=300.0, engine=engine)
+    assert capsys.readouterr().out.count("completed in") == 2
     out = write_results(exp, work, tmp_path / "results", "python -m benchmarks.run tiny")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "tiny" and summary["target"] == exp.target
@@ -33,9 +40,12 @@ def test_tiny_experiment_summary(tmp_path, capsys):
         assert set(m) == KEYS, name
         assert 0.0 <= m["final_accuracy"] <= m["best_accuracy"] <= 1.0
         assert m["seeds"] == 1 and m["flops_per_participant_round"] > 0 and m["bytes_per_participant_round"] > 0
+        assert m["rounds"] == 2 and m["final_accuracy_sd"] is None  # one seed: no sd
         assert m["rounds_to_target"] is None or 1 <= m["rounds_to_target"] <= 2
         assert (m["rounds_to_target"] is None) == (m["flops_to_target"] is None)
     # The small model costs a quarter of the full model per participant; msfusion at r = 0.5 too.
+    assert summary["methods"]["small"]["never_trained_fraction"] is None  # dense: nothing to count
+    assert 0.0 < summary["methods"]["msfusion"]["never_trained_fraction"] < 1.0
     ratio = summary["methods"]["msfusion"]["flops_per_participant_round"] / summary["methods"]["small"]["flops_per_participant_round"]
     assert 0.7 < ratio < 1.6, ratio
     assert (out / "results.md").read_text().count("| msfusion |") == 1
@@ -82,7 +92,7 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
 
     work = tmp_path / "work"
     runner = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.run", "tiny", "--work", str(work), "--results", str(tmp_path / "results")],
+        [sys.executable, "-m", "benchmarks.run", "tiny", "--engine", "flwr", "--work", str(work), "--results", str(tmp_path / "results")],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -99,6 +109,46 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
     finally:  # whatever failed, leave nothing running
         runner.kill()
         stop_flower_processes(home)
+
+
+def test_c1_summary_shape_gap_closed_and_headroom(tmp_path):
+    """summary.json in the issue's shape, on synthetic curves with known answers."""
+    from benchmarks.experiments import C1
+    from benchmarks.run import summarise
+
+    rounds = C1.setting["num-server-rounds"]
+    finals = {"full": 0.70, "small-r0.5": 0.64, "small-r0.25": 0.58, "msfusion-r0.5": 0.67, "msfusion-r0.25": 0.61,
+              "fedrolex-r0.25": 0.52, "heterofl-r0.25": 0.55, "fd-r0.25": 0.50}
+    for arm, final in finals.items():
+        for seed in C1.seeds_of(arm):
+            acc = final + 0.01 * seed  # seeds 0, 1, 2 differ by a point each
+            rows = [{"round": 0, "central-accuracy": 0.1}]
+            rows += [{"round": t, "flops-per-participant": 1e9, "bytes-down-per-participant": 10.0, "bytes-up-per-participant": 5.0,
+                      "never-trained-fraction": 0.2, "train-count-cv": 0.5, "round-seconds": 1.0, "eval-seconds": 0.0,
+                      **({"central-accuracy": acc - (0.02 if t <= 0.8 * rounds else 0.0)} if t % 10 == 0 else {})}
+                     for t in range(1, rounds + 1)]
+            (tmp_path / f"{arm}-s{seed}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = summarise(C1, tmp_path)
+    assert s["experiment"] == "C1" and s["setting"] == C1.setting
+    assert set(s["methods"]) == set(finals)
+    assert s["headroom"] == pytest.approx({"r0.5": 0.06, "r0.25": 0.12})
+    full = s["methods"]["full"]
+    assert full["seeds"] == 3 and full["final_accuracy"] == pytest.approx(0.71) and full["final_accuracy_sd"] == pytest.approx(0.01)
+    assert full["last_fifth_gain"] == pytest.approx(0.02) and full["rounds"] == rounds and full["never_trained_fraction"] is None
+    m = s["methods"]["msfusion-r0.25"]
+    assert m["gap_closed"] == pytest.approx(0.25) and m["gap_closed_sd"] == pytest.approx(0.0, abs=1e-9) and m["gap_closed_seeds"] == 3
+    assert m["never_trained_fraction"] == 0.2 and m["flops_per_participant_round"] == 1e9 and m["bytes_per_participant_round"] == 15.0
+    assert s["methods"]["fedrolex-r0.25"]["gap_closed"] == pytest.approx(-0.5) and s["methods"]["fedrolex-r0.25"]["seeds"] == 1
+    assert "gap_closed" not in s["methods"]["small-r0.25"]
+    assert m["crosses_small_round"] == 10 and s["methods"]["fedrolex-r0.25"]["crosses_small_round"] is None
+
+
+def test_crossing_round_is_where_a_method_stays_above_small():
+    from benchmarks.run import crossing_round
+
+    rounds = [0, 10, 20, 30, 40]
+    assert crossing_round(rounds, [0.1, 0.3, 0.2, 0.5, 0.6], [0.1, 0.2, 0.3, 0.4, 0.5]) == 30  # the dip at 20 resets it
+    assert crossing_round(rounds, [0.1, 0.3, 0.4, 0.5, 0.4], [0.1, 0.2, 0.3, 0.4, 0.5]) is None  # ends below
 
 
 def test_a_run_with_duplicated_rounds_is_refused():
