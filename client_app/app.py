@@ -10,9 +10,10 @@ a silently wrong update.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -54,7 +55,7 @@ class NodeSetup:
     examples_per_round: int = 0  # a fresh random subset of this many local examples per round; 0: all
     scaler: bool = False
     bn_calibration_batches: int = 8
-    seed: int = 0
+    seed: int | None = None  # None: derived from the run's seed (sent by the server) and the partition id
 
 
 def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
@@ -76,21 +77,24 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
         try:
             node = setup(context)
             plan, received, server_round = read_message(msg, node.participant)
+            settings = msg.content.config_records[PLAN_KEY]
+            train_config = with_server_settings(node.train_config, settings)
+            seed = node_seed(node, settings)
             data = node.train_data()
         except (ValueError, KeyError) as exc:
             return error_reply(msg, exc)
         if 0 < node.examples_per_round < int(data.y.shape[0]):
-            rng = np.random.default_rng([node.seed, server_round, node.partition_id])
+            rng = np.random.default_rng([seed, server_round, node.partition_id])
             pick = torch.from_numpy(rng.permutation(int(data.y.shape[0]))[: node.examples_per_round])
             data = TensorData(data.x[pick], data.y[pick])
         update, keep = node.participant.train(
             plan,
             received,
             data,
-            node.train_config,
+            train_config,
             previous=load_previous(context),
             scaler=node.scaler,
-            seed=node.seed * 100_003 + server_round,
+            seed=seed * 100_003 + server_round,
         )
         save_previous(context, keep)
         metrics = MetricRecord(
@@ -126,6 +130,42 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
         return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
     return app
+
+
+def with_server_settings(cfg: TrainConfig, settings: ConfigRecord) -> TrainConfig:
+    """The node's training settings, with those the server decides for every node (μ) applied."""
+    if "contrastive-mu" not in settings:
+        return cfg
+    mu = settings["contrastive-mu"]
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
+        raise ValueError(f"the server sent contrastive-mu={mu!r}; expected a number >= 0")
+    return dataclasses.replace(cfg, mu=float(mu))
+
+
+def node_seed(node: NodeSetup, settings: ConfigRecord) -> int:
+    """The node's own seed if it set one, else one derived from the run's seed and its partition
+    id, so that no two nodes draw the same batches."""
+    if node.seed is not None:
+        return node.seed
+    return int(np.random.SeedSequence([int(settings.get("run-seed", 0)), node.partition_id]).generate_state(1)[0])
+
+
+def node_capacity(context: Context, tiers: Sequence[float] = (0.5,)) -> float:
+    """This node's capacity (the fraction of every split layer it can train).
+
+    A node that declares one, as a SuperNode does with ``--node-config 'split-ratio=0.25'``, gets
+    its own. A simulated node cannot declare one (`flwr run` gives it only ``partition-id`` and
+    ``num-partitions``), so it gets ``tiers[partition-id % len(tiers)]``: with ``(1.0, 0.5, 0.25)``
+    nodes 0, 3, 6, ... are full width, nodes 1, 4, ... half width, and so on."""
+    if "split-ratio" in context.node_config:
+        return check_capacity(context.node_config["split-ratio"], "this node (split-ratio)")
+    if not tiers:
+        raise ValueError("tiers is empty: give at least one capacity")
+    try:
+        pid = int(context.node_config["partition-id"])
+    except KeyError as exc:
+        raise ValueError("node config has neither 'split-ratio' nor 'partition-id'; start the SuperNode with --node-config 'split-ratio=..'") from exc
+    return check_capacity(tiers[pid % len(tiers)], f"tier of partition {pid}")
 
 
 def read_message(msg: Message, part: Participant) -> tuple[ParticipantPlan, dict[str, torch.Tensor], int]:
@@ -183,7 +223,7 @@ def setup_from_run_config(context: Context) -> NodeSetup:
         ) from exc
     if not 0 <= pid < num:
         raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
-    capacity = check_capacity(context.node_config.get("split-ratio", settings.capacity_for(pid)), "this node (split-ratio)")
+    capacity = node_capacity(context, settings.capacity_tiers())
     path = settings.data_path or None
 
     def train_data() -> TensorData:

@@ -7,6 +7,7 @@ gives one place where a bad value becomes a clear error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,6 +18,17 @@ from msfusion_core.overlap import OverlapSchedule
 from msfusion_core.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
 from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.training import OPTIMIZERS, TrainConfig
+
+
+# Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)
+# and the task (classes, next token) are the family's.
+MODEL_DATASETS: dict[str, tuple[str, ...]] = {
+    "digits-cnn": ("digits",),
+    "cifar-cnn": ("cifar10",),
+    "resnet18": ("cifar10",),
+    "llama": ("wikitext2",),
+    "minilm": ("sst2",),
+}
 
 
 def _coerce(key: str, kind: type, value: Any) -> Any:
@@ -75,6 +87,7 @@ class Settings:
     fraction_evaluate: float = 0.0
     min_replies: int = 1
     round_timeout: float = 600.0
+    max_failed_rounds: int = 3  # fail the run after this many consecutive rounds without a valid reply
     bn_calibration_batches: int = 8
     central_eval_examples: int = 0  # 0: the whole test split
     eval_every: int = 1  # central evaluation every this many rounds (and after round 0 and the last round)
@@ -127,6 +140,40 @@ class Settings:
             raise ValueError(f"clip-factor must be >= 0, got {self.clip_factor}")
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet-alpha must be positive, got {self.dirichlet_alpha}")
+        # Checked here, on the server before round 1: a value only the nodes reject would fail every
+        # node in every round while the global model stays at its initial value.
+        ranges = {
+            "lr": (0.0, False, None),
+            "contrastive_tau": (0.0, False, None),
+            "round_timeout": (0.0, False, None),
+            "momentum": (0.0, True, 1.0),
+            "weight_decay": (0.0, True, None),
+            "contrastive_mu": (0.0, True, None),
+            "overlap_eta": (0.0, True, None),
+            "overlap_leak": (0.0, True, 1.0),
+            "shift_step": (0, True, None),
+            "local_examples": (0, True, None),
+            "central_eval_examples": (0, True, None),
+            "bn_calibration_batches": (0, True, None),
+            "model_width": (0, True, None),
+            "model_layers": (0, True, None),
+            "max_failed_rounds": (1, True, None),
+        }
+        for name, (low, inclusive, high) in ranges.items():
+            value = getattr(self, name)
+            key = name.replace("_", "-")
+            if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
+                bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
+                raise ValueError(f"{key} must be {bound}, got {value!r}")
+        for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        wanted = MODEL_DATASETS.get(self.model)
+        if wanted is not None and self.dataset not in wanted:
+            raise ValueError(
+                f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); "
+                f"for {self.dataset!r} use model {' or '.join(m for m, d in MODEL_DATASETS.items() if self.dataset in d)}"
+            )
         self.capacity_tiers()
         self.schedule()
 

@@ -44,9 +44,20 @@ class Participant:
         representation_layer: str,
         local_keys: Collection[str] = (),
     ) -> None:
-        """``local_keys``: frozen tensors this participant builds itself (never received nor sent)."""
+        """``local_keys``: frozen tensors this participant builds itself (never received nor sent).
+
+        Raises ValueError, here rather than in every round, when ``representation_layer`` is not a
+        module of the model or the split map does not fit it."""
         with torch.device("meta"):
             template = build()
+        try:
+            template.get_submodule(representation_layer)
+        except AttributeError as exc:
+            layers = [n for n, _ in template.named_children()]
+            raise ValueError(
+                f"representation_layer {representation_layer!r} is not a module of {type(template).__name__} "
+                f"(its top-level modules: {', '.join(layers)}); name the layer whose input is the representation"
+            ) from exc
         self.build = build
         self.split_map = split_map
         self.representation_layer = representation_layer

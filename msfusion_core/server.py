@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from msfusion_core.aggregate import AggregateResult, Contribution
+from msfusion_core.measure import num_bytes
 from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
 from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.slicing import Slicer
@@ -31,6 +33,33 @@ class Reply:
     node_id: int
     state: Mapping[str, torch.Tensor]
     num_examples: int
+    # The participant's training metrics, as sent; None when the caller keeps no metrics (a
+    # framework-free loop). A Flower reply always has a record, and it is checked.
+    metrics: Mapping[str, Any] | None = None
+
+
+# A reply's training metrics: the keys the server reads, each a finite number; a count, a size or a
+# duration is also non-negative. Other keys are the participant's own and are passed through.
+REQUIRED_METRICS = ("num-examples", "loss", "flops")
+NON_NEGATIVE_METRICS = ("flops", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
+OPTIONAL_METRICS = ("ce-loss", "contrastive-loss", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
+
+
+def check_train_metrics(metrics: Mapping[str, Any]) -> None:
+    """Raise ReplyError naming the first metric the server cannot use."""
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise ReplyError(f"metrics lack {', '.join(repr(k) for k in missing)}")
+    for key in REQUIRED_METRICS + OPTIONAL_METRICS:
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReplyError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ReplyError(f"metric {key!r} is not finite: {value!r}")
+        if key in NON_NEGATIVE_METRICS and value < 0:
+            raise ReplyError(f"metric {key!r} must be non-negative, got {value!r}")
 
 
 class SubmodelServer:
@@ -71,12 +100,16 @@ class SubmodelServer:
         self.local_keys = frozenset(local_keys)
         self.param_keys = [k for k, _ in model.named_parameters() if k not in self.local_keys]
         state = {k: v.clone() for k, v in model_state(model).items()}
+        # What a full-capacity participant receives (parameters and buffers, never local tensors).
+        self.full_model_bytes = num_bytes({k: v for k, v in state.items() if k not in self.local_keys})
+        self.small_prefix: dict[str, Any] | None = None
         if planner.name == "small":
             # "Exclusive learning": the global model itself is built at width r and trained by all.
             r = check_capacity(small_capacity if small_capacity is not None else 0.5, "the small model")
             prefix = {g: Window(0, window_length(r, k), k).indices() for g, k in self.group_sizes.items()}
             state = self.slicer.extract(state, prefix)
             self.group_sizes = {g: len(i) for g, i in prefix.items()}
+            self.small_prefix = prefix  # a full-width model given later (load_state) is cut the same way
         self.state: dict[str, torch.Tensor] = state
 
     # -- planning and slicing -------------------------------------------------------------
@@ -97,6 +130,8 @@ class SubmodelServer:
         """Raise ReplyError naming the first problem of a reply against the plan it answers."""
         if not isinstance(reply.num_examples, int) or isinstance(reply.num_examples, bool) or reply.num_examples <= 0:
             raise ReplyError(f"num-examples must be a positive integer, got {reply.num_examples!r}")
+        if reply.metrics is not None:
+            check_train_metrics(reply.metrics)
         missing = [k for k in self.param_keys if k not in reply.state]
         extra = [k for k in reply.state if k not in set(self.param_keys)]
         if missing:
@@ -136,6 +171,24 @@ class SubmodelServer:
         if math.isfinite(result.relative_shift):
             self.planner.observe(plan.server_round, result.relative_shift)
         return result
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace θ (same keys and shapes: a clear error otherwise). Under ``small`` a full-width
+        model's state is accepted too, and cut to the small model's prefix, as θ was."""
+        if self.small_prefix is not None and any(k in state and tuple(state[k].shape) != tuple(t.shape) for k, t in self.state.items()):
+            fits = all(k in state for k in self.state)
+            try:
+                state = self.slicer.extract(state, self.small_prefix, list(self.state)) if fits else state
+            except (IndexError, RuntimeError):
+                pass  # not a full-width model either: the check below names the first mismatch
+        for key, t in self.state.items():
+            if key not in state or tuple(state[key].shape) != tuple(t.shape):
+                got = "missing" if key not in state else f"shape {tuple(state[key].shape)}"
+                raise ValueError(
+                    f"initial arrays do not fit the model at {key!r}: expected shape {tuple(t.shape)}, got {got}"
+                    + (" (small takes the full-width model's arrays, or its own width-r ones)" if self.small_prefix is not None else "")
+                )
+        self.state = {k: torch.as_tensor(state[k]).to(self.state[k].dtype).clone() for k in self.state}
 
     # -- the global model ------------------------------------------------------------------
     def global_model(self) -> nn.Module:

@@ -46,6 +46,8 @@ def make_strategy(settings: Settings) -> MSfusion:
         trim_fraction=settings.trim_fraction,
         clip_factor=settings.clip_factor,
         seed=settings.seed,
+        contrastive_mu=settings.contrastive_mu,
+        max_failed_rounds=settings.max_failed_rounds,
     )
 
 

@@ -15,7 +15,9 @@ plans do not depend on Flower's per-run node ids.
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from msfusion_core.coverage import TrainCounts
+from msfusion_core.measure import num_bytes
 from msfusion_core.planner import Planner, RoundPlan, check_capacity, make_planner
 from msfusion_core.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.split_map import SplitMap
@@ -51,7 +54,8 @@ class RoundLog:
     plan: RoundPlan | None = None
     sent: dict[int, int] = field(default_factory=dict)  # participant id → Flower node id
     messages: list[Message] = field(default_factory=list)  # what was sent (ids set by the Grid)
-    bytes_down: dict[int, int] = field(default_factory=dict)
+    bytes_down: dict[int, int] = field(default_factory=dict)  # tensor payload (measure.num_bytes), as bytes up
+    bytes_down_serialized: dict[int, int] = field(default_factory=dict)  # Flower's serialised ArrayRecord size
     seconds: dict[str, float] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (Flower node id, reason)
     failed: list[tuple[int, str]] = field(default_factory=list)  # error replies
@@ -74,8 +78,12 @@ class MSfusion(Strategy):
     aggregation_weight : ``examples`` or ``uniform``.
     robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.robust``): ``none``,
         ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
-    seed : seeds initialisation, node sampling and random planners.
+    seed : seeds initialisation, node sampling and random planners; sent to nodes as ``run-seed``.
     local_keys : frozen tensors every node builds itself (pretrained embeddings): never sent.
+    contrastive_mu : the contrastive weight μ every node trains with this run, sent with each plan
+        (None: 1 for ``msfusion``, 0 for the baselines, which are published without it).
+    max_failed_rounds : fail the run after this many consecutive rounds without one valid reply,
+        naming what the nodes said (a ClientApp that fails every time must not end "completed").
     """
 
     def __init__(
@@ -97,6 +105,8 @@ class MSfusion(Strategy):
         seed: int = 0,
         query_timeout: float = 120.0,
         local_keys: Collection[str] = (),
+        contrastive_mu: float | None = None,
+        max_failed_rounds: int = 3,
     ) -> None:
         self.planner = make_planner(planner, seed=seed) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
@@ -118,11 +128,21 @@ class MSfusion(Strategy):
         self.default_capacity = check_capacity(default_capacity, "default_capacity")
         self.seed = seed
         self.query_timeout = query_timeout
+        if max_failed_rounds < 1:
+            raise ValueError(f"max_failed_rounds must be at least 1, got {max_failed_rounds}")
+        self.max_failed_rounds = max_failed_rounds
+        self.failed_rounds = 0  # consecutive rounds, up to now, without a valid reply
+        mu = contrastive_mu if contrastive_mu is not None else (1.0 if self.planner.name == "msfusion" else 0.0)
+        if not (mu >= 0 and math.isfinite(mu)):
+            raise ValueError(f"contrastive_mu must be a finite number >= 0, got {contrastive_mu}")
+        # Per-round training settings decided here, for every node, and sent with each plan.
+        self.train_settings: dict[str, Any] = {"contrastive-mu": float(mu), "run-seed": int(seed)}
+        self.last_arrays: ArrayRecord | None = None  # what this strategy last handed Flower
         self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
         self.rounds: dict[int, RoundLog] = {}  # by run round (Flower's round + round_offset)
         self.round_offset = 0  # rounds completed before this start() (a resumed run)
         self.train_counts = TrainCounts(self.core.slicer, {k: tuple(self.core.state[k].shape) for k in self.core.param_keys})
-        self.full_model_bytes = sum(t.numel() * t.element_size() for k, t in self.core.state.items() if k in self.core.param_keys)
+        self.full_model_bytes = self.core.full_model_bytes  # the full-width model's, under `small` too
 
     # -- Strategy API ----------------------------------------------------------------------
     def summary(self) -> None:
@@ -140,10 +160,12 @@ class MSfusion(Strategy):
         """As ``Strategy.start``; ``initial_arrays`` (e.g. a pretrained model) replace θ if given."""
         if initial_arrays is not None and len(initial_arrays):
             self.load_global(initial_arrays.to_torch_state_dict())
-        return super().start(grid, self.global_arrays(), *args, **kwargs)
+        self.last_arrays = self.global_arrays()
+        return super().start(grid, self.last_arrays, *args, **kwargs)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
+        self.adopt(arrays)
         self.discover(grid)
         started = time.perf_counter()
         participants = self.sample(server_round)
@@ -157,10 +179,12 @@ class MSfusion(Strategy):
         messages = []
         for node_id in participants:
             pid = self.nodes[node_id].partition_id
-            arrays_out = ArrayRecord(self.core.download(plan.participants[pid]))
-            cfg = ConfigRecord(dict(config) | {"server-round": server_round, "plan": json.dumps(plan.participants[pid].to_compact())})
+            download = self.core.download(plan.participants[pid])
+            arrays_out = ArrayRecord(download)
+            cfg = ConfigRecord(dict(config) | self.train_settings | {"server-round": server_round, "plan": json.dumps(plan.participants[pid].to_compact())})
             record.sent[pid] = node_id
-            record.bytes_down[pid] = arrays_out.count_bytes()
+            record.bytes_down[pid] = num_bytes(download)
+            record.bytes_down_serialized[pid] = arrays_out.count_bytes()
             content = RecordDict({ARRAYS_KEY: arrays_out, PLAN_KEY: cfg})
             messages.append(Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN))
         record.messages = messages
@@ -171,7 +195,7 @@ class MSfusion(Strategy):
         server_round += self.round_offset
         started = time.perf_counter()
         record = self.rounds.setdefault(server_round, RoundLog())
-        accepted, train_metrics = self.check_replies(server_round, replies)
+        accepted = self.check_replies(server_round, replies)
         record.messages = []  # they hold every sub-model sent: keep no reference past the round
         applied = record.plan is not None and len(accepted) >= self.min_replies
         if applied:
@@ -191,8 +215,10 @@ class MSfusion(Strategy):
         # Cumulative over the run so far (applied rounds only): the share of weight coordinates still
         # at their initial values, and how unevenly the others have been trained.
         record.metrics |= {"never-trained-fraction": self.train_counts.never_trained_fraction(), "train-count-cv": self.train_counts.count_cv()}
-        record.metrics |= self.round_metrics(record, accepted, train_metrics, applied)
-        return (self.global_arrays() if applied else None), MetricRecord(_scalars(record.metrics))
+        record.metrics |= self.round_metrics(record, accepted, applied)
+        self.check_progress(server_round, record, accepted)
+        self.last_arrays = self.global_arrays() if applied else None
+        return self.last_arrays, MetricRecord(_scalars(record.metrics))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Federated evaluation: sampled nodes evaluate the sub-model they can hold (their window of
@@ -226,6 +252,27 @@ class MSfusion(Strategy):
         if n == 0:
             return None
         return MetricRecord({f"federated-{k}": v / n for k, v in totals.items()} | {"federated-examples": n})
+
+    def adopt(self, arrays: ArrayRecord | None) -> None:
+        """Train from the arrays Flower hands over: a wrapper (server-side DP, say) may have changed
+        what this strategy returned. Unchanged arrays, the usual case, cost one identity check."""
+        if arrays is None or arrays is self.last_arrays or not len(arrays):
+            return
+        given = arrays.to_torch_state_dict()
+        if given.keys() == self.core.state.keys() and all(torch.equal(given[k], t) for k, t in self.core.state.items()):
+            return
+        self.load_global(given)
+        log(INFO, "the arrays for this round differ from the last aggregate (changed by a wrapper?): training from them")
+
+    def check_progress(self, server_round: int, record: RoundLog, accepted: list[Reply]) -> None:
+        """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply."""
+        if record.plan is None or accepted:
+            self.failed_rounds = 0
+            return
+        self.failed_rounds += 1
+        if self.failed_rounds >= self.max_failed_rounds:
+            said = sorted({why for _, why in record.failed + record.rejected}) or ["nothing (no replies)"]
+            raise RuntimeError(f"no valid reply for {self.failed_rounds} rounds (up to round {server_round}); nodes said: {'; '.join(said)}")
 
     # -- nodes -----------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
@@ -265,15 +312,15 @@ class MSfusion(Strategy):
         return sorted(chosen, key=lambda n: self.nodes[n].partition_id)
 
     # -- replies ---------------------------------------------------------------------------
-    def check_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], list[MetricRecord]]:
-        """Valid replies (one per participant, matching its plan); every other reply is logged and counted."""
+    def check_replies(self, server_round: int, replies: Iterable[Message]) -> list[Reply]:
+        """Valid replies (one per participant, matching its plan, with usable metrics); every other
+        reply is logged and counted."""
         record = self.rounds[server_round]
         by_node = {node: pid for pid, node in record.sent.items()}
         # Error replies made by the SuperLink (node unavailable, timeout) come from the SuperLink's
         # own id: name the node by the message they answer.
         addressee = {m.metadata.message_id: m.metadata.dst_node_id for m in record.messages if m.metadata.message_id}
         accepted: list[Reply] = []
-        metrics: list[MetricRecord] = []
         seen: set[int] = set()
         for msg in replies:
             src = msg.metadata.src_node_id
@@ -297,8 +344,7 @@ class MSfusion(Strategy):
                 continue
             seen.add(src)
             accepted.append(reply)
-            metrics.append(msg.content.metric_records[METRICS_KEY])
-        return accepted, metrics
+        return accepted
 
     @staticmethod
     def parse_reply(pid: int, msg: Message) -> Reply:
@@ -309,11 +355,14 @@ class MSfusion(Strategy):
             state = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in content.array_records[ARRAYS_KEY].items()}
         except Exception as exc:  # a corrupt Array cannot be decoded: reject, never crash
             raise ReplyError(f"arrays could not be decoded: {exc}") from exc
-        return Reply(pid, state, content.metric_records[METRICS_KEY].get("num-examples"))
+        metrics = dict(content.metric_records[METRICS_KEY])
+        return Reply(pid, state, metrics.get("num-examples"), metrics)
 
-    def round_metrics(self, record: RoundLog, accepted: list[Reply], train: list[MetricRecord], applied: bool) -> dict[str, Any]:
+    def round_metrics(self, record: RoundLog, accepted: list[Reply], applied: bool) -> dict[str, Any]:
+        """The round's row. Every value read here was checked by ``core.validate``."""
+
         def mean(key: str) -> float:
-            values = [float(m[key]) for m in train if key in m]
+            values = [float(r.metrics[key]) for r in accepted if key in r.metrics]
             return float(np.mean(values)) if values else float("nan")
 
         plan = record.plan
@@ -326,13 +375,16 @@ class MSfusion(Strategy):
             "failed": len(record.failed),
             "applied": int(applied),
             "num-examples": n,
-            "train-loss": sum(float(m["loss"]) * r.num_examples for m, r in zip(train, accepted)) / n if n else float("nan"),
+            "train-loss": sum(float(r.metrics["loss"]) * r.num_examples for r in accepted) / n if n else float("nan"),
             "overlap": plan.overlap if plan else float("nan"),
             "spread": plan.spread if plan else float("nan"),
             "flops-per-participant": mean("flops"),
-            "flops-per-participant-max": max((float(m["flops"]) for m in train), default=float("nan")),
+            "flops-per-participant-max": max((float(r.metrics["flops"]) for r in accepted), default=float("nan")),
+            # Bytes both ways by one definition, the tensors' payload (measure.num_bytes); the
+            # serialised size of what was sent is its own column.
             "bytes-down-per-participant": float(np.mean(list(record.bytes_down.values()))) if record.bytes_down else float("nan"),
-            "bytes-up-per-participant": mean("bytes-up"),
+            "bytes-up-per-participant": float(np.mean([num_bytes(r.state) for r in accepted])) if accepted else float("nan"),
+            "bytes-down-serialized-per-participant": float(np.mean(list(record.bytes_down_serialized.values()))) if record.bytes_down_serialized else float("nan"),
             "full-model-bytes": self.full_model_bytes,
             "train-seconds-per-participant": mean("train-seconds"),
             "build-seconds-per-participant": mean("build-seconds"),
@@ -369,11 +421,8 @@ class MSfusion(Strategy):
         return self.core.global_model()
 
     def load_global(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace θ (same keys and shapes required: a clear error otherwise)."""
-        for key, t in self.core.state.items():
-            if key not in state or tuple(state[key].shape) != tuple(t.shape):
-                raise ValueError(f"initial arrays do not fit the model at {key!r}: expected shape {tuple(t.shape)}")
-        self.core.state = {k: torch.as_tensor(state[k]).to(self.core.state[k].dtype).clone() for k in self.core.state}
+        """Replace θ (same keys and shapes required, or under ``small`` the full-width model's)."""
+        self.core.load_state(state)
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,7 +430,14 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, list))}
 
 
+# Flower wraps an exception a ClientApp raised as "<class 'pkg.Error'>:<'message'>".
+_FLOWER_WRAPPED = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>\s*$", re.DOTALL)
+
+
 def _last_line(text: str) -> str:
-    """The informative end of an error reason (a remote traceback's last line)."""
+    """The informative end of an error reason (a remote traceback's last line), unwrapped."""
+    wrapped = _FLOWER_WRAPPED.search(text.strip())
+    if wrapped:
+        text = f"{wrapped.group(1)}: {wrapped.group(2)}"
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:500] if lines else "unknown error"

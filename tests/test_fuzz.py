@@ -41,7 +41,12 @@ def as_tensors(reply: Message) -> dict[str, torch.Tensor]:
 
 
 # One defect at least per fuzzed reply, several may combine.
-defect = st.sampled_from(["shape", "dtype", "nan", "inf", "huge", "missing", "extra", "examples", "no-arrays", "stranger"])
+defect = st.sampled_from(
+    ["shape", "dtype", "nan", "inf", "huge", "missing", "extra", "examples", "no-arrays", "stranger",
+     "metric-missing", "metric-nan", "metric-negative", "metric-type"]
+)
+SERVER_METRICS = ("num-examples", "loss", "flops")  # what the server reads from every reply
+COUNTS = ("num-examples", "flops", "bytes-up", "bytes-down", "train-seconds", "build-seconds")
 
 
 @FUZZ
@@ -49,6 +54,7 @@ defect = st.sampled_from(["shape", "dtype", "nan", "inf", "huge", "missing", "ex
 def test_fuzzed_replies_are_rejected_and_theta_is_unchanged(round_one, defects, data):
     strategy, _grid, msgs, replies = round_one
     strategy.rounds[1].rejected.clear()
+    strategy.failed_rounds = 0  # every example is one bad round, not the hundredth in a row
     before = {k: v.clone() for k, v in strategy.core.state.items()}
     which = data.draw(st.integers(0, len(replies) - 1))
     good = replies[which]
@@ -77,6 +83,14 @@ def test_fuzzed_replies_are_rejected_and_theta_is_unchanged(round_one, defects, 
             metrics["num-examples"] = data.draw(st.one_of(st.integers(-(2**31), 0), st.floats(-1e3, 1e3), st.just(float("nan"))))
         elif d == "stranger":
             request = Message(RecordDict(), dst_node_id=999, message_type=MessageType.TRAIN)
+        elif d == "metric-missing":
+            metrics.pop(data.draw(st.sampled_from(SERVER_METRICS)), None)
+        elif d == "metric-nan":
+            metrics[data.draw(st.sampled_from(sorted(metrics)))] = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+        elif d == "metric-negative":
+            metrics[data.draw(st.sampled_from(COUNTS))] = data.draw(st.one_of(st.integers(-(2**31), -1), st.floats(-1e9, -1e-9)))
+        elif d == "metric-type":
+            metrics[data.draw(st.sampled_from(SERVER_METRICS))] = data.draw(st.sampled_from([[1.0, 2.0], [], [3]]))  # a MetricRecord holds numbers and lists only
     content = {"metrics": MetricRecord(metrics)}
     if "no-arrays" not in defects:
         content["arrays"] = ArrayRecord(arrays)
@@ -86,6 +100,26 @@ def test_fuzzed_replies_are_rejected_and_theta_is_unchanged(round_one, defects, 
     assert all(why for _, why in strategy.rounds[1].rejected)  # a reason, logged
     for k, v in before.items():
         assert torch.equal(strategy.core.state[k], v), k
+
+
+def test_a_reply_with_extra_metrics_is_accepted_and_one_without_loss_is_not(round_one):
+    """Extra keys are a participant's own metrics: passed through. A missing `loss` once crashed
+    the server in round_metrics, after θ had been aggregated; it is now rejected before."""
+    strategy, _grid, msgs, replies = round_one
+    before = {k: v.clone() for k, v in strategy.core.state.items()}
+    metrics = dict(replies[0].content.metric_records["metrics"])
+    content = {"arrays": replies[0].content.array_records["arrays"], "metrics": MetricRecord(metrics | {"my-accuracy": 0.5})}
+    _, out = strategy.aggregate_train(1, [Message(RecordDict(content), reply_to=msgs[0])])
+    assert out["accepted"] == 1
+    strategy.core.state = {k: v.clone() for k, v in before.items()}
+    metrics.pop("loss")
+    content = {"arrays": replies[0].content.array_records["arrays"], "metrics": MetricRecord(metrics)}
+    strategy.rounds[1].rejected.clear()
+    _, out = strategy.aggregate_train(1, [Message(RecordDict(content), reply_to=msgs[0])])
+    assert out["accepted"] == 0 and out["rejected"] == 1
+    assert strategy.rounds[1].rejected[0][1] == "metrics lack 'loss'"
+    assert all(torch.equal(strategy.core.state[k], v) for k, v in before.items())
+    strategy.failed_rounds = 0
 
 
 @FUZZ

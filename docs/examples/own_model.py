@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from sklearn.datasets import load_digits
 from torch import nn
 
-from client_app.app import NodeSetup, make_client_app
+from client_app.app import NodeSetup, make_client_app, node_capacity
 from msfusion_core.data import TensorData
 from msfusion_core.participant import Participant
 from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
@@ -86,8 +86,9 @@ def node_setup(context: Context) -> NodeSetup:
     return NodeSetup(
         participant=Participant(TinyNet, SPLIT_MAP, representation_layer="head"),
         partition_id=pid,
-        capacity=float(context.node_config.get("split-ratio", 0.5)),
-        train_config=TrainConfig(dataset="plain", epochs=2, batch_size=32, lr=0.05, mu=1.0),
+        # A SuperNode's own `split-ratio`, else (simulated nodes) a tier by partition id.
+        capacity=node_capacity(context, tiers=(1.0, 0.5, 0.25)),
+        train_config=TrainConfig(dataset="plain", epochs=2, batch_size=32, lr=0.05),  # μ: the strategy sends it
         train_data=lambda: TensorData(train.x[mine], train.y[mine]),
         test_data=lambda: digits("test"),
     )
