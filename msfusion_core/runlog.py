@@ -7,12 +7,14 @@
     <run dir>/checkpoints/round-0007.json          the strategy's state after round 7 (written last:
                                                    its presence marks the checkpoint complete)
     <run dir>/accuracy.png        central accuracy vs round and vs cumulative per-participant FLOPs
+    <run dir>/FAILED              only if the run failed: why (a resumed run removes it)
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -29,6 +31,8 @@ except ImportError:  # Windows: no advisory locks, so no guard against a second 
     fcntl = None
 
 KEEP_CHECKPOINTS = 3
+FAILED_MARKER = "FAILED"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,18 @@ class RunLog:
         log.rows = [r for r in rows if r.get("round", 0) <= server_round]
         _atomic_write(path, "".join(json.dumps(r) + "\n" for r in log.rows))
         log._write_csv()
+        (log.dir / FAILED_MARKER).unlink(missing_ok=True)
         return log
+
+    def fail(self, reason: str) -> None:
+        """Mark the directory as a failed run, saying why (its checkpoints stay: it can be resumed)."""
+        _atomic_write(self.dir / FAILED_MARKER, reason.rstrip() + "\n")
+
+    def close(self) -> None:
+        """Release the writer lock and remove the lock file."""
+        if self._lock is not None and not self._lock.closed:
+            (self.dir / ".lock").unlink(missing_ok=True)
+            self._lock.close()
 
     def append(self, row: Mapping[str, Any]) -> None:
         row = {k: _plain(v) for k, v in row.items()}
@@ -116,6 +131,9 @@ class RunLog:
             total += f if isinstance(f, (int, float)) and math.isfinite(f) else 0.0
             flops.append(total)
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        config = json.loads((self.dir / "config.json").read_text()) if (self.dir / "config.json").exists() else {}
+        fig.suptitle(f"{config.get('planner', '?')} on {config.get('dataset', '?')} ({config.get('model', '?')}): {self.dir.name}")
+        ax1.xaxis.get_major_locator().set_params(integer=True)
         ax1.plot(rounds, acc, marker="o")
         ax1.set(xlabel="round", ylabel="central accuracy", title="accuracy vs round")
         ax2.plot(flops, acc, marker="o")
@@ -130,12 +148,20 @@ class RunLog:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
-    """The newest complete checkpoint of a run (model and state both written), or None."""
+    """The newest complete, readable checkpoint of a run (model and state both written), or None.
+
+    Checkpoints are written atomically, but a file can still be damaged afterwards (a full disk, a
+    copy cut short): an unreadable one is skipped with a warning that names it, and the one before
+    it is used."""
     for meta in sorted((Path(run_dir) / "checkpoints").glob("round-*.json"), reverse=True):
         weights = meta.with_suffix(".safetensors")
-        if weights.exists():
+        if not weights.exists():
+            continue
+        try:
             extra = json.loads(meta.read_text())
             return Checkpoint(int(extra["round"]), load_file(str(weights)), extra)
+        except Exception as exc:  # noqa: BLE001 - any damage means: not this one
+            logger.warning("skipping unreadable checkpoint %s: %s: %s", weights, type(exc).__name__, exc)
     return None
 
 

@@ -3,11 +3,13 @@ centrally every round, and write the run directory (msfusion_core.runlog)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import time
 from datetime import UTC, datetime
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -94,19 +96,7 @@ class CentralEvaluation:
             row |= {"rejected-reasons": sorted({why for _, why in record.rejected}), "failed-reasons": sorted({why for _, why in record.failed})}
         self.runlog.append(row)
         self.runlog.save_checkpoint(server_round, self.strategy.checkpoint_tensors(), self.strategy.state_dict())
-        log(
-            INFO,
-            "[round %d] accuracy=%s loss=%s overlap=%s shift=%s bytes/participant down=%s up=%s rejected=%s (%.1fs)",
-            server_round,
-            _fmt(row.get("central-accuracy"), "{:.4f}"),
-            _fmt(row.get("central-loss"), "{:.4f}"),
-            _fmt(row.get("overlap")),
-            _fmt(row.get("model-shift")),
-            _fmt(row.get("bytes-down-per-participant"), "{:.3g}"),
-            _fmt(row.get("bytes-up-per-participant"), "{:.3g}"),
-            row.get("rejected", 0),
-            round_seconds,
-        )
+        log(INFO, "%s", progress_line(row))
         self.last = time.perf_counter()
         return MetricRecord({"accuracy": row["central-accuracy"], "loss": row["central-loss"]}) if evaluated else None
 
@@ -156,17 +146,65 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
         name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
     log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
-    result = strategy.start(
-        grid,
-        None,
-        num_rounds=max(settings.num_server_rounds - strategy.round_offset, 0),
-        timeout=settings.round_timeout,
-        evaluate_fn=CentralEvaluation(strategy, settings, runlog),
-    )
+    try:
+        with quiet_strategy_log():
+            result = strategy.start(
+                grid,
+                None,
+                num_rounds=max(settings.num_server_rounds - strategy.round_offset, 0),
+                timeout=settings.round_timeout,
+                evaluate_fn=CentralEvaluation(strategy, settings, runlog),
+            )
+    except BaseException as exc:
+        # The reason goes where a user looks: the run directory, and the last log line (Flower
+        # records it as the run's failure details too).
+        reason = f"{type(exc).__name__}: {exc}"
+        runlog.fail(reason)
+        log(ERROR, "MSfusion run FAILED after round %d: %s (run directory %s)", len(runlog.rows) - 1, reason, runlog.dir.resolve())
+        raise
+    finally:
+        runlog.close()
     runlog.plot()
     log(INFO, "MSfusion run finished: %s", runlog.dir.resolve())
     return result
 
 
-def _fmt(value: object, spec: str = "{:.3f}") -> str:
-    return spec.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+class _DropStrategyChatter(logging.Filter):
+    """Flower's Strategy.start logs every round's metrics dict and a long closing summary at INFO;
+    our one progress line per round says what matters. Warnings and errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > INFO or "serverapp/strategy" not in record.pathname.replace("\\", "/")
+
+
+@contextlib.contextmanager
+def quiet_strategy_log():
+    logger, chatter = logging.getLogger("flwr"), _DropStrategyChatter()
+    logger.addFilter(chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(chatter)
+
+
+PROGRESS_FIELDS = (
+    ("accuracy", "central-accuracy", "{:.4f}"),
+    ("loss", "central-loss", "{:.4f}"),
+    ("overlap", "overlap", "{:.3f}"),
+    ("shift", "model-shift", "{:.3f}"),
+    ("bytes/participant down", "bytes-down-per-participant", "{:.3g}"),
+    ("up", "bytes-up-per-participant", "{:.3g}"),
+    ("rejected", "rejected", "{}"),
+    ("failed", "failed", "{}"),
+)
+
+
+def progress_line(row: dict) -> str:
+    """One line per round; a field the round does not have (no evaluation, a dense planner's
+    overlap) is left out rather than printed as nan. The time is the whole round, evaluation included."""
+    fields = [f"{name}={spec.format(row[key])}" for name, key, spec in PROGRESS_FIELDS if _finite(row.get(key))]
+    return f"[round {row['round']}] " + " ".join(fields) + f" ({row.get('round-seconds', 0.0) + row.get('eval-seconds', 0.0):.1f}s)"
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -166,11 +166,11 @@ class MSfusion(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.adopt(arrays)
-        self.discover(grid)
-        started = time.perf_counter()
-        participants = self.sample(server_round)
         record = RoundLog()
         self.rounds[server_round] = record
+        record.failed += self.discover(grid)
+        started = time.perf_counter()
+        participants = self.sample(server_round)
         if not participants:
             log(WARNING, "round %d: no node with a known capacity; nothing to train", server_round)
             return []
@@ -265,8 +265,9 @@ class MSfusion(Strategy):
         log(INFO, "the arrays for this round differ from the last aggregate (changed by a wrapper?): training from them")
 
     def check_progress(self, server_round: int, record: RoundLog, accepted: list[Reply]) -> None:
-        """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply."""
-        if record.plan is None or accepted:
+        """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply (a round
+        with no node to train counts too: its nodes failed the capacity query, or none is connected)."""
+        if accepted:
             self.failed_rounds = 0
             return
         self.failed_rounds += 1
@@ -275,26 +276,31 @@ class MSfusion(Strategy):
             raise RuntimeError(f"no valid reply for {self.failed_rounds} rounds (up to round {server_round}); nodes said: {'; '.join(said)}")
 
     # -- nodes -----------------------------------------------------------------------------
-    def discover(self, grid: Grid) -> None:
+    def discover(self, grid: Grid) -> list[tuple[int, str]]:
         """Forget nodes that are no longer connected (so a dead node is not sampled again and a
-        restarted one can reclaim its partition); ask new ones for their partition id and capacity."""
+        restarted one can reclaim its partition); ask new ones for their partition id and capacity.
+        Returns the (node, reason) of every node whose answer was an error or unusable."""
         online = set(grid.get_node_ids())
         for gone in [n for n in self.nodes if n not in online]:
             log(WARNING, "node %d (partition %d) is no longer connected", gone, self.nodes.pop(gone).partition_id)
         unknown = sorted(n for n in online if n not in self.nodes)
+        failures: list[tuple[int, str]] = []
         if not unknown:
-            return
+            return failures
         queries = [Message(RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity"})}), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
         taken = {info.partition_id for info in self.nodes.values()}
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             src = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "node %d did not answer the capacity query: %s", src, reply.error.reason)
+                reason = _last_line(str(reply.error.reason))
+                failures.append((src, reason))
+                log(WARNING, "node %d did not answer the capacity query: %s", src, reason)
                 continue
             try:
                 cfg = reply.content.config_records[NODE_KEY]
                 info = NodeInfo(int(cfg["partition-id"]), check_capacity(cfg.get("split-ratio", self.default_capacity), f"node {src}"))
             except (KeyError, TypeError, ValueError) as exc:
+                failures.append((src, f"unusable capacity reply: {exc}"))
                 log(WARNING, "node %d sent an unusable capacity reply: %s", src, exc)
                 continue
             if info.partition_id in taken:
@@ -303,6 +309,7 @@ class MSfusion(Strategy):
             taken.add(info.partition_id)
             self.nodes[src] = info
             log(INFO, "node %d: partition %d, capacity %.3f", src, info.partition_id, info.capacity)
+        return failures
 
     def sample(self, server_round: int) -> list[int]:
         """Seeded sample of known nodes (Flower node ids), sorted by partition id."""

@@ -1,15 +1,18 @@
-"""docs/examples/own_model.py: the strategy and ClientApp factory with a model the project does not ship."""
+"""docs/examples/own_model/: the strategy and ClientApp factory with a model the project does not
+ship, in process and as users run it, through `flwr run` (a failing variant must end `failed`)."""
 
 import importlib.util
+import shutil
 from pathlib import Path
 
+from benchmarks.flower_procs import flower_cleanup, flower_env, newest_run, run_cli
 from server_app.local_grid import LocalGrid
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_model.py"
+APP = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_model"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("own_model", EXAMPLE)
+    spec = importlib.util.spec_from_file_location("own_model", APP / "own_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -30,3 +33,49 @@ def test_own_model_example_trains_with_heterogeneous_nodes():
     sent = [m for m in grid.sent if m.metadata.dst_node_id == 9 and "arrays" in m.content.array_records]
     proj = sent[0].content.array_records["arrays"]["proj.weight"]
     assert tuple(proj.shape) == (16, 4 * 16)
+
+
+def test_simulated_nodes_get_capacities_from_tiers():
+    """Under `flwr run` a simulated node declares no split-ratio: node_capacity's tiers decide."""
+    ex = load_example()
+    grid = LocalGrid({n + 1: {"partition-id": n, "num-partitions": 3} for n in range(3)}, app=ex.client)
+    ex.run_server(grid, num_rounds=1)
+    sent = {m.metadata.dst_node_id: m for m in grid.sent if "arrays" in m.content.array_records}
+    assert [tuple(sent[n].content.array_records["arrays"]["conv.weight"].shape)[0] for n in (1, 2, 3)] == [16, 8, 4]
+
+
+def flwr_run_app(app: Path, tmp_path: Path, rounds: int) -> tuple[dict, str]:
+    env = flower_env(tmp_path / "flwr-home")
+    with flower_cleanup(tmp_path / "flwr-home"):
+        cmd = ["flwr", "run", str(app), "--stream", "--run-config", f"num-server-rounds={rounds}", "--federation-config", "num-supernodes=3"]
+        rc, output = run_cli(cmd, tmp_path / "flwr-run.log", env, 300.0, cwd=app)
+        assert rc == 0, output[-3000:]
+        return newest_run(env), output
+
+
+def test_the_documented_app_runs_through_flwr_run(tmp_path):
+    run, output = flwr_run_app(APP, tmp_path, rounds=2)
+    assert run["status"] == "finished:completed", (run, output[-3000:])
+
+
+def test_a_clientapp_that_always_fails_ends_the_run_failed_with_the_nodes_reason(tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(APP, app)
+    (app / "broken.py").write_text(
+        "import dataclasses\n"
+        "import own_model\n"
+        "from client_app.app import make_client_app\n"
+        "from msfusion_core.participant import Participant\n\n"
+        "def setup(context):\n"
+        "    node = own_model.node_setup(context)\n"
+        "    return dataclasses.replace(node, participant=Participant(own_model.TinyNet, own_model.SPLIT_MAP, 'nohead'))\n\n"
+        "client = make_client_app(setup)\n"
+    )
+    pyproject = app / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('clientapp = "own_model:client"', 'clientapp = "broken:client"'))
+    run, output = flwr_run_app(app, tmp_path, rounds=6)
+    assert run["status"] == "finished:failed", (run, output[-3000:])
+    # The reason reaches `flwr ls` (its status details) and the `--stream` output.
+    reason = "no valid reply for 3 rounds (up to round 3); nodes said: ValueError: representation_layer 'nohead' is not a module of TinyNet"
+    assert reason in run["status-details"], run
+    assert reason in output, output[-3000:]

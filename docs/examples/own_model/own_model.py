@@ -1,7 +1,10 @@
 """MSfusion with a model this project does not ship: a complete Flower app in one file.
 
-Run it with the test harness (tests/test_own_model_example.py) or wire `server` and `client` into
-your own pyproject's [tool.flwr.app.components] ("own_model:server", "own_model:client").
+From this folder (its pyproject.toml names `own_model:server` and `own_model:client`):
+
+    flwr run . --stream --federation-config "num-supernodes=3"
+
+tests/test_own_model_example.py runs it that way, and in process.
 """
 
 from __future__ import annotations
