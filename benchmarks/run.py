@@ -141,8 +141,12 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
     last = evaluated[-1]["round"]
     before = [v for r, v in zip(evaluated, values) if r["round"] <= 0.8 * last] or values[:1]
     never = trained[-1].get("never-trained-fraction")
+    # Round-to-round swings of a non-IID run are a point or two: the mean over the last 10 % of
+    # rounds' evaluations is the steadier reading of where a run ended.
+    tail = [v for r, v in zip(evaluated, values) if r["round"] > 0.9 * last] or values[-1:]
     return {
         f"final_{metric}": values[-1],
+        f"tail_{metric}": statistics.mean(tail),
         f"best_{metric}": best,
         **extra,
         "rounds": last,
@@ -173,9 +177,10 @@ def gap_closed(method: float, small: float, full: float) -> float:
     return (method - small) / (full - small)
 
 
-def _gaps(exp: Experiment, per_seed_final: dict[str, dict[int, float]]) -> dict[str, Any]:
+def _gaps(exp: Experiment, per_seed_final: dict[str, dict[int, float]], suffix: str = "") -> dict[str, Any]:
     """Headroom (full − small) per capacity, and each arm's gap closed, mean ± sd over the seeds
-    that its small control and ``full`` also have (paired by seed)."""
+    that its small control and ``full`` also have (paired by seed). ``suffix`` names the reading
+    (``""``: the final evaluation; ``"_tail"``: the last 10 % of rounds)."""
     full = per_seed_final.get("full", {})
     headroom, gaps = {}, {}
     for small_arm in sorted(set(exp.small_of.values())):
@@ -187,7 +192,8 @@ def _gaps(exp: Experiment, per_seed_final: dict[str, dict[int, float]]) -> dict[
         mine = per_seed_final.get(arm, {})
         paired = [gap_closed(v, small[s], full[s]) for s, v in sorted(mine.items()) if s in small and s in full]
         if paired:
-            gaps[arm] = {"gap_closed": statistics.mean(paired), "gap_closed_sd": _sd(paired), "gap_closed_seeds": len(paired)}
+            gaps[arm] = {f"gap_closed{suffix}": statistics.mean(paired), f"gap_closed{suffix}_sd": _sd(paired)}
+            gaps[arm] |= {"gap_closed_seeds": len(paired)}
     return {"headroom": headroom, "gaps": gaps}
 
 
@@ -197,6 +203,7 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
     every arm's gap closed."""
     methods: dict[str, Any] = {}
     finals: dict[str, dict[int, float]] = {}
+    tails: dict[str, dict[int, float]] = {}
     for method in exp.methods:
         for variant in exp.variants or (Variant("", {}, exp.num_supernodes),):
             per_seed = {}
@@ -217,13 +224,16 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
                 f"{final}_sd": _sd([s[final] for s in runs_]),
                 "seeds": len(runs_),
             }
+            methods[key][f"tail_{exp.metric}_sd"] = _sd([s[f"tail_{exp.metric}"] for s in runs_])
             finals[key] = {seed: s[final] for seed, s in per_seed.items()}
+            tails[key] = {seed: s[f"tail_{exp.metric}"] for seed, s in per_seed.items()}
     summary = {"experiment": exp.name, "setting": exp.setting, "target": exp.target}
     if exp.small_of:
-        gaps = _gaps(exp, finals)
+        gaps, tail_gaps = _gaps(exp, finals), _gaps(exp, tails, "_tail")
         summary["headroom"] = gaps["headroom"]
+        summary["headroom_tail"] = tail_gaps["headroom"]
         for arm, g in gaps["gaps"].items():
-            methods[arm] |= g
+            methods[arm] |= g | tail_gaps["gaps"][arm]
         curves = {m: mean_curve(c, exp.metric) for m, c in method_curves(exp, runs).items()}
         for arm, small_arm in exp.small_of.items():
             if arm in curves and small_arm in curves:
@@ -271,18 +281,27 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         "",
         f"Reproduce: `{command}`",
         "",
-        *([f"Headroom (full − small): {', '.join(f'{k}: {v * 100:+.2f} points' for k, v in summary['headroom'].items())}.", ""] if summary.get("headroom") else []),
-        f"| method | final {exp.metric} (mean ± sd) | gap closed (mean ± sd) | crosses small at round | best {exp.metric} | last-fifth gain "
-        "| never trained | train-count CV | rounds to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(
+            [
+                "Headroom, full − small (final evaluation; mean of the last 10 % of rounds): "
+                + ", ".join(f"{k}: {v * 100:+.2f} ({summary['headroom_tail'].get(k, float('nan')) * 100:+.2f}) points" for k, v in summary["headroom"].items())
+                + ".",
+                "",
+            ]
+            if summary.get("headroom")
+            else []
+        ),
+        f"| method | final {exp.metric} (mean ± sd) | gap closed | last-10 % {exp.metric} | gap closed (last 10 %) | crosses small at round "
+        f"| best {exp.metric} | last-fifth gain | never trained | train-count CV | rounds to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     value = "{:.4f}" if exp.metric == "accuracy" else "{:.1f}"
     for name, m in summary["methods"].items():
         final, sd = m[f"final_{exp.metric}"], m[f"final_{exp.metric}_sd"]
-        gap = "" if "gap_closed" not in m else _fmt(m["gap_closed"], "{:+.2f}") + ("" if m["gap_closed_sd"] is None else f" ± {m['gap_closed_sd']:.2f}")
+        tail, tail_sd = m[f"tail_{exp.metric}"], m[f"tail_{exp.metric}_sd"]
         crosses = "" if "crosses_small_round" not in m else _fmt(m["crosses_small_round"], "{:.0f}")
         lines.append(
-            f"| {name} | {value.format(final)}{'' if sd is None else ' ± ' + value.format(sd)} | {gap} | {crosses} | {value.format(m[f'best_{exp.metric}'])} "
+            f"| {name} | {_pm(value, final, sd)} | {_gap(m, '')} | {_pm(value, tail, tail_sd)} | {_gap(m, '_tail')} | {crosses} | {value.format(m[f'best_{exp.metric}'])} "
             f"| {m['last_fifth_gain']:+.4f} | {_dash(m['never_trained_fraction'], '{:.4f}')} | {_dash(m['train_count_cv'], '{:.3f}')} "
             f"| {_fmt(m['rounds_to_target'], '{:.0f}')} | {m['flops_per_participant_round']:.3g} "
             f"| {m['bytes_per_participant_round']:.3g} | {m['wall_seconds']:.0f} | {m['seeds']} |"
@@ -290,6 +309,15 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
     lines += ["", f"![{exp.metric} vs round and vs cumulative per-participant FLOPs](accuracy.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     return out
+
+
+def _pm(spec: str, mean: float, sd: float | None) -> str:
+    return spec.format(mean) + ("" if sd is None else " ± " + spec.format(sd))
+
+
+def _gap(m: dict[str, Any], suffix: str) -> str:
+    key = f"gap_closed{suffix}"
+    return "" if key not in m else _pm("{:+.2f}", m[key], m[f"{key}_sd"])
 
 
 def _dash(value: Any, spec: str) -> str:

@@ -11,6 +11,8 @@ from benchmarks.run import run_grid, write_results
 KEYS = {
     "final_accuracy",
     "final_accuracy_sd",
+    "tail_accuracy",
+    "tail_accuracy_sd",
     "best_accuracy",
     "rounds",
     "last_fifth_gain",
@@ -137,6 +139,8 @@ def test_c1_summary_shape_gap_closed_and_headroom(tmp_path):
     assert full["last_fifth_gain"] == pytest.approx(0.02) and full["rounds"] == rounds and full["never_trained_fraction"] is None
     m = s["methods"]["msfusion-r0.25"]
     assert m["gap_closed"] == pytest.approx(0.25) and m["gap_closed_sd"] == pytest.approx(0.0, abs=1e-9) and m["gap_closed_seeds"] == 3
+    assert m["tail_accuracy"] == pytest.approx(0.62) and m["gap_closed_tail"] == pytest.approx(0.25)
+    assert s["headroom_tail"] == pytest.approx(s["headroom"])
     assert m["never_trained_fraction"] == 0.2 and m["flops_per_participant_round"] == 1e9 and m["bytes_per_participant_round"] == 15.0
     assert s["methods"]["fedrolex-r0.25"]["gap_closed"] == pytest.approx(-0.5) and s["methods"]["fedrolex-r0.25"]["seeds"] == 1
     assert "gap_closed" not in s["methods"]["small-r0.25"]
