@@ -51,6 +51,7 @@ class Experiment:
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # this experiment's own methods, beside METHODS
     method_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a method's seeds, where not ``seeds``
     small_of: dict[str, str] = field(default_factory=dict)  # arm → its small-model control, for the gap closed
+    engine: str = "local"  # how the runner runs it unless told otherwise (benchmarks.run --engine)
 
     def seeds_of(self, method: str) -> tuple[int, ...]:
         return self.method_seeds.get(method, self.seeds)
@@ -243,3 +244,17 @@ C1 = Experiment(
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1
+
+# E4-lite (issue 14): the path users take when they outgrow a laptop, through `flwr run` (Ray):
+# 100 simulated nodes, 10 sampled per round. What it measures is the ServerApp's seconds and
+# memory per round (server-seconds, server-rss-mb, server-peak-rss-mb in metrics.jsonl).
+EXPERIMENTS["E4L"] = Experiment(
+    "E4L",
+    "E4-lite: digits CNN, 100 simulated nodes through `flwr run` (Ray), 10 sampled per round, 20 rounds, r = 0.5; "
+    "the ServerApp's seconds and resident memory per round.",
+    {"num-server-rounds": 20, "fraction-train": 0.1, "split-ratio-tiers": "0.5", "local-examples": 32},
+    ("msfusion",),
+    target=0.5,
+    num_supernodes=100,
+    engine="flwr",
+)

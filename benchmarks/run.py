@@ -158,6 +158,24 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
         "flops_per_participant_round": statistics.mean(flops),
         "bytes_per_participant_round": statistics.mean(d + u for d, u in zip(down, up)),
         "wall_seconds": sum(float(r.get("round-seconds") or 0.0) + float(r.get("eval-seconds") or 0.0) for r in rows),
+    } | server_profile(trained)
+
+
+def server_profile(trained: list[dict]) -> dict[str, Any]:
+    """The ServerApp's seconds and memory over the run, split into halves: flat means the second
+    half costs what the first did. Empty for runs recorded before these columns existed."""
+    rows = [r for r in trained if isinstance(r.get("server-seconds"), (int, float)) and isinstance(r.get("server-rss-mb"), (int, float))]
+    if len(rows) < 2:
+        return {}
+    half = len(rows) // 2
+    first, second = rows[:half], rows[half:]
+    return {
+        "server_seconds_median_first_half": statistics.median(r["server-seconds"] for r in first),
+        "server_seconds_median_second_half": statistics.median(r["server-seconds"] for r in second),
+        "server_rss_mb_first": rows[0]["server-rss-mb"],
+        "server_rss_mb_last": rows[-1]["server-rss-mb"],
+        "server_peak_rss_mb_after_first_half": first[-1]["server-peak-rss-mb"],
+        "server_peak_rss_mb_last": rows[-1]["server-peak-rss-mb"],
     }
 
 
@@ -306,6 +324,21 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
             f"| {_fmt(m['rounds_to_target'], '{:.0f}')} | {m['flops_per_participant_round']:.3g} "
             f"| {m['bytes_per_participant_round']:.3g} | {m['wall_seconds']:.0f} | {m['seeds']} |"
         )
+    profiled = {name: m for name, m in summary["methods"].items() if "server_rss_mb_last" in m}
+    if profiled:
+        lines += [
+            "",
+            "The ServerApp's cost (medians of its seconds per round, plan + slice + aggregate + central evaluation; "
+            "resident memory at the first and last round; peak memory after the first half and at the end):",
+            "",
+            "| method | server s/round, 1st half | 2nd half | RSS MiB, first | last | peak, mid-run | peak, end |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {name} | {m['server_seconds_median_first_half']:.3f} | {m['server_seconds_median_second_half']:.3f} | {m['server_rss_mb_first']:.0f} "
+                f"| {m['server_rss_mb_last']:.0f} | {m['server_peak_rss_mb_after_first_half']:.0f} | {m['server_peak_rss_mb_last']:.0f} |"
+                for name, m in profiled.items()
+            ),
+        ]
     lines += ["", f"![{exp.metric} vs round and vs cumulative per-participant FLOPs](accuracy.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     return out
@@ -404,7 +437,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "benchmark-runs"))
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds allowed for one run")
-    parser.add_argument("--engine", choices=ENGINES, default="local", help="local: in-process runner; flwr: `flwr run .`")
+    parser.add_argument("--engine", choices=ENGINES, help="local: in-process runner; flwr: `flwr run .` (default: the experiment's, mostly local)")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     exp = EXPERIMENTS[args.experiment]
@@ -413,7 +446,7 @@ def main() -> None:
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     variants = set(args.variants.split(",")) if args.variants else None
     if not args.summarise_only:
-        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results), variants, args.engine)
+        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results), variants, args.engine or exp.engine)
     out = write_results(exp, work, Path(args.results), f"python -m benchmarks.run {exp.name}")
     print(f"results: {out}")
 

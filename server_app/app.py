@@ -92,6 +92,10 @@ class CentralEvaluation:
         record = self.strategy.rounds.get(server_round)
         row |= record.metrics if record is not None else {}
         row |= {"round-seconds": round_seconds if server_round else 0.0, "eval-seconds": time.perf_counter() - started}
+        # The ServerApp's own cost: its seconds (plan + slice, aggregate, central evaluation) and
+        # memory, which should stay flat as rounds go by and nodes join.
+        row["server-seconds"] = row["eval-seconds"] + sum(record.seconds.values()) if record is not None else row["eval-seconds"]
+        row |= server_memory_mb()
         if record is not None:
             row |= {"rejected-reasons": sorted({why for _, why in record.rejected}), "failed-reasons": sorted({why for _, why in record.failed})}
         self.runlog.append(row)
@@ -185,6 +189,19 @@ def quiet_strategy_log():
         yield
     finally:
         logger.removeFilter(chatter)
+
+
+def server_memory_mb() -> dict[str, float]:
+    """This process's resident memory now and its peak so far, in MiB (Linux: /proc and getrusage)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        now = pages * resource.getpagesize() / 2**20
+    except (OSError, IndexError, ValueError):
+        now = float("nan")
+    return {"server-rss-mb": now, "server-peak-rss-mb": peak}
 
 
 PROGRESS_FIELDS = (

@@ -24,6 +24,13 @@ KEYS = {
     "bytes_per_participant_round",
     "wall_seconds",
     "seeds",
+    # the ServerApp's own cost (benchmarks.run.server_profile)
+    "server_seconds_median_first_half",
+    "server_seconds_median_second_half",
+    "server_rss_mb_first",
+    "server_rss_mb_last",
+    "server_peak_rss_mb_after_first_half",
+    "server_peak_rss_mb_last",
 }
 
 
