@@ -387,7 +387,17 @@ def load_partition(
             data = text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
         return TensorData(data.x.clone(), data.y.clone())
     make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)  # validate early
-    indices = _partition_indices(name, data_path, partitioner, num_partitions, alpha, seed)
+    try:
+        indices = _partition_indices(name, data_path, partitioner, num_partitions, alpha, seed)
+    except ValueError as exc:
+        if partitioner != "dirichlet":
+            raise
+        # flwr-datasets retries a Dirichlet draw until every partition is large enough; with many
+        # partitions of a small data set it gives up with a message that names neither.
+        raise ValueError(
+            f"a Dirichlet(alpha={alpha}) split of {name} into {num_partitions} partitions failed ({exc}); "
+            "use fewer partitions, a larger dirichlet-alpha, or partitioner 'iid'"
+        ) from exc
     full = _split_tensors(name, data_path, "train")
     idx = torch.from_numpy(indices[int(partition_id)])
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
