@@ -273,7 +273,7 @@ class MSfusion(Strategy):
         self.failed_rounds += 1
         if self.failed_rounds >= self.max_failed_rounds:
             said = sorted({why for _, why in record.failed + record.rejected}) or ["nothing (no replies)"]
-            raise RuntimeError(f"no valid reply for {self.failed_rounds} rounds (up to round {server_round}); nodes said: {'; '.join(said)}")
+            raise RuntimeError(f"no valid reply for {self.failed_rounds} round{'s' if self.failed_rounds > 1 else ''} (up to round {server_round}); nodes said: {'; '.join(said)}")
 
     # -- nodes -----------------------------------------------------------------------------
     def discover(self, grid: Grid) -> list[tuple[int, str]]:

@@ -143,3 +143,47 @@ def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
     run(grid, Settings(num_server_rounds=1, contrastive_mu=0.0, resume_from=str(run_dir)))
     rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [0, 1]
+
+
+def test_a_damaged_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    """The README promises the last complete round: a truncated newest checkpoint falls back to
+    the one before it instead of failing with 'invalid header length'."""
+    from server_app.local_grid import LocalGrid
+
+    from msfusion_core.config import Settings
+    from msfusion_core.runlog import latest_checkpoint
+    from server_app.app import run
+
+    grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
+    run(grid, Settings(num_server_rounds=2, output_dir=str(tmp_path), run_name="r", contrastive_mu=0.0))
+    newest = tmp_path / "r" / "checkpoints" / "round-0002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short
+    with caplog.at_level("WARNING"):
+        checkpoint = latest_checkpoint(tmp_path / "r")
+    assert checkpoint.server_round == 1
+    assert f"skipping unreadable checkpoint {newest}" in caplog.text
+    run(grid, Settings(num_server_rounds=2, contrastive_mu=0.0, resume_from=str(tmp_path / "r")))
+    rounds = [json.loads(line)["round"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2]
+
+
+def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
+    from server_app.local_grid import LocalGrid
+
+    from client_app.app import make_client_app
+    from msfusion_core.config import Settings
+    from server_app.app import run
+
+    def no_node(context):
+        raise ValueError("this node has no data")
+
+    settings = Settings(num_server_rounds=3, max_failed_rounds=1, output_dir=str(tmp_path), run_name="r")
+    grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1}}, app=make_client_app(no_node))
+    with pytest.raises(RuntimeError, match="this node has no data"):
+        run(grid, settings)
+    assert "no valid reply for 1 round (up" in (tmp_path / "r" / "FAILED").read_text()
+    assert not (tmp_path / "r" / ".lock").exists()
+    # A finished run leaves no lock either, and a resumed one clears the FAILED mark.
+    ok = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
+    run(ok, Settings(num_server_rounds=1, resume_from=str(tmp_path / "r"), max_failed_rounds=1))
+    assert not (tmp_path / "r" / "FAILED").exists() and not (tmp_path / "r" / ".lock").exists()
