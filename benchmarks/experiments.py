@@ -245,6 +245,24 @@ C1 = Experiment(
 )
 EXPERIMENTS["C1"] = C1
 
+# C1G (issue 14): C1's protocol at full scale, for a GPU machine: ResNet-18 width 64, 100 nodes of
+# which 10 train per round on their whole partitions (about 500 images), 300 rounds.
+C1G = Experiment(
+    "C1G",
+    "C1 at full scale (GPU): ResNet-18 width 64, 100 nodes, 10 per round, Dirichlet 0.5, whole partitions, "
+    "300 rounds; central accuracy on the whole test split every 10 rounds.",
+    cifar_setting(64, **{
+        "num-server-rounds": 300, "fraction-train": 0.1, "local-epochs": 1, "central-eval-examples": 0,
+        "eval-every": 10, "device": "auto",
+    }),
+    ("small-r0.25", "msfusion-r0.25", "full"),
+    target=0.6,
+    num_supernodes=100,
+    arms=C1_ARMS,
+    small_of={"msfusion-r0.25": "small-r0.25"},
+)
+EXPERIMENTS["C1G"] = C1G
+
 # E4-lite (issue 14): the path users take when they outgrow a laptop, through `flwr run` (Ray):
 # 100 simulated nodes, 10 sampled per round. What it measures is the ServerApp's seconds and
 # memory per round (server-seconds, server-rss-mb, server-peak-rss-mb in metrics.jsonl).

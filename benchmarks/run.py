@@ -18,6 +18,7 @@ round, wall time), ``results.md`` (a table, the exact commands) and ``accuracy.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -26,6 +27,7 @@ import signal
 import statistics
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,6 +423,20 @@ def _plot(curves: dict[str, list[list[dict]]], path: Path, target: float, metric
     plt.close(fig)
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["num-server-rounds=2", "device='cpu'"]`` → settings (values are TOML, as for `flwr run`)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value  # a bare word: a string
+    return out
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     # SystemExit unwinds through `flower_cleanup`, which stops the run's SuperLink, simulation and
     # Ray workers by PID; the default SIGTERM action would leave them orphaned and running.
@@ -438,9 +454,15 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds allowed for one run")
     parser.add_argument("--engine", choices=ENGINES, help="local: in-process runner; flwr: `flwr run .` (default: the experiment's, mostly local)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting of every run (TOML value), e.g. for a smoke test at tiny scale: --set num-server-rounds=2",
+    )
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     exp = EXPERIMENTS[args.experiment]
+    if args.set:
+        exp = dataclasses.replace(exp, setting=exp.setting | parse_overrides(args.set))
     work = Path(args.work) / exp.name
     methods = set(args.methods.split(",")) if args.methods else None
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None

@@ -83,6 +83,7 @@ class Settings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     optimizer: str = "sgd"  # sgd | adamw (fresh each round)
+    device: str = "cpu"  # local training and central evaluation: cpu, cuda, cuda:N, or auto (cuda if available)
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_replies: int = 1
@@ -122,6 +123,13 @@ class Settings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {self.device!r}: torch sees no CUDA GPU here (use cpu or auto)")
         if self.partitioner == "articles" and self.dataset != "wikitext2":
             raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
         if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
@@ -225,7 +233,16 @@ class Settings:
             mu=self.contrastive_mu,
             tau=self.contrastive_tau,
             optimizer=self.optimizer,
+            device=self.torch_device(),
         )
+
+    def torch_device(self) -> str:
+        """The device to compute on: ``auto`` is cuda where torch sees a GPU, else cpu."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def to_mapping(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}

@@ -133,6 +133,7 @@ class Participant:
             prev_model=prev_model,
             seed=seed,
         )
+        model.cpu()  # trained wherever cfg.device said; the reply and what is kept live on the CPU
         params = dict(model.named_parameters())
         reply = {k: params[k].detach().clone() for k in self.param_keys}
         down = sum(t.numel() * t.element_size() for t in received.values())

@@ -38,6 +38,7 @@ class TrainConfig:
     mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
     tau: float = 0.5
     optimizer: str = "sgd"  # sgd (with momentum) | adamw; fresh every round (no optimizer state is sent)
+    device: str = "cpu"  # where local training runs ("cuda", "cuda:1", ...); the reply comes back on the CPU
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -109,7 +110,10 @@ def train_submodel(
         raise ValueError("cannot train on an empty partition")
     use_con = cfg.mu > 0 and global_model is not None
     frozen = [m for m in (global_model, prev_model) if m is not None and use_con]
+    device = torch.device(cfg.device)
+    model.to(device)
     for m in frozen:
+        m.to(device)
         m.train()  # static BN: batch statistics, as in training
         m.requires_grad_(False)
     model.train()
@@ -146,8 +150,9 @@ def train_submodel(
                 idx = perm[i : i + cfg.batch_size]
                 if idx.numel() < 2 and n >= 2:
                     continue  # a batch of one breaks batch-statistics BatchNorm
-                x = prepare_batch(cfg.dataset, data.x[idx], train=True, generator=gen)
-                y = data.y[idx]
+                # The generator stays on the CPU: the same seed draws the same batches and crops on any device.
+                x = prepare_batch(cfg.dataset, data.x[idx].to(device), train=True, generator=gen)
+                y = data.y[idx].to(device)
                 key = (signature, tuple(x.shape), len(frozen))
                 if key not in _FLOPS_PER_EXAMPLE:  # measure the first step of each shape, once
                     with FlopCounterMode(display=False) as counter:
@@ -173,13 +178,14 @@ def calibrate_batchnorm(model: nn.Module, data: TensorData, dataset: str, batch_
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
+    device = _device_of(model)
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(int(data.y.shape[0]), generator=gen)
     for b in range(num_batches):
         idx = perm[b * batch_size : (b + 1) * batch_size]
         if idx.numel() < 2:
             break
-        model(prepare_batch(dataset, data.x[idx], train=False))
+        model(prepare_batch(dataset, data.x[idx].to(device), train=False))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()
@@ -194,10 +200,16 @@ def evaluate(model: nn.Module, data: TensorData, dataset: str, batch_size: int |
     batch_size = batch_size or (16 if data.y.ndim == 2 else 256)
     loss = correct = 0.0
     n = int(data.y.shape[0])
+    device = _device_of(model)
     for i in range(0, n, batch_size):
-        logits = logits_of(model(prepare_batch(dataset, data.x[i : i + batch_size], train=False)))
-        y = data.y[i : i + batch_size]
+        logits = logits_of(model(prepare_batch(dataset, data.x[i : i + batch_size].to(device), train=False)))
+        y = data.y[i : i + batch_size].to(device)
         loss += float(token_loss(logits, y, reduction="sum"))
         correct += float((logits.argmax(-1) == y).sum())
     count = max(int(data.y.numel()), 1)
     return loss / count, correct / count
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (evaluation and calibration run there)."""
+    return next(model.parameters()).device

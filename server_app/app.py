@@ -81,7 +81,7 @@ class CentralEvaluation:
         row: dict = {"round": server_round}
         evaluated = server_round % self.settings.eval_every == 0 or server_round == self.settings.num_server_rounds
         if evaluated:
-            model = self.strategy.global_model()
+            model = self.strategy.global_model().to(self.settings.torch_device())
             if self.calibration is not None:
                 calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
             loss, accuracy = evaluate(model, self.test, self.settings.dataset)

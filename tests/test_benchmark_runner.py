@@ -154,6 +154,16 @@ def test_c1_summary_shape_gap_closed_and_headroom(tmp_path):
     assert m["crosses_small_round"] == 10 and s["methods"]["fedrolex-r0.25"]["crosses_small_round"] is None
 
 
+def test_settings_overrides_for_a_smoke_run():
+    from benchmarks.run import parse_overrides
+
+    assert parse_overrides(["num-server-rounds=2", "device='cpu'", "planner=small", "lr=0.1"]) == {
+        "num-server-rounds": 2, "device": "cpu", "planner": "small", "lr": 0.1,
+    }
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        parse_overrides(["rounds"])
+
+
 def test_crossing_round_is_where_a_method_stays_above_small():
     from benchmarks.run import crossing_round
 
