@@ -229,6 +229,11 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     "fedrolex-r0.25": _at("fedrolex", 0.25),
     "heterofl-r0.25": _at("heterofl", 0.25),
     "fd-r0.25": _at("fd", 0.25),
+    # Budget honesty: MSfusion's contrastive term costs two extra forward passes per step, 1.70×
+    # (r = 1/2) and 1.73× (r = 1/4) small's FLOPs per participant-round, measured on this setting
+    # (flops-per-participant, round 3). These arms give small the same FLOPs as more local examples.
+    "small-r0.5-flops": _at("small", 0.5) | {"local-examples": 426},
+    "small-r0.25-flops": _at("small", 0.25) | {"local-examples": 433},
 }
 C1 = Experiment(
     "C1",
@@ -236,11 +241,14 @@ C1 = Experiment(
     "every round, 1 local epoch over a fresh 250-example sample of each node's partition per round; central accuracy "
     "on the whole test split every 10 rounds.",
     C1_SETTING,
-    ("full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25"),
+    (
+        "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
+        "small-r0.5-flops", "small-r0.25-flops",
+    ),
     target=0.6,
     seeds=(0, 1, 2),
     arms=C1_ARMS,
-    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25")},
+    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")},
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1

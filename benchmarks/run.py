@@ -400,11 +400,12 @@ def _plot(curves: dict[str, list[list[dict]]], path: Path, target: float, metric
         rounds, mean, sd, flops = mean_curve(runs, metric)
         label = f"{name} ({len(runs)} seeds)" if len(runs) > 1 else name
         (line,) = ax1.plot(rounds, mean, label=label)
-        ax2.plot(flops, mean, color=line.get_color(), label=label)
+        spent = [i for i, f in enumerate(flops) if f > 0]  # round 0 has spent nothing: off a log axis
+        ax2.plot([flops[i] for i in spent], [mean[i] for i in spent], color=line.get_color(), label=label)
         if len(runs) > 1:
             low, high = [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)]
             ax1.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
-            ax2.fill_between(flops, low, high, color=line.get_color(), alpha=0.2)
+            ax2.fill_between([flops[i] for i in spent], [low[i] for i in spent], [high[i] for i in spent], color=line.get_color(), alpha=0.2)
     for ax in (ax1, ax2):
         ax.axhline(target, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)

@@ -8,18 +8,31 @@ from torch import nn
 from msfusion_core.split_map import layer_split_map
 
 
+def add_conv_stack(model: nn.Module, in_channels: int, w: int) -> None:
+    """conv1-bn1 (w), conv2-bn2 (2w), conv3-bn3 (4w): 3x3 convolutions, the two CNNs' shared trunk."""
+    for i, (c_in, c_out) in enumerate([(in_channels, w), (w, 2 * w), (2 * w, 4 * w)], start=1):
+        model.add_module(f"conv{i}", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False))
+        model.add_module(f"bn{i}", nn.BatchNorm2d(c_out))
+
+
+# The trunk's width groups: every conv's output channels (and its BatchNorm) are a group.
+CONV_STACK_GROUPS = {
+    "conv1": ("c1", None),
+    "bn1": ("c1", None),
+    "conv2": ("c2", "c1"),
+    "bn2": ("c2", None),
+    "conv3": ("c3", "c2"),
+    "bn3": ("c3", None),
+}
+
+
 class DigitsCNN(nn.Module):
     """conv(32)-conv(64)-pool-conv(128)-GAP-fc(256)-fc(classes); every hidden width is a group."""
 
     def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 1) -> None:
         super().__init__()
         w = width
-        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w)
-        self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(2 * w)
-        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(4 * w)
+        add_conv_stack(self, in_channels, w)
         self.hidden = nn.Linear(4 * w, 8 * w)
         self.fc = nn.Linear(8 * w, num_classes)
 
@@ -34,19 +47,7 @@ class DigitsCNN(nn.Module):
 
 
 def digits_cnn_split_map(model: DigitsCNN) -> dict:
-    return layer_split_map(
-        model,
-        {
-            "conv1": ("c1", None),
-            "bn1": ("c1", None),
-            "conv2": ("c2", "c1"),
-            "bn2": ("c2", None),
-            "conv3": ("c3", "c2"),
-            "bn3": ("c3", None),
-            "hidden": ("h", "c3"),
-            "fc": (None, "h"),
-        },
-    )
+    return layer_split_map(model, CONV_STACK_GROUPS | {"hidden": ("h", "c3"), "fc": (None, "h")})
 
 
 class CifarCNN(nn.Module):
@@ -58,14 +59,8 @@ class CifarCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 3) -> None:
         super().__init__()
-        w = width
-        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w)
-        self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(2 * w)
-        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(4 * w)
-        self.fc = nn.Linear(4 * w, num_classes)
+        add_conv_stack(self, in_channels, width)
+        self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 3, 32, 32]
         x = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)  # [B, w, 16, 16]
@@ -75,15 +70,4 @@ class CifarCNN(nn.Module):
 
 
 def cifar_cnn_split_map(model: CifarCNN) -> dict:
-    return layer_split_map(
-        model,
-        {
-            "conv1": ("c1", None),
-            "bn1": ("c1", None),
-            "conv2": ("c2", "c1"),
-            "bn2": ("c2", None),
-            "conv3": ("c3", "c2"),
-            "bn3": ("c3", None),
-            "fc": (None, "c3"),
-        },
-    )
+    return layer_split_map(model, CONV_STACK_GROUPS | {"fc": (None, "c3")})
