@@ -234,6 +234,8 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # (flops-per-participant, round 3). These arms give small the same FLOPs as more local examples.
     "small-r0.5-flops": _at("small", 0.5) | {"local-examples": 426},
     "small-r0.25-flops": _at("small", 0.25) | {"local-examples": 433},
+    # Issue 15, part 1, one change against msfusion-r0.25: an independent window offset per group.
+    "msfusion-pergroup-r0.25": _at("msfusion", 0.25) | {"window-offsets": "per-group"},
 }
 C1 = Experiment(
     "C1",
@@ -243,12 +245,13 @@ C1 = Experiment(
     C1_SETTING,
     (
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
-        "small-r0.5-flops", "small-r0.25-flops",
+        "small-r0.5-flops", "small-r0.25-flops", "msfusion-pergroup-r0.25",
     ),
     target=0.6,
     seeds=(0, 1, 2),
     arms=C1_ARMS,
-    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")},
+    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")}
+    | {"msfusion-pergroup-r0.25": (0, 1)},
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1

@@ -15,7 +15,7 @@ from typing import Any
 from msfusion_core.data import DATASETS
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
+from msfusion_core.planner import PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.training import OPTIMIZERS, TrainConfig
 
@@ -69,6 +69,7 @@ class Settings:
     overlap_min: float = 0.0
     overlap_max: float = 0.9
     shift_step: int = 1
+    window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
     contrastive_mu: float = 1.0
     contrastive_tau: float = 0.5
     aggregation_weight: str = "examples"
@@ -119,6 +120,7 @@ class Settings:
             "optimizer": OPTIMIZERS,
             "aggregation_weight": ("examples", "uniform"),
             "robust_aggregation": ROBUST_MODES,
+            "window_offsets": WINDOW_OFFSETS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -213,7 +215,7 @@ class Settings:
         )
 
     def make_planner(self) -> Planner:
-        return make_planner(self.planner, schedule=self.schedule(), shift_step=self.shift_step, seed=self.seed)
+        return make_planner(self.planner, schedule=self.schedule(), shift_step=self.shift_step, seed=self.seed, window_offsets=self.window_offsets)
 
     def family(self) -> ModelFamily:
         from msfusion_core.data import num_classes
