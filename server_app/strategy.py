@@ -217,7 +217,9 @@ class MSfusion(Strategy):
         record.metrics |= {"never-trained-fraction": self.train_counts.never_trained_fraction(), "train-count-cv": self.train_counts.count_cv()}
         record.metrics |= self.round_metrics(record, accepted, applied)
         self.check_progress(server_round, record, accepted)
-        self.last_arrays = self.global_arrays() if applied else None
+        if not applied:  # Flower keeps the arrays it has, which are still θ
+            return None, MetricRecord(_scalars(record.metrics))
+        self.last_arrays = self.global_arrays()
         return self.last_arrays, MetricRecord(_scalars(record.metrics))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
