@@ -167,3 +167,10 @@ def test_the_server_decides_mu_and_nodes_without_a_seed_draw_different_batches()
 def test_bad_settings_are_named(config, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_mapping(config)
+
+
+def test_the_progress_line_leaves_out_what_a_round_does_not_have():
+    from server_app.app import progress_line
+
+    row = {"round": 4, "central-accuracy": 0.5, "overlap": float("nan"), "rejected": 0, "failed": 1, "round-seconds": 1.0, "eval-seconds": 0.5}
+    assert progress_line(row) == "[round 4] accuracy=0.5000 rejected=0 failed=1 (1.5s)"  # no nan, time includes evaluation
