@@ -11,6 +11,7 @@ contained it. Two summaries matter (the C1 benchmark logs both every round):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -39,17 +40,23 @@ class TrainCounts:
                 else:
                     count.view(-1)[positions] += 1  # positions are distinct within one sub-model
 
-    def _flat(self) -> torch.Tensor:
-        return torch.cat([c.reshape(-1) for c in self.counts.values()]) if self.counts else torch.zeros(0, dtype=torch.int64)
+    def summary(self) -> tuple[float, float]:
+        """(never-trained fraction, count CV), from per-tensor sums: no concatenation of all counts."""
+        n = sum(c.numel() for c in self.counts.values())
+        if n == 0:
+            return 1.0, float("nan")
+        zeros = sum(int((c == 0).sum()) for c in self.counts.values())
+        total = sum(float(c.sum()) for c in self.counts.values())
+        squares = sum(float((c.double() ** 2).sum()) for c in self.counts.values())
+        mean = total / n
+        cv = math.sqrt(max(squares / n - mean * mean, 0.0)) / mean if mean > 0 else float("nan")
+        return zeros / n, cv
 
     def never_trained_fraction(self) -> float:
-        flat = self._flat()
-        return float((flat == 0).sum()) / max(flat.numel(), 1)
+        return self.summary()[0]
 
     def count_cv(self) -> float:
-        flat = self._flat().double()
-        mean = float(flat.mean()) if flat.numel() else 0.0
-        return float(flat.std(unbiased=False)) / mean if mean > 0 else float("nan")
+        return self.summary()[1]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {COUNT_PREFIX + k: c for k, c in self.counts.items()}

@@ -214,7 +214,8 @@ class MSfusion(Strategy):
         record.seconds["aggregate"] = time.perf_counter() - started
         # Cumulative over the run so far (applied rounds only): the share of weight coordinates still
         # at their initial values, and how unevenly the others have been trained.
-        record.metrics |= {"never-trained-fraction": self.train_counts.never_trained_fraction(), "train-count-cv": self.train_counts.count_cv()}
+        never, cv = self.train_counts.summary()  # one pass over the counts, every round
+        record.metrics |= {"never-trained-fraction": never, "train-count-cv": cv}
         record.metrics |= self.round_metrics(record, accepted, applied)
         self.check_progress(server_round, record, accepted)
         if not applied:  # Flower keeps the arrays it has, which are still θ
