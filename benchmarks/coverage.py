@@ -26,20 +26,24 @@ SETTINGS = ((0.5, 10), (0.25, 8), (0.125, 16))  # (r, P)
 PLANNERS = {
     "msfusion (aligned)": {"name": "msfusion", "window_offsets": "aligned"},
     "msfusion (per-group)": {"name": "msfusion", "window_offsets": "per-group"},
+    "msfusion (core form, per-group)": {"name": "msfusion", "window_offsets": "per-group", "overlap_form": "core"},
     "fedrolex": {"name": "fedrolex"},
     "heterofl": {"name": "heterofl"},
     "fd": {"name": "fd"},
 }
 
 
-def plan_coverage(planner: str, r: float, num: int, rounds: int = 40, window_offsets: str = "aligned", width: int = 32) -> dict[str, float]:
+def plan_coverage(
+    planner: str, r: float, num: int, rounds: int = 40, window_offsets: str = "aligned", width: int = 32, overlap_form: str = "spread"
+) -> dict[str, float]:
     """Never-trained fraction and train-count CV of ResNet-18's conv weights after ``rounds`` rounds."""
     fam = get_family("resnet18", width=width)
     with torch.device("meta"):
         model = fam.build()
     conv = {k: tuple(p.shape) for k, p in model.named_parameters() if p.ndim == 4}
     sizes = group_sizes(model_shapes(model), fam.split_map)
-    plans = make_planner(planner, schedule=OverlapSchedule("constant", start=0.5), window_offsets=window_offsets)
+    schedule = OverlapSchedule("constant", start=0.5)
+    plans = make_planner(planner, schedule=schedule, window_offsets=window_offsets, overlap_form=overlap_form)
     counts = TrainCounts(Slicer(fam.split_map), conv)
     for t in range(1, rounds + 1):
         counts.add(plans.plan(t, [(i, r) for i in range(num)], sizes).participants.values())
@@ -48,7 +52,7 @@ def plan_coverage(planner: str, r: float, num: int, rounds: int = 40, window_off
 
 def main() -> None:
     rows = {
-        label: {f"r={r:g}, P={num}": plan_coverage(spec["name"], r, num, window_offsets=spec.get("window_offsets", "aligned")) for r, num in SETTINGS}
+        label: {f"r={r:g}, P={num}": plan_coverage(r=r, num=num, **{"planner": spec["name"]} | {k: v for k, v in spec.items() if k != "name"}) for r, num in SETTINGS}
         for label, spec in PLANNERS.items()
     }
     out = REPO / "docs" / "results" / "coverage.json"

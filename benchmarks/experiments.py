@@ -217,6 +217,18 @@ C1_SETTING: dict[str, Any] = {
 }
 
 
+GROW: dict[str, Any] = {
+    "overlap-form": "core",
+    "overlap-schedule": "plateau",
+    "overlap-start": 1.0,
+    "overlap-patience": 30,
+    "overlap-step": 0.25,
+    "window-offsets": "per-group",
+    "validation-examples": 2000,
+    "contrastive-mu": 0.0,
+}
+
+
 def _at(method: str, r: float) -> dict[str, Any]:
     return METHODS[method] | {"split-ratio-tiers": str(r)}
 
@@ -236,6 +248,14 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     "small-r0.25-flops": _at("small", 0.25) | {"local-examples": 433},
     # Issue 15, part 1, one change against msfusion-r0.25: an independent window offset per group.
     "msfusion-pergroup-r0.25": _at("msfusion", 0.25) | {"window-offsets": "per-group"},
+    # Issue 15, part 2: starts as small. A shared core (o·m units, the same for everyone) plus a
+    # double-shifted remainder; o starts at 1 (the small model, non-core units silenced) and drops
+    # by 0.25 whenever the loss on 2,000 held-out train rows has not improved 1 % in 30 rounds.
+    # mu = 0: the contrastive term's 1.7x FLOPs have not paid anywhere (part 3 decides).
+    **{
+        f"msfusion-grow-r{r:g}": _at("msfusion", r) | GROW
+        for r in (0.5, 0.25)
+    },
 }
 C1 = Experiment(
     "C1",
@@ -245,7 +265,7 @@ C1 = Experiment(
     C1_SETTING,
     (
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
-        "small-r0.5-flops", "small-r0.25-flops", "msfusion-pergroup-r0.25",
+        "small-r0.5-flops", "small-r0.25-flops", "msfusion-pergroup-r0.25", "msfusion-grow-r0.25", "msfusion-grow-r0.5",
     ),
     target=0.6,
     seeds=(0, 1, 2),

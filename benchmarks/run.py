@@ -452,7 +452,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="", help="comma-separated subset of the experiment's seeds")
     parser.add_argument("--variants", default="", help="comma-separated subset of the experiment's variants (E2: P4,P8,P16)")
     parser.add_argument("--work", default=str(REPO / "benchmark-runs"))
-    parser.add_argument("--results", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--results", default="", help="where summaries go (default docs/results; with --set, the work dir)")
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds allowed for one run")
     parser.add_argument("--engine", choices=ENGINES, help="local: in-process runner; flwr: `flwr run .` (default: the experiment's, mostly local)")
     parser.add_argument(
@@ -464,13 +464,15 @@ def main() -> None:
     exp = EXPERIMENTS[args.experiment]
     if args.set:
         exp = dataclasses.replace(exp, setting=exp.setting | parse_overrides(args.set))
+    # A run with overridden settings (a smoke test) is not the experiment: it never lands in docs.
+    results = Path(args.results or (Path(args.work) / "results" if args.set else REPO / "docs" / "results"))
     work = Path(args.work) / exp.name
     methods = set(args.methods.split(",")) if args.methods else None
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     variants = set(args.variants.split(",")) if args.variants else None
     if not args.summarise_only:
-        run_grid(exp, work, methods, seeds, args.timeout, Path(args.results), variants, args.engine or exp.engine)
-    out = write_results(exp, work, Path(args.results), f"python -m benchmarks.run {exp.name}")
+        run_grid(exp, work, methods, seeds, args.timeout, results, variants, args.engine or exp.engine)
+    out = write_results(exp, work, results, f"python -m benchmarks.run {exp.name}")
     print(f"results: {out}")
 
 

@@ -228,7 +228,8 @@ def setup_from_run_config(context: Context) -> NodeSetup:
 
     def train_data() -> TensorData:
         return load_partition(
-            settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len
+            settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len,
+            holdout=settings.validation_examples,
         )
 
     def test_data() -> TensorData:

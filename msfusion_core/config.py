@@ -15,7 +15,7 @@ from typing import Any
 from msfusion_core.data import DATASETS
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
+from msfusion_core.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.robust import ROBUST_MODES
 from msfusion_core.training import OPTIMIZERS, TrainConfig
 
@@ -68,6 +68,11 @@ class Settings:
     overlap_leak: float = 0.2
     overlap_min: float = 0.0
     overlap_max: float = 0.9
+    overlap_form: str = "spread"  # msfusion: spread (windows spread across participants) | core (shared core + remainder)
+    overlap_patience: int = 30  # plateau: rounds without a validation improvement before the overlap is lowered
+    overlap_step: float = 0.25  # plateau: how much the overlap is lowered each time
+    overlap_min_improvement: float = 0.01  # plateau: a smaller relative validation-loss decrease is no improvement
+    validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on
     shift_step: int = 1
     window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
     contrastive_mu: float = 1.0
@@ -121,6 +126,7 @@ class Settings:
             "aggregation_weight": ("examples", "uniform"),
             "robust_aggregation": ROBUST_MODES,
             "window_offsets": WINDOW_OFFSETS,
+            "overlap_form": OVERLAP_FORMS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -168,6 +174,10 @@ class Settings:
             "model_width": (0, True, None),
             "model_layers": (0, True, None),
             "max_failed_rounds": (1, True, None),
+            "overlap_patience": (1, True, None),
+            "overlap_step": (0.0, False, None),
+            "overlap_min_improvement": (0.0, True, 1.0),
+            "validation_examples": (0, True, None),
         }
         for name, (low, inclusive, high) in ranges.items():
             value = getattr(self, name)
@@ -175,7 +185,11 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max"):
+        if self.overlap_schedule == "plateau" and self.validation_examples == 0:
+            raise ValueError("overlap-schedule 'plateau' is driven by validation: set validation-examples > 0 (e.g. 2000)")
+        if self.validation_examples and self.dataset not in ("cifar10", "digits"):
+            raise ValueError(f"validation-examples holds out labelled train rows; dataset {self.dataset!r} is not supported")
+        for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max", "overlap_step"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         wanted = MODEL_DATASETS.get(self.model)
@@ -212,10 +226,20 @@ class Settings:
             leak=self.overlap_leak,
             min_overlap=self.overlap_min,
             max_overlap=self.overlap_max,
+            patience=self.overlap_patience,
+            step=self.overlap_step,
+            min_improvement=self.overlap_min_improvement,
         )
 
     def make_planner(self) -> Planner:
-        return make_planner(self.planner, schedule=self.schedule(), shift_step=self.shift_step, seed=self.seed, window_offsets=self.window_offsets)
+        return make_planner(
+            self.planner,
+            schedule=self.schedule(),
+            shift_step=self.shift_step,
+            seed=self.seed,
+            window_offsets=self.window_offsets,
+            overlap_form=self.overlap_form,
+        )
 
     def family(self) -> ModelFamily:
         from msfusion_core.data import num_classes

@@ -34,6 +34,8 @@ __all__ = [
     "label_names",
     "load_dataset_dict",
     "load_partition",
+    "load_holdout",
+    "holdout_rows",
     "load_test",
     "make_partitioner",
     "num_classes",
@@ -366,8 +368,10 @@ def load_partition(
     alpha: float = 0.5,
     seed: int = 42,
     seq_len: int = 64,
+    holdout: int = 0,
 ) -> TensorData:
-    """Partition ``partition_id`` of the train split of ``name``, as tensors (fresh copies).
+    """Partition ``partition_id`` of the train split of ``name``, as tensors (fresh copies), less
+    the ``holdout`` rows the server validates on (``holdout_rows``).
 
     The first call in a process decodes the whole train split (CIFAR-10: ~5 s on one core);
     later calls with any partitioning only index the cached tensors. ``seq_len``: tokens per
@@ -399,7 +403,29 @@ def load_partition(
             "use fewer partitions, a larger dirichlet-alpha, or partitioner 'iid'"
         ) from exc
     full = _split_tensors(name, data_path, "train")
-    idx = torch.from_numpy(indices[int(partition_id)])
+    rows = indices[int(partition_id)]
+    if holdout:
+        rows = rows[~np.isin(rows, holdout_rows(int(full.y.shape[0]), holdout, seed))]
+    idx = torch.from_numpy(rows)
+    return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
+
+
+def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
+    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted.
+
+    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
+    if not 0 <= count < num_rows:
+        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
+    return np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
+
+
+def load_holdout(name: str, data_path: str | None, count: int, seed: int) -> TensorData:
+    """The server's held-out validation rows of the train split (no node trains on them)."""
+    _check_name(name)
+    if name in TEXT_DATASETS:
+        raise ValueError(f"a held-out validation split of the train rows is not supported for {name!r}")
+    full = _split_tensors(name, data_path, "train")
+    idx = torch.from_numpy(holdout_rows(int(full.y.shape[0]), count, seed))
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 

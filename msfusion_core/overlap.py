@@ -24,6 +24,12 @@ terms balance, o* = o_0 + (η/λ)·(ρ̄ − ρ*): a sustained 10 % excess moves
 defaults, not to the bound. Measured there: 0.163 final accuracy with the integrator, 0.2375 with the
 leak, and 0.297 with o held at 0.5, so this rule does not yet beat the constant schedule anywhere
 we measured (docs/results.md, E2).
+
+``plateau`` (the starts-as-small rule, issue 15) is driven by validation instead: o starts at 1, so
+with ``overlap-form = "core"`` every participant trains the width-r model, and it is lowered by
+``step`` each time the global model's loss on the server's held-out split has not improved by a
+relative ``min_improvement`` for ``patience`` rounds. Small first, then grow, as gradual-restoration
+and successive-training methods find.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SCHEDULES = ("constant", "linear", "cosine", "adaptive")
+SCHEDULES = ("constant", "linear", "cosine", "adaptive", "plateau")
 
 
 @dataclass
@@ -47,15 +53,25 @@ class OverlapSchedule:
     leak: float = 0.2  # adaptive λ: pull toward `start` per round, so a biased ρ_t cannot wind o up
     min_overlap: float = 0.0
     max_overlap: float = 0.9
-    current: float | None = None  # adaptive state o_t
+    patience: int = 30  # plateau: rounds without a validation improvement before o is lowered
+    step: float = 0.25  # plateau: how much o is lowered each time
+    min_improvement: float = 0.01  # plateau: a relative loss decrease smaller than this is no improvement
+    current: float | None = None  # adaptive and plateau state o_t
+    best_loss: float | None = None  # plateau: best validation loss since o last changed
+    best_round: int = 0  # plateau: the round it was measured
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown overlap schedule {self.kind!r}; known: {', '.join(SCHEDULES)}")
         for name in ("start", "end", "min_overlap", "max_overlap"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"overlap {name} must be in [0, 1), got {value}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"overlap {name} must be in [0, 1], got {value}")
+        if self.patience < 1 or not 0.0 < self.step <= 1.0 or not 0.0 <= self.min_improvement < 1.0:
+            raise ValueError(
+                f"plateau overlap needs patience >= 1, step in (0, 1] and min_improvement in [0, 1); "
+                f"got {self.patience}, {self.step}, {self.min_improvement}"
+            )
         if self.min_overlap > self.max_overlap:
             raise ValueError(f"min_overlap {self.min_overlap} > max_overlap {self.max_overlap}")
         if self.eta < 0 or self.target_shift < 0:
@@ -69,7 +85,7 @@ class OverlapSchedule:
         """o_t for round ``server_round`` (1-based, as Flower counts)."""
         if self.kind == "constant":
             return self.start
-        if self.kind == "adaptive":
+        if self.kind in ("adaptive", "plateau"):
             return float(self.current)
         frac = min(max(server_round - 1, 0) / max(self.num_rounds - 1, 1), 1.0)
         if self.kind == "cosine":
@@ -82,6 +98,17 @@ class OverlapSchedule:
             pull = self.leak * (self.current - self.start)
             step = self.current + self.eta * (relative_shift - self.target_shift) - pull
             self.current = min(max(step, self.min_overlap), self.max_overlap)
+
+    def observe_validation(self, server_round: int, loss: float) -> None:
+        """Plateau: lower o by ``step`` once the validation loss has not improved for ``patience`` rounds."""
+        if self.kind != "plateau" or not math.isfinite(loss):
+            return
+        if self.best_loss is None or loss < self.best_loss * (1.0 - self.min_improvement):
+            self.best_loss, self.best_round = float(loss), int(server_round)
+        elif server_round - self.best_round >= self.patience and self.current > self.min_overlap:
+            self.current = max(self.current - self.step, self.min_overlap)
+            # The grown model is judged afresh: its own best, from now.
+            self.best_loss, self.best_round = float(loss), int(server_round)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

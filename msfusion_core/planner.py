@@ -3,8 +3,8 @@
 Pure numpy, no torch, no Flower. A plan is deterministic from (seed, round, participant list,
 overlap state), so a receiver can rebuild it from its compact form and verify it.
 
-Windows are cyclic and contiguous: participant slot p (position in the id-sorted participant
-list) of P gets, for a group of K units and capacity r,
+Under ``overlap-form = "spread"`` windows are cyclic and contiguous: participant slot p (position in
+the id-sorted participant list) of P gets, for a group of K units and capacity r,
 
     m = clamp(round(r·K), 1, K)
     s = (floor(p·c·K / P) − t·δ) mod K
@@ -14,6 +14,15 @@ The inter-participant spread c ∈ [0, 1] sets the overlap (c = 0: everyone shar
 is FedRolex's rule; c = 1: windows evenly spaced). The inter-round shift rolls windows toward lower
 indices by δ units per round: the direction of FedRolex's ``torch.roll(arange(K), t)[:m]``, which
 the issue fixes (SPEC §2 writes ``+t·δ``; only the direction differs).
+
+Under ``overlap-form = "core"`` the overlap is a shared core instead: every participant trains the
+first c = round(o·m) units of the group, and a double-shifted remainder of m − c units, a cyclic
+window over the K − c units after the core, evenly spaced across participants (spread 1):
+
+    I = {0, …, c − 1} ∪ {c + (s + j) mod (K − c) : j < m − c}
+
+o = 1 is the width-r ``small`` model embedded in the full one (with the non-core units silenced at
+initialisation: msfusion_core.growth); o = 0 is pure double shifting.
 """
 
 from __future__ import annotations
@@ -45,14 +54,21 @@ def check_capacity(capacity: float, who: object = "participant") -> float:
 
 @dataclass(frozen=True)
 class Window:
-    """A cyclic window of ``length`` units starting at ``start`` in a group of ``size`` units."""
+    """The first ``core`` units of a group of ``size``, then a cyclic window of ``length − core``
+    units starting at ``start`` in the ``size − core`` units after the core (core 0: a plain cyclic
+    window of ``length`` units)."""
 
     start: int
     length: int
     size: int
+    core: int = 0
 
     def indices(self) -> np.ndarray:
-        return (self.start + np.arange(self.length, dtype=np.int64)) % self.size
+        core = np.arange(self.core, dtype=np.int64)
+        if self.length == self.core:
+            return core
+        rest = self.core + (self.start + np.arange(self.length - self.core, dtype=np.int64)) % (self.size - self.core)
+        return np.concatenate([core, rest]) if self.core else rest
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,10 @@ class ParticipantPlan:
         return {g: self.indices(g) for g in self.groups}
 
     def to_compact(self) -> dict[str, Any]:
-        """JSON-able form: (start, length, K) per windowed group; an index list only for subsets."""
-        windows = {g: [w.start, w.length, w.size] for g, w in self.groups.items() if isinstance(w, Window)}
+        """JSON-able form: (start, length, K[, core]) per windowed group; an index list only for subsets."""
+        windows = {
+            g: [w.start, w.length, w.size] + ([w.core] if w.core else []) for g, w in self.groups.items() if isinstance(w, Window)
+        }
         subsets = {g: [int(i) for i in s] for g, s in self.groups.items() if not isinstance(s, Window)}
         return {"node_id": self.node_id, "capacity": self.capacity, "windows": windows, "subsets": subsets}
 
@@ -95,11 +113,21 @@ class ParticipantPlan:
                 f"plan groups {sorted(named)} do not match the model's groups {sorted(group_sizes)}"
             )
         groups: dict[str, Window | np.ndarray] = {}
-        for g, (start, length, size) in windows.items():
+        for g, window in windows.items():
+            if not isinstance(window, (list, tuple)) or len(window) not in (3, 4):
+                raise ValueError(f"plan window for group {g!r} must be [start, length, K] or [start, length, K, core], got {window!r}")
+            start, length, size, core = (*window, 0)[:4]
             k = group_sizes[g]
-            if not (1 <= size <= k) or not (0 <= start < size) or not (1 <= length <= size):
-                raise ValueError(f"plan window for group {g!r} is (start={start}, length={length}, K={size}); model K={k}")
-            groups[g] = Window(int(start), int(length), int(size))
+            if (
+                not (1 <= size <= k)
+                or not (0 <= core <= length <= size)
+                or not (1 <= length)
+                or not (0 <= start < max(size - core, 1))
+            ):
+                raise ValueError(
+                    f"plan window for group {g!r} is (start={start}, length={length}, K={size}, core={core}); model K={k}"
+                )
+            groups[g] = Window(int(start), int(length), int(size), int(core))
         for g, idx in subsets.items():
             arr = np.asarray(idx, dtype=np.int64)
             k = group_sizes[g]
@@ -168,6 +196,34 @@ def plan_double_shift(
     return plans
 
 
+def plan_core_and_remainder(
+    server_round: int,
+    participants: Sequence[tuple[int, float]],
+    group_sizes: Mapping[str, int],
+    overlap: float,
+    shift_step: int = 1,
+    group_offsets: Mapping[str, int] | None = None,
+) -> dict[int, ParticipantPlan]:
+    """A shared core of round(o·m) units, the same prefix for everyone, plus a remainder window over
+    the units after it, evenly spaced across participants and shifted by ``shift_step`` per round."""
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"overlap must be in [0, 1], got {overlap}")
+    ordered = _sorted_participants(participants)
+    num = len(ordered)
+    plans = {}
+    for slot, (node_id, capacity) in enumerate(ordered):
+        groups = {}
+        for g, k in group_sizes.items():
+            m = window_length(capacity, k)
+            core = min(round(overlap * m), m)
+            rest = k - core
+            start = (slot * rest // num - server_round * shift_step + (group_offsets or {}).get(g, 0)) % rest if m > core else 0
+            groups[g] = Window(start, m, k, core)
+        plans[node_id] = ParticipantPlan(node_id, capacity, groups)
+    return plans
+
+
+OVERLAP_FORMS = ("spread", "core")
 WINDOW_OFFSETS = ("aligned", "per-group")
 
 
@@ -209,6 +265,12 @@ class Planner(Protocol):
     def observe(self, server_round: int, relative_shift: float) -> None:
         """Feed back d_t / floor, the relative model shift measured when aggregating ``server_round``."""
 
+    def observe_validation(self, server_round: int, loss: float) -> None:
+        """Feed back the global model's loss on the server's held-out split after ``server_round``."""
+
+    def initial_core(self, group_sizes: Mapping[str, int], capacity: float) -> dict[str, int] | None:
+        """Units per group the global model starts with (the rest silenced), or None: all of them."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
@@ -223,10 +285,13 @@ class DoubleShiftPlanner:
     name: str = "msfusion"
     window_offsets: str = "aligned"  # or "per-group": see per_group_offsets
     seed: int = 0
+    overlap_form: str = "spread"  # or "core": see plan_core_and_remainder
 
     def __post_init__(self) -> None:
         if self.window_offsets not in WINDOW_OFFSETS:
             raise ValueError(f"window offsets must be one of {', '.join(WINDOW_OFFSETS)}; got {self.window_offsets!r}")
+        if self.overlap_form not in OVERLAP_FORMS:
+            raise ValueError(f"overlap form must be one of {', '.join(OVERLAP_FORMS)}; got {self.overlap_form!r}")
 
     def spread_for(self, overlap: float, participants: Sequence[tuple[int, float]]) -> float:
         """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o (mean r)."""
@@ -235,16 +300,36 @@ class DoubleShiftPlanner:
 
     def plan(self, server_round, participants, group_sizes) -> RoundPlan:
         overlap = self.schedule.overlap(server_round)
-        spread = self.spread_for(overlap, _sorted_participants(participants))
         offsets = per_group_offsets(self.seed, server_round, group_sizes) if self.window_offsets == "per-group" else None
+        if self.overlap_form == "core":
+            plans = plan_core_and_remainder(server_round, participants, group_sizes, overlap, self.shift_step, offsets)
+            return RoundPlan(server_round, plans, overlap, 1.0)
+        spread = self.spread_for(overlap, _sorted_participants(participants))
         plans = plan_double_shift(server_round, participants, group_sizes, spread, self.shift_step, offsets)
         return RoundPlan(server_round, plans, overlap, spread)
 
     def observe(self, server_round: int, relative_shift: float) -> None:
         self.schedule.update(relative_shift)
 
+    def observe_validation(self, server_round: int, loss: float) -> None:
+        self.schedule.observe_validation(server_round, loss)
+
+    def initial_core(self, group_sizes: Mapping[str, int], capacity: float) -> dict[str, int] | None:
+        """Under the core form the global model starts as the width-r model: units past the core
+        the first round would have (o_1 · m) are silenced until remainder windows reach them."""
+        if self.overlap_form != "core":
+            return None
+        o = self.schedule.overlap(1)
+        return {g: min(round(o * window_length(capacity, k)), k) for g, k in group_sizes.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shift_step": self.shift_step, "window_offsets": self.window_offsets, "schedule": self.schedule.state_dict()}
+        return {
+            "name": self.name,
+            "shift_step": self.shift_step,
+            "window_offsets": self.window_offsets,
+            "overlap_form": self.overlap_form,
+            "schedule": self.schedule.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
@@ -275,6 +360,12 @@ class FixedRulePlanner:
     def observe(self, server_round: int, relative_shift: float) -> None:
         pass
 
+    def observe_validation(self, server_round: int, loss: float) -> None:
+        pass
+
+    def initial_core(self, group_sizes: Mapping[str, int], capacity: float) -> dict[str, int] | None:
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "shift_step": self.shift_step}
 
@@ -283,11 +374,17 @@ class FixedRulePlanner:
 
 
 def make_planner(
-    name: str, *, schedule: OverlapSchedule | None = None, shift_step: int = 1, seed: int = 0, window_offsets: str = "aligned"
+    name: str,
+    *,
+    schedule: OverlapSchedule | None = None,
+    shift_step: int = 1,
+    seed: int = 0,
+    window_offsets: str = "aligned",
+    overlap_form: str = "spread",
 ) -> Planner:
-    """Build a planner by name (run config ``planner``); ``window_offsets`` is msfusion's only."""
+    """Build a planner by name (run config ``planner``); ``window_offsets`` and ``overlap_form`` are msfusion's only."""
     if name == "msfusion":
-        return DoubleShiftPlanner(schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed)
+        return DoubleShiftPlanner(schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed, overlap_form=overlap_form)
     if name in PLANNER_NAMES:
         return FixedRulePlanner(name, seed, shift_step)
     raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNER_NAMES)}")

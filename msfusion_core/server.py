@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from msfusion_core.aggregate import AggregateResult, Contribution
+from msfusion_core.growth import silence_non_core_inputs
 from msfusion_core.measure import num_bytes
 from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
 from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
@@ -110,6 +111,9 @@ class SubmodelServer:
             state = self.slicer.extract(state, prefix)
             self.group_sizes = {g: len(i) for g, i in prefix.items()}
             self.small_prefix = prefix  # a full-width model given later (load_state) is cut the same way
+        core = planner.initial_core(self.group_sizes, check_capacity(small_capacity if small_capacity is not None else 0.5))
+        if core is not None:
+            state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
 
     # -- planning and slicing -------------------------------------------------------------

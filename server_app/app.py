@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from msfusion_core.config import Settings
-from msfusion_core.data import TensorData, load_partition, load_test
+from msfusion_core.data import TensorData, load_holdout, load_partition, load_test
 from msfusion_core.runlog import RunLog, latest_checkpoint
 from msfusion_core.training import calibrate_batchnorm, evaluate
 from server_app.strategy import MSfusion
@@ -67,8 +67,12 @@ class CentralEvaluation:
         # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample
         # (bn-calibration-batches = 0, for models without BatchNorm, skips loading it).
         keep = settings.bn_calibration_batches * 128
-        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq) if keep else None
+        holdout = settings.validation_examples
+        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq, holdout=holdout) if keep else None
         self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
+        # The server's own validation split: train rows no node trains on (never the test split).
+        # Its loss drives the plateau overlap schedule.
+        self.validation = load_holdout(settings.dataset, path, holdout, settings.seed) if holdout else None
         self.last = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -86,6 +90,10 @@ class CentralEvaluation:
                 calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
             loss, accuracy = evaluate(model, self.test, self.settings.dataset)
             row |= {"central-accuracy": accuracy, "central-loss": loss}
+            if self.validation is not None:
+                val_loss, val_accuracy = evaluate(model, self.validation, self.settings.dataset)
+                row |= {"validation-loss": val_loss, "validation-accuracy": val_accuracy}
+                self.strategy.observe_validation(server_round, val_loss)
             if self.valid is not None:
                 valid_loss, _ = evaluate(model, self.valid, self.settings.dataset)
                 row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}

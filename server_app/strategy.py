@@ -74,7 +74,8 @@ class MSfusion(Strategy):
     fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
     min_replies : a round whose valid replies are fewer leaves the global model unchanged.
     default_capacity : the capacity of a node that does not declare ``split-ratio``.
-    small_capacity : width of the global model for the ``small`` planner.
+    small_capacity : width of the global model for the ``small`` planner, and of the core the
+        ``core`` overlap form starts from (the smallest capacity tier).
     aggregation_weight : ``examples`` or ``uniform``.
     robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.robust``): ``none``,
         ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
@@ -266,6 +267,12 @@ class MSfusion(Strategy):
             return
         self.load_global(given)
         log(INFO, "the arrays for this round differ from the last aggregate (changed by a wrapper?): training from them")
+
+    def observe_validation(self, server_round: int, loss: float) -> None:
+        """Report the global model's loss on a held-out split the server owns, after ``server_round``:
+        the ``plateau`` overlap schedule lowers the overlap when it stops improving. Call it from the
+        ``evaluate_fn`` (the project's ServerApp does, with ``validation-examples`` train rows)."""
+        self.core.planner.observe_validation(server_round, loss)
 
     def check_progress(self, server_round: int, record: RoundLog, accepted: list[Reply]) -> None:
         """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply (a round

@@ -1,0 +1,188 @@
+"""The overlap that starts as the small model (issue 15, part 2): a shared core plus a double-shifted
+remainder, function-preserving growth, and the plateau rule that opens the overlap up."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from msfusion_core.config import Settings
+from msfusion_core.data import holdout_rows, load_holdout, load_partition
+from msfusion_core.growth import silence_non_core_inputs
+from msfusion_core.models import get_family
+from msfusion_core.overlap import OverlapSchedule
+from msfusion_core.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
+from msfusion_core.slicing import Slicer
+from msfusion_core.split_map import group_sizes, model_shapes
+from server_app.local_grid import run_local
+
+
+@given(
+    k=st.integers(1, 64),
+    r=st.floats(0.01, 1.0),
+    o=st.floats(0.0, 1.0),
+    num=st.integers(1, 9),
+    t=st.integers(0, 300),
+    offset=st.integers(0, 1000),
+)
+def test_core_and_remainder_are_disjoint_have_the_right_sizes_and_survive_the_compact_form(k, r, o, num, t, offset):
+    plans = plan_core_and_remainder(t, [(10 + i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": offset})
+    m = window_length(r, k)
+    core = min(round(o * m), m)
+    for plan in plans.values():
+        w = plan.groups["g"]
+        idx = plan.indices("g")
+        assert len(idx) == m and np.unique(idx).size == m  # m distinct units
+        assert idx[:core].tolist() == list(range(core))  # the shared core: the same prefix for everyone
+        rest = idx[core:]
+        assert np.all(rest >= core)  # the remainder is outside the core
+        assert np.all(np.diff(rest - core) % (k - core) == 1) or rest.size <= 1  # contiguous modulo K − c
+        assert ParticipantPlan.from_compact(plan.to_compact(), {"g": k}).indices("g").tolist() == idx.tolist()
+        assert isinstance(w, Window)
+
+
+def test_overlap_one_is_exactly_the_small_models_units_and_zero_is_double_shifting():
+    sizes = {"a": 16, "b": 40}
+    parts = [(3, 0.25), (7, 0.25), (9, 0.25)]
+    one = make_planner("msfusion", schedule=OverlapSchedule("constant", start=1.0), overlap_form="core").plan(5, parts, sizes)
+    for plan in one.participants.values():
+        assert {g: plan.indices(g).tolist() for g in sizes} == {g: list(range(window_length(0.25, k))) for g, k in sizes.items()}
+    zero = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), overlap_form="core").plan(5, parts, sizes)
+    evenly_spaced = plan_double_shift(5, parts, sizes, spread=1.0)
+    for pid, plan in zero.participants.items():
+        assert plan.unit_indices().keys() == evenly_spaced[pid].unit_indices().keys()
+        assert all(plan.indices(g).tolist() == evenly_spaced[pid].indices(g).tolist() for g in sizes)
+    with pytest.raises(ValueError, match="overlap form must be one of spread, core"):
+        make_planner("msfusion", overlap_form="nested")
+
+
+def test_core_plans_are_deterministic_and_the_compact_form_checks_the_core():
+    sizes = {"a": 16, "b": 16}
+    make = lambda: make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.5), overlap_form="core", window_offsets="per-group", seed=4)  # noqa: E731
+    a, b = make().plan(9, [(1, 0.5), (2, 0.5)], sizes), make().plan(9, [(2, 0.5), (1, 0.5)], sizes)
+    assert all(a.participants[n].to_compact() == b.participants[n].to_compact() for n in (1, 2))
+    compact = a.participants[1].to_compact()
+    assert compact["windows"]["a"][3] == 4  # core = 0.5 · 8
+    bad = json.loads(json.dumps(compact))
+    bad["windows"]["a"][3] = 9  # a core longer than the window
+    with pytest.raises(ValueError, match="plan window for group 'a'.*core=9"):
+        ParticipantPlan.from_compact(bad, sizes)
+
+
+@settings(max_examples=15, deadline=None)
+@given(k_a=st.integers(4, 24), k_b=st.integers(4, 24), num=st.integers(2, 6), r=st.sampled_from([0.5, 0.25]))
+def test_core_form_co_trains_every_pair_of_units_over_enough_rounds(k_a, k_b, num, r):
+    planner = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.5), overlap_form="core", window_offsets="per-group", seed=2)
+    seen = np.zeros((k_a, k_b), dtype=bool)
+    for t in range(1, 3001):
+        for p in planner.plan(t, [(i, r) for i in range(num)], {"a": k_a, "b": k_b}).participants.values():
+            seen[np.ix_(p.indices("a"), p.indices("b"))] = True
+        if seen.all():
+            break
+    assert seen.all(), f"{int((~seen).sum())} of {seen.size} pairs never co-trained"
+
+
+def test_silenced_full_model_computes_what_its_width_r_core_does():
+    fam = get_family("cifar-cnn", 10, 16)
+    torch.manual_seed(0)
+    model = fam.build().eval()
+    slicer = Slicer(fam.split_map)
+    sizes = group_sizes(model_shapes(model), fam.split_map)
+    core = {g: window_length(0.25, k) for g, k in sizes.items()}
+    state = silence_non_core_inputs(model.state_dict(), slicer, sizes, core)
+    full = fam.build().eval()
+    full.load_state_dict(state)
+    from msfusion_core.submodel import build_submodel
+
+    small = build_submodel(fam.build, slicer.extract(state, {g: np.arange(c) for g, c in core.items()})).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), small(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(model(x), small(x), atol=1e-3)  # without silencing the extra units speak
+
+
+def test_plateau_rule_on_synthetic_validation_losses():
+    sched = OverlapSchedule("plateau", start=1.0, patience=30, step=0.25, min_improvement=0.01)
+    assert sched.overlap(1) == 1.0
+    for t in range(10, 101, 10):  # improving 5 % every 10 rounds: no change
+        sched.observe_validation(t, 2.0 * 0.95 ** (t / 10))
+    assert sched.current == 1.0
+    flat = 2.0 * 0.95**10
+    for t in range(110, 141, 10):  # flat within 1 %: lowered once 30 rounds have passed without a gain
+        sched.observe_validation(t, flat * (1 - 0.005 * (t % 20 == 0)))
+    assert sched.current == 0.75 and sched.best_round == 130
+    for t in range(140, 500, 10):  # flat for ever: down by a step every 30 rounds, to the floor
+        sched.observe_validation(t, flat)
+    assert sched.current == 0.0
+    sched.observe_validation(510, float("nan"))  # a NaN loss is ignored
+    assert sched.current == 0.0
+    adaptive = OverlapSchedule("adaptive", start=0.5)
+    adaptive.observe_validation(10, 1.0)
+    assert adaptive.current == 0.5  # only the plateau rule listens to validation
+    restored = OverlapSchedule("plateau", start=1.0)
+    restored.load_state_dict(sched.state_dict())
+    assert (restored.current, restored.best_loss, restored.best_round) == (sched.current, sched.best_loss, sched.best_round)
+
+
+def test_the_plateau_rule_needs_a_validation_split():
+    with pytest.raises(ValueError, match="plateau.*validation-examples > 0"):
+        Settings.from_mapping({"overlap-schedule": "plateau", "overlap-start": 1.0})
+    with pytest.raises(ValueError, match="overlap-form must be one of spread, core"):
+        Settings.from_mapping({"overlap-form": "ring"})
+
+
+def test_held_out_rows_are_in_no_partition_and_are_the_servers_validation_split():
+    held = holdout_rows(1797, 200, seed=5)
+    assert held.size == 200 and np.unique(held).size == 200
+    x_all = torch.cat([load_partition("digits", None, "iid", 4, p, seed=5).x for p in range(4)])
+    x_kept = torch.cat([load_partition("digits", None, "iid", 4, p, seed=5, holdout=200).x for p in range(4)])
+    val = load_holdout("digits", None, 200, seed=5)
+    assert x_kept.shape[0] == x_all.shape[0] - 200 and val.x.shape[0] == 200
+    # No validation image is among the images the nodes train on.
+    kept = {tuple(row.tolist()) for row in x_kept.reshape(x_kept.shape[0], -1)}
+    assert not any(tuple(row.tolist()) in kept for row in val.x.reshape(200, -1))
+
+
+def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatch):
+    """For the same seed the core form at o = 1 is `small`: the full model's test curve is small's,
+    up to float noise. Without the silenced non-core units it is not."""
+    base = {"num-server-rounds": 3, "split-ratio-tiers": "0.5", "contrastive-mu": 0.0, "local-examples": 48, "output-dir": str(tmp_path), "seed": 3}
+    arms = {
+        "small": {"planner": "small"},
+        "core": {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 1.0},
+    }
+
+    def central_loss(name: str, cfg: dict) -> list[float]:
+        run_local(base | cfg | {"run-name": name}, 3, num_threads=1)
+        return [json.loads(line)["central-loss"] for line in open(tmp_path / name / "metrics.jsonl")]
+
+    loss = {name: central_loss(name, cfg) for name, cfg in arms.items()}
+    monkeypatch.setattr("msfusion_core.server.silence_non_core_inputs", lambda state, *_: dict(state))
+    loss["unsilenced"] = central_loss("unsilenced", arms["core"])
+    np.testing.assert_allclose(loss["core"], loss["small"], rtol=1e-5)
+    assert loss["core"][1:] != pytest.approx(loss["unsilenced"][1:], rel=1e-3)
+
+
+def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path):
+    cfg = {
+        "num-server-rounds": 6,
+        "planner": "msfusion",
+        "overlap-form": "core",
+        "overlap-schedule": "plateau",
+        "overlap-start": 1.0,
+        "overlap-patience": 1,
+        "overlap-min-improvement": 0.99,  # nothing counts as a gain: lowered after every validation
+        "overlap-step": 0.5,
+        "validation-examples": 300,
+        "local-examples": 32,
+        "output-dir": str(tmp_path),
+        "run-name": "plateau",
+    }
+    run_local(cfg, 2, num_threads=1)
+    rows = [json.loads(line) for line in open(tmp_path / "plateau" / "metrics.jsonl")]
+    assert all("validation-loss" in r for r in rows)
+    # Validated after round 0 (the best so far) and after each round, every time without a gain.
+    assert [r["overlap"] for r in rows[1:]] == [1.0, 0.5, 0.0, 0.0, 0.0, 0.0]
