@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from msfusion_core.aggregate import Contribution, scatter_average
-from msfusion_core.measure import count_flops, num_bytes, num_parameters
+from msfusion_core.method.aggregate import Contribution, scatter_average
+from msfusion_core.local.measure import count_flops, num_bytes, num_parameters
 from msfusion_core.models import get_family
-from msfusion_core.planner import make_planner
-from msfusion_core.robust import clip_updates, robust_average
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes, model_state
-from msfusion_core.submodel import build_submodel
-from msfusion_core.training import logits_of, token_loss
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.robust import clip_updates, robust_average
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import group_sizes, model_shapes, model_state
+from msfusion_core.method.submodel import build_submodel
+from msfusion_core.local.training import logits_of, token_loss
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
 WIKITEXT2_VOCAB = 33_278  # the word-level vocabulary of WikiText-2's training split

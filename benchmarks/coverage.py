@@ -15,12 +15,12 @@ import json
 import torch
 
 from benchmarks.flower_procs import REPO
-from msfusion_core.coverage import TrainCounts
+from msfusion_core.method.coverage import TrainCounts
 from msfusion_core.models import get_family
-from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import make_planner
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes
+from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import group_sizes, model_shapes
 
 SETTINGS = ((0.5, 10), (0.25, 8), (0.125, 16))  # (r, P)
 PLANNERS = {

@@ -30,11 +30,11 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_partition, load_test
-from msfusion_core.participant import Participant, PreviousSubmodel
-from msfusion_core.planner import ParticipantPlan, check_capacity
-from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
+from msfusion_core.local.participant import Participant, PreviousSubmodel
+from msfusion_core.method.planner import ParticipantPlan, check_capacity
+from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 
 ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
 PREV_STATE_KEY, PREV_UNITS_KEY = "msfusion-prev-state", "msfusion-prev-units"

@@ -4,9 +4,9 @@ Nothing here imports Flower; ``server_app`` and ``client_app`` adapt these objec
 message API.
 """
 
-from msfusion_core.aggregate import AggregateResult, Contribution, scatter_average
-from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import (
+from msfusion_core.method.aggregate import AggregateResult, Contribution, scatter_average
+from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.planner import (
     PLANNER_NAMES,
     DoubleShiftPlanner,
     FixedRulePlanner,
@@ -17,9 +17,9 @@ from msfusion_core.planner import (
     make_planner,
     plan_double_shift,
 )
-from msfusion_core.slicing import Slicer, map_previous
-from msfusion_core.split_map import SplitMap, group_sizes, layer_split_map
-from msfusion_core.submodel import attach_width_scaler, build_submodel
+from msfusion_core.method.slicing import Slicer, map_previous
+from msfusion_core.method.split_map import SplitMap, group_sizes, layer_split_map
+from msfusion_core.method.submodel import attach_width_scaler, build_submodel
 
 __all__ = [
     "PLANNER_NAMES",

@@ -1,5 +1,5 @@
 """The MSfusion ServerApp: build the strategy from the run config, evaluate the global model
-centrally every round, and write the run directory (msfusion_core.runlog)."""
+centrally every round, and write the run directory (msfusion_app.runlog)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_holdout, load_partition, load_test
-from msfusion_core.runlog import RunLog, latest_checkpoint
-from msfusion_core.training import calibrate_batchnorm, evaluate
+from msfusion_app.runlog import RunLog, latest_checkpoint
+from msfusion_core.local.training import calibrate_batchnorm, evaluate
 from server_app.strategy import MSfusion
 
 app = ServerApp()

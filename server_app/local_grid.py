@@ -82,7 +82,7 @@ def run_local(run_config: Mapping[str, Any], num_nodes: int, num_threads: int | 
     """
     import torch
 
-    from msfusion_core.config import Settings
+    from msfusion_app.settings import Settings
     from server_app.app import run
 
     settings = Settings.from_mapping(run_config)

@@ -32,11 +32,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from msfusion_core.coverage import TrainCounts
-from msfusion_core.measure import num_bytes
-from msfusion_core.planner import Planner, RoundPlan, check_capacity, make_planner
-from msfusion_core.server import Reply, ReplyError, SubmodelServer
-from msfusion_core.split_map import SplitMap
+from msfusion_core.method.coverage import TrainCounts
+from msfusion_core.local.measure import num_bytes
+from msfusion_core.method.planner import Planner, RoundPlan, check_capacity, make_planner
+from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
+from msfusion_core.method.split_map import SplitMap
 
 ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
 
@@ -68,7 +68,7 @@ class MSfusion(Strategy):
     Parameters
     ----------
     build : callable returning the full-width ``nn.Module`` (re-run on the meta device for sub-models).
-    split_map : the model's split map (``msfusion_core.split_map``).
+    split_map : the model's split map (``msfusion_core.method.split_map``).
     planner : a planner name (msfusion, fedrolex, heterofl, fd, full, small) or a ``Planner``.
     fraction_train : fraction of known nodes sampled per round (at least ``min_train_nodes``).
     fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
@@ -77,7 +77,7 @@ class MSfusion(Strategy):
     small_capacity : width of the global model for the ``small`` planner, and of the core the
         ``core`` overlap form starts from (the smallest capacity tier).
     aggregation_weight : ``examples`` or ``uniform``.
-    robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.robust``): ``none``,
+    robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.method.robust``): ``none``,
         ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
     seed : seeds initialisation, node sampling and random planners; sent to nodes as ``run-seed``.
     local_keys : frozen tensors every node builds itself (pretrained embeddings): never sent.

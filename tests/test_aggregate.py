@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from msfusion_core.aggregate import Contribution, scatter_average
+from msfusion_core.method.aggregate import Contribution, scatter_average
 from msfusion_core.models import get_family
-from msfusion_core.planner import make_planner
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import group_sizes, model_shapes
 
 TINY_SPLIT = {
     "0.weight": (("h", 2), None),  # 3 units of 2 rows each

@@ -2,7 +2,7 @@
 
 import torch
 
-from msfusion_core.contrastive import contrastive_loss
+from msfusion_core.method.contrastive import contrastive_loss
 
 
 def test_finite_and_first_round_without_negative():

@@ -1,4 +1,4 @@
-"""Cumulative weight coverage (`msfusion_core.coverage`) on plans small enough to count by hand."""
+"""Cumulative weight coverage (`msfusion_core.method.coverage`) on plans small enough to count by hand."""
 
 import math
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from torch import nn
 
-from msfusion_core.coverage import TrainCounts
-from msfusion_core.planner import ParticipantPlan, Window
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import layer_split_map
+from msfusion_core.method.coverage import TrainCounts
+from msfusion_core.method.planner import ParticipantPlan, Window
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import layer_split_map
 
 
 class TwoLayer(nn.Module):

@@ -1,4 +1,4 @@
-"""Tests for msfusion_core.data and msfusion_core.augment (offline only: nothing is downloaded)."""
+"""Tests for msfusion_core.data and msfusion_core.local.augment (offline only: nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msfusion_core import augment, data
+from msfusion_core import data
+from msfusion_core.local import augment
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HAVE_CIFAR = (SHARED_DATA / "cifar10" / "train.parquet").is_file() and (

@@ -9,12 +9,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from client_app.app import NodeSetup, make_client_app, node_capacity, setup_from_run_config
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 from msfusion_core.data import load_partition
-from msfusion_core.measure import num_bytes
+from msfusion_core.local.measure import num_bytes
 from msfusion_core.models import get_family
-from msfusion_core.participant import Participant
-from msfusion_core.training import TrainConfig
+from msfusion_core.local.participant import Participant
+from msfusion_core.local.training import TrainConfig
 from server_app.app import make_strategy, run
 from server_app.local_grid import LocalGrid, simulated_node_configs
 from server_app.strategy import MSfusion

@@ -4,13 +4,13 @@ matches CPU training to float rounding. Skipped where torch sees no CUDA device.
 import pytest
 import torch
 
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 from msfusion_core.data import load_partition
 from msfusion_core.models import get_family
-from msfusion_core.participant import Participant
-from msfusion_core.planner import make_planner
-from msfusion_core.server import SubmodelServer
-from msfusion_core.training import TrainConfig
+from msfusion_core.local.participant import Participant
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.server import SubmodelServer
+from msfusion_core.local.training import TrainConfig
 
 
 def test_cuda_is_refused_by_name_where_there_is_none():

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_app.local_grid import LocalGrid
 
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 from server_app.app import make_strategy
 
 RUN_CONFIG = {"local-examples": 32}

@@ -9,14 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 from msfusion_core.data import holdout_rows, load_holdout, load_partition
-from msfusion_core.growth import silence_non_core_inputs
+from msfusion_core.method.growth import silence_non_core_inputs
 from msfusion_core.models import get_family
-from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes
+from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import group_sizes, model_shapes
 from server_app.local_grid import run_local
 
 
@@ -95,7 +95,7 @@ def test_silenced_full_model_computes_what_its_width_r_core_does():
     state = silence_non_core_inputs(model.state_dict(), slicer, sizes, core)
     full = fam.build().eval()
     full.load_state_dict(state)
-    from msfusion_core.submodel import build_submodel
+    from msfusion_core.method.submodel import build_submodel
 
     small = build_submodel(fam.build, slicer.extract(state, {g: np.arange(c) for g, c in core.items()})).eval()
     x = torch.randn(5, 3, 32, 32)
@@ -160,7 +160,7 @@ def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatc
         return [json.loads(line)["central-loss"] for line in open(tmp_path / name / "metrics.jsonl")]
 
     loss = {name: central_loss(name, cfg) for name, cfg in arms.items()}
-    monkeypatch.setattr("msfusion_core.server.silence_non_core_inputs", lambda state, *_: dict(state))
+    monkeypatch.setattr("msfusion_core.method.server.silence_non_core_inputs", lambda state, *_: dict(state))
     loss["unsilenced"] = central_loss("unsilenced", arms["core"])
     np.testing.assert_allclose(loss["core"], loss["small"], rtol=1e-5)
     assert loss["core"][1:] != pytest.approx(loss["unsilenced"][1:], rel=1e-3)

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import (
+from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.planner import (
     ParticipantPlan,
     Window,
     make_planner,

@@ -83,7 +83,7 @@ def test_sigkill_after_round_two_then_resume_is_bit_identical(tmp_path):
 def test_resume_refuses_a_changed_config(tmp_path):
     from server_app.local_grid import LocalGrid
 
-    from msfusion_core.config import Settings
+    from msfusion_app.settings import Settings
     from server_app.app import make_strategy, resume, run
 
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
@@ -106,7 +106,7 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
 
 def test_a_new_run_never_appends_to_an_existing_run_directory(tmp_path):
-    from msfusion_core.runlog import RunLog
+    from msfusion_app.runlog import RunLog
 
     RunLog(tmp_path / "r", {}).append({"round": 0})
     with pytest.raises(ValueError, match="already holds a run"):
@@ -116,7 +116,7 @@ def test_a_new_run_never_appends_to_an_existing_run_directory(tmp_path):
 def test_two_writers_never_share_a_run_directory(tmp_path):
     """A second ServerApp on the same run dir (e.g. a SuperLink re-launching a stale run beside a
     new one) is refused, whether it starts fresh or resumes; the lock dies with its holder."""
-    from msfusion_core.runlog import RunLog
+    from msfusion_app.runlog import RunLog
 
     writer = RunLog(tmp_path / "r", {})
     with pytest.raises(RuntimeError, match=rf"being written by another process \(pid {os.getpid()}\)"):
@@ -132,7 +132,7 @@ def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
     """A run killed after its initial evaluation resumes at Flower round 0, whose row is logged."""
     from server_app.local_grid import LocalGrid
 
-    from msfusion_core.config import Settings
+    from msfusion_app.settings import Settings
     from server_app.app import run
 
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
@@ -150,8 +150,8 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, capl
     the one before it instead of failing with 'invalid header length'."""
     from server_app.local_grid import LocalGrid
 
-    from msfusion_core.config import Settings
-    from msfusion_core.runlog import latest_checkpoint
+    from msfusion_app.settings import Settings
+    from msfusion_app.runlog import latest_checkpoint
     from server_app.app import run
 
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
@@ -171,7 +171,7 @@ def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
     from server_app.local_grid import LocalGrid
 
     from client_app.app import make_client_app
-    from msfusion_core.config import Settings
+    from msfusion_app.settings import Settings
     from server_app.app import run
 
     def no_node(context):

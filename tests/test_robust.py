@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from msfusion_core.aggregate import Contribution, scatter_average
+from msfusion_core.method.aggregate import Contribution, scatter_average
 from msfusion_core.models import get_family
-from msfusion_core.planner import make_planner
-from msfusion_core.robust import clip_updates, robust_average
-from msfusion_core.server import Reply, SubmodelServer
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.robust import clip_updates, robust_average
+from msfusion_core.method.server import Reply, SubmodelServer
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import group_sizes, model_shapes
 
 
 def honest_round(num=8, r=0.5, planner="msfusion", seed=0):

@@ -5,11 +5,11 @@ import torch
 
 from msfusion_core.data import load_partition, load_test
 from msfusion_core.models import get_family
-from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.participant import Participant
-from msfusion_core.planner import make_planner
-from msfusion_core.server import Reply, ReplyError, SubmodelServer
-from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
+from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.local.participant import Participant
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
+from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 
 
 def run_rounds(planner_name, rounds=3, capacities=(1.0, 0.5, 0.5, 0.25), mu=1.0, scaler=False):

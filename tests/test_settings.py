@@ -3,7 +3,7 @@
 import tomllib
 from pathlib import Path
 
-from msfusion_core.config import Settings
+from msfusion_app.settings import Settings
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

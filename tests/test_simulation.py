@@ -16,8 +16,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 import client_app.app as client
-from msfusion_core.config import Settings
-from msfusion_core.participant import Participant
+from msfusion_app.settings import Settings
+from msfusion_core.local.participant import Participant
 from server_app.app import run
 from server_app.strategy import MSfusion
 

@@ -9,8 +9,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from server_app.local_grid import LocalGrid
 
-from msfusion_core.config import Settings
-from msfusion_core.planner import ParticipantPlan
+from msfusion_app.settings import Settings
+from msfusion_core.method.planner import ParticipantPlan
 from server_app.app import make_strategy, run
 
 CAPACITIES = {11: 1.0, 22: 0.5, 33: 0.5, 44: 0.25}

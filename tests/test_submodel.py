@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from msfusion_core.measure import count_flops, num_parameters
+from msfusion_core.local.measure import count_flops, num_parameters
 from msfusion_core.models import get_family
-from msfusion_core.planner import make_planner
-from msfusion_core.slicing import Slicer, flat_positions, map_previous
-from msfusion_core.split_map import group_sizes, layer_split_map, model_shapes
-from msfusion_core.submodel import attach_width_scaler, build_submodel
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.slicing import Slicer, flat_positions, map_previous
+from msfusion_core.method.split_map import group_sizes, layer_split_map, model_shapes
+from msfusion_core.method.submodel import attach_width_scaler, build_submodel
 
 
 def submodel_at(family, r, planner="msfusion", t=3, width=None):

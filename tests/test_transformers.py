@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from msfusion_core.data import TensorData
-from msfusion_core.measure import count_flops, num_parameters
+from msfusion_core.local.measure import count_flops, num_parameters
 from msfusion_core.models import get_family
 from msfusion_core.models.llama import (
     LlamaSize,
@@ -16,13 +16,13 @@ from msfusion_core.models.llama import (
     llama_split_map,
     num_heads,
 )
-from msfusion_core.participant import Participant
-from msfusion_core.planner import make_planner
-from msfusion_core.server import Reply, SubmodelServer
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import group_sizes, model_shapes, model_state
-from msfusion_core.submodel import build_submodel
-from msfusion_core.text import (
+from msfusion_core.local.participant import Participant
+from msfusion_core.method.planner import make_planner
+from msfusion_core.method.server import Reply, SubmodelServer
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import group_sizes, model_shapes, model_state
+from msfusion_core.method.submodel import build_submodel
+from msfusion_core.data.text import (
     article_ids,
     build_vocab,
     lm_sequences,
@@ -30,7 +30,7 @@ from msfusion_core.text import (
     wikitext_partition,
     wikitext_split,
 )
-from msfusion_core.training import TrainConfig, evaluate
+from msfusion_core.local.training import TrainConfig, evaluate
 
 TINY = LlamaSize(hidden=64, layers=2, head_dim=16, ffn_multiple=2, max_positions=64)  # 4 heads, 128 FFN units
 VOCAB = 50
@@ -208,7 +208,7 @@ def test_presets_are_valid_settings(preset):
     import tomllib
     from pathlib import Path
 
-    from msfusion_core.config import Settings
+    from msfusion_app.settings import Settings
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{preset}.toml"
     settings = Settings.from_mapping(tomllib.loads(path.read_text()))

@@ -10,7 +10,7 @@ from torch import nn
 
 from msfusion_core.models.cnn import CifarCNN, DigitsCNN, cifar_cnn_split_map, digits_cnn_split_map
 from msfusion_core.models.resnet import ResNet18, resnet18_split_map
-from msfusion_core.split_map import SplitMap, model_state
+from msfusion_core.method.split_map import SplitMap, model_state
 
 
 @dataclass(frozen=True)

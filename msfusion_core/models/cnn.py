@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msfusion_core.split_map import layer_split_map
+from msfusion_core.method.split_map import layer_split_map
 
 
 def add_conv_stack(model: nn.Module, in_channels: int, w: int) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from msfusion_core.split_map import Binding
+from msfusion_core.method.split_map import Binding
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
-from msfusion_core.split_map import Binding
+from msfusion_core.method.split_map import Binding
 
 PAD_TOKEN_ID = 0
 LOCAL_PREFIX = "bert.embeddings."

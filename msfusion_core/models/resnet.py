@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msfusion_core.split_map import layer_split_map
+from msfusion_core.method.split_map import layer_split_map
 
 STAGES = (1, 2, 3, 4)
 BLOCKS_PER_STAGE = 2

@@ -19,8 +19,8 @@ from torch import nn
 
 from client_app.app import NodeSetup, make_client_app, node_capacity
 from msfusion_core.data import TensorData
-from msfusion_core.participant import Participant
-from msfusion_core.training import TrainConfig, calibrate_batchnorm, evaluate
+from msfusion_core.local.participant import Participant
+from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 from server_app.strategy import MSfusion
 
 

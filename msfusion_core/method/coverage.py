@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from msfusion_core.planner import ParticipantPlan
-from msfusion_core.slicing import Slicer
+from msfusion_core.method.planner import ParticipantPlan
+from msfusion_core.method.slicing import Slicer
 
 COUNT_PREFIX = "train-count/"  # checkpoint key prefix: counts travel with θ so a resumed run keeps them
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from msfusion_core.data import DATASETS
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
-from msfusion_core.overlap import OverlapSchedule
-from msfusion_core.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
-from msfusion_core.robust import ROBUST_MODES
-from msfusion_core.training import OPTIMIZERS, TrainConfig
+from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
+from msfusion_core.method.robust import ROBUST_MODES
+from msfusion_core.local.training import OPTIMIZERS, TrainConfig
 
 
 # Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from msfusion_core.aggregate import AggregateResult, Contribution
-from msfusion_core.growth import silence_non_core_inputs
-from msfusion_core.measure import num_bytes
-from msfusion_core.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
-from msfusion_core.robust import ROBUST_MODES, clip_updates, robust_average
-from msfusion_core.slicing import Slicer
-from msfusion_core.split_map import SplitMap, group_sizes, model_shapes, model_state
-from msfusion_core.submodel import build_submodel
+from msfusion_core.method.aggregate import AggregateResult, Contribution
+from msfusion_core.method.growth import silence_non_core_inputs
+from msfusion_core.local.measure import num_bytes
+from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
+from msfusion_core.method.robust import ROBUST_MODES, clip_updates, robust_average
+from msfusion_core.method.slicing import Slicer
+from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
+from msfusion_core.method.submodel import build_submodel
 
 AGGREGATION_WEIGHTS = ("examples", "uniform")
 # No sane training step produces parameters this large; one such reply would swamp the average.

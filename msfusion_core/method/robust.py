@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from msfusion_core.aggregate import AggregateResult, Contribution, scatter_average
-from msfusion_core.slicing import Slicer, take
+from msfusion_core.method.aggregate import AggregateResult, Contribution, scatter_average
+from msfusion_core.method.slicing import Slicer, take
 
 ROBUST_MODES = ("none", "trimmed-mean", "median")
 

@@ -22,7 +22,7 @@ window over the K − c units after the core, evenly spaced across participants 
     I = {0, …, c − 1} ∪ {c + (s + j) mod (K − c) : j < m − c}
 
 o = 1 is the width-r ``small`` model embedded in the full one (with the non-core units silenced at
-initialisation: msfusion_core.growth); o = 0 is pure double shifting.
+initialisation: msfusion_core.method.growth); o = 0 is pure double shifting.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from msfusion_core.overlap import OverlapSchedule
+from msfusion_core.method.overlap import OverlapSchedule
 
 PLANNER_NAMES = ("msfusion", "fedrolex", "heterofl", "fd", "full", "small")
 

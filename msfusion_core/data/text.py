@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from flwr_datasets.partitioner import GroupedNaturalIdPartitioner, IidPartitioner
 
-from msfusion_core.data import TensorData, make_partitioner
+from msfusion_core.data.base import TensorData, make_partitioner
+
+TEXT_DATASETS: tuple[str, ...] = ("wikitext2", "sst2")
 
 EOS, UNK = "<eos>", "<unk>"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from msfusion_core.slicing import Slicer, UnitIndices, take
+from msfusion_core.method.slicing import Slicer, UnitIndices, take
 
 
 @dataclass(frozen=True)

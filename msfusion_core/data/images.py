@@ -1,6 +1,4 @@
-"""Offline data sets, federated partitions and tensor decoding.
-
-Two data sets are supported:
+"""Image data sets: scikit-learn's digits and CIFAR-10, decoded to tensors, partitioned by row.
 
 * ``"digits"``: scikit-learn's 8x8 handwritten digits (ships inside the scikit-learn wheel, so it
   never needs the network). Turned into a Hugging Face ``DatasetDict`` with a fixed stratified
@@ -8,70 +6,30 @@ Two data sets are supported:
 * ``"cifar10"``: CIFAR-10 with the Hub schema of ``uoft-cs/cifar10`` (``img`` Image, ``label``
   ClassLabel), read from local Parquet files when ``data_path`` is given.
 
-Partitions come from flwr-datasets partitioners (``IidPartitioner`` / ``DirichletPartitioner``)
-applied to the train split. Decoded whole-split tensors and partition index lists are cached per
-process, so a simulation that builds many clients in one process decodes each split once.
+Decoded whole-split tensors and partition index lists are cached per process, so a simulation that
+builds many clients in one process decodes each split once.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import threading
 from functools import cache
 from pathlib import Path
-from typing import NamedTuple
 
 import datasets
 import numpy as np
 import torch
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
-__all__ = [
-    "DATASETS",
-    "PARTITIONERS",
-    "TensorData",
-    "label_names",
-    "load_dataset_dict",
-    "load_partition",
-    "load_holdout",
-    "holdout_rows",
-    "load_test",
-    "make_partitioner",
-    "num_classes",
-]
+from msfusion_core.data.base import TensorData, make_partitioner
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "wikitext2", "sst2")
-TEXT_DATASETS: tuple[str, ...] = ("wikitext2", "sst2")  # msfusion_core.text
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet")
-
+IMAGE_DATASETS: tuple[str, ...] = ("digits", "cifar10")
 _CIFAR10_HUB_ID = "uoft-cs/cifar10"
 _IMAGE_COLUMN = {"digits": "image", "cifar10": "img"}
-_NUM_CLASSES = {"digits": 10, "cifar10": 10}
+NUM_CLASSES = {"digits": 10, "cifar10": 10}
 _DIGITS_TEST_SIZE = 0.2
 _DIGITS_SPLIT_SEED = 0
 _INDEX_COLUMN = "_row"
-
-
-class TensorData(NamedTuple):
-    """A split (or partition) as tensors.
-
-    ``x``: digits float32 ``[N, 1, 8, 8]`` in [0, 1] (pixel / 16); cifar10 uint8 ``[N, 3, 32, 32]``.
-    ``y``: int64 ``[N]``.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-# --------------------------------------------------------------------------------------------
-# argument checks and path handling
-# --------------------------------------------------------------------------------------------
-
-
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
 
 def _cifar_files(data_path: str | Path) -> dict[str, str]:
@@ -97,11 +55,6 @@ def _data_key(name: str, data_path: str | Path | None) -> str | None:
     if name == "digits" or data_path is None:
         return None
     return str(Path(_cifar_files(data_path)["train"]).parent)
-
-
-# --------------------------------------------------------------------------------------------
-# DatasetDicts
-# --------------------------------------------------------------------------------------------
 
 
 def _digits_dataset_dict() -> datasets.DatasetDict:
@@ -152,29 +105,7 @@ def load_dataset_dict(name: str, data_path: str | None = None) -> datasets.Datas
     ``train.parquet``/``test.parquet`` (or its parent holding ``cifar10/``); without it the Hub id
     ``uoft-cs/cifar10`` is used. The result is cached per process: do not mutate it.
     """
-    _check_name(name)
     return _cached_dataset_dict(name, _data_key(name, data_path))
-
-
-def num_classes(name: str, data_path: str | None = None) -> int:
-    """Number of classes of ``name``; for ``wikitext2`` the vocabulary size (reads the train split)."""
-    _check_name(name)
-    if name == "wikitext2":
-        from msfusion_core.text import wikitext_vocab
-
-        return len(wikitext_vocab(data_path))
-    return 2 if name == "sst2" else _NUM_CLASSES[name]
-
-
-def label_names(name: str, data_path: str | None = None) -> list[str]:
-    """Class names in label order, from the train split's ``ClassLabel`` feature."""
-    feature = load_dataset_dict(name, data_path)["train"].features["label"]
-    return list(feature.names)
-
-
-# --------------------------------------------------------------------------------------------
-# decoding to tensors
-# --------------------------------------------------------------------------------------------
 
 
 def _decode_png_bytes(blobs: list[bytes], height: int = 32, width: int = 32) -> np.ndarray:
@@ -246,79 +177,6 @@ def _split_tensors(name: str, data_path: str | None, split: str, limit: int | No
         return _TENSORS[cache_key]
 
 
-# --------------------------------------------------------------------------------------------
-# partitioners
-# --------------------------------------------------------------------------------------------
-
-
-class _SeededIidPartitioner(IidPartitioner):
-    """IID partitions of a seeded random permutation of the rows.
-
-    flwr-datasets' ``IidPartitioner`` takes contiguous shards, which is only IID if the rows are
-    already shuffled, and it ignores any seed. Shard sizes match it (``np.array_split``).
-    """
-
-    def __init__(self, num_partitions: int, seed: int) -> None:
-        super().__init__(num_partitions=num_partitions)
-        self._seed = seed
-        self._shards: list[np.ndarray] | None = None
-
-    def load_partition(self, partition_id: int) -> datasets.Dataset:
-        n = self.dataset.num_rows
-        if self.num_partitions > n:
-            raise ValueError(
-                f"num_partitions ({self.num_partitions}) exceeds the number of rows ({n})"
-            )
-        if not 0 <= partition_id < self.num_partitions:
-            raise ValueError(
-                f"partition_id {partition_id} out of range [0, {self.num_partitions})"
-            )
-        if self._shards is None:
-            perm = np.random.default_rng(self._seed).permutation(n)
-            self._shards = [np.sort(s) for s in np.array_split(perm, self.num_partitions)]
-        return self.dataset.select(self._shards[partition_id])
-
-
-def make_partitioner(
-    kind: str,
-    num_partitions: int,
-    alpha: float = 0.5,
-    seed: int = 42,
-    *,
-    min_partition_size: int = 10,
-    self_balancing: bool = False,
-) -> Partitioner:
-    """A fresh flwr-datasets partitioner (assign ``.dataset`` before ``load_partition``).
-
-    ``"iid"``: an ``IidPartitioner`` over a ``seed``-shuffled row order. ``"dirichlet"``: label skew
-    with ``DirichletPartitioner(partition_by="label", alpha=alpha, seed=seed, ...)``; smaller
-    ``alpha`` means more skew. ``min_partition_size`` and ``self_balancing`` keep flwr-datasets'
-    defaults (it resamples up to 10 times if a partition would be smaller than the minimum).
-    """
-    if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)):
-        raise TypeError(f"num_partitions must be an int, got {num_partitions!r}")
-    if num_partitions < 1:
-        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
-    # Checked for every kind (iid ignores alpha) so a bad config fails the same way everywhere.
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if kind == "iid":
-        return _SeededIidPartitioner(num_partitions=int(num_partitions), seed=seed)
-    if kind == "dirichlet":
-        if min_partition_size < 0:
-            raise ValueError(f"min_partition_size must be >= 0, got {min_partition_size}")
-        return DirichletPartitioner(
-            num_partitions=int(num_partitions),
-            partition_by="label",
-            alpha=float(alpha),
-            min_partition_size=min_partition_size,
-            self_balancing=self_balancing,
-            shuffle=True,
-            seed=seed,
-        )
-    raise ValueError(f"unknown partitioner {kind!r}; known partitioners: {', '.join(PARTITIONERS)}")
-
-
 _PARTITIONS: dict[tuple[object, ...], tuple[np.ndarray, ...]] = {}
 
 
@@ -359,37 +217,19 @@ def _partition_indices(
         return out
 
 
-def load_partition(
-    name: str,
-    data_path: str | None,
-    partitioner: str,
-    num_partitions: int,
-    partition_id: int,
-    alpha: float = 0.5,
-    seed: int = 42,
-    seq_len: int = 64,
-    holdout: int = 0,
+def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
+    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted.
+
+    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
+    if not 0 <= count < num_rows:
+        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
+    return np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
+
+
+def image_partition(
+    name: str, data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, alpha: float, seed: int, holdout: int
 ) -> TensorData:
-    """Partition ``partition_id`` of the train split of ``name``, as tensors (fresh copies), less
-    the ``holdout`` rows the server validates on (``holdout_rows``).
-
-    The first call in a process decodes the whole train split (CIFAR-10: ~5 s on one core);
-    later calls with any partitioning only index the cached tensors. ``seq_len``: tokens per
-    sequence of the text data sets.
-    """
-    _check_name(name)
-    if isinstance(partition_id, bool) or not isinstance(partition_id, (int, np.integer)):
-        raise TypeError(f"partition_id must be an int, got {partition_id!r}")
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
-    if name in TEXT_DATASETS:
-        from msfusion_core import text
-
-        if name == "wikitext2":
-            data = text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len)
-        else:
-            data = text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
-        return TensorData(data.x.clone(), data.y.clone())
+    """Rows of partition ``partition_id`` of the train split, less the server's ``holdout`` rows."""
     make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)  # validate early
     try:
         indices = _partition_indices(name, data_path, partitioner, num_partitions, alpha, seed)
@@ -410,42 +250,12 @@ def load_partition(
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 
-def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
-    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted.
-
-    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
-    if not 0 <= count < num_rows:
-        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
-    return np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
-
-
-def load_holdout(name: str, data_path: str | None, count: int, seed: int) -> TensorData:
-    """The server's held-out validation rows of the train split (no node trains on them)."""
-    _check_name(name)
-    if name in TEXT_DATASETS:
-        raise ValueError(f"a held-out validation split of the train rows is not supported for {name!r}")
+def image_holdout(name: str, data_path: str | None, count: int, seed: int) -> TensorData:
     full = _split_tensors(name, data_path, "train")
     idx = torch.from_numpy(holdout_rows(int(full.y.shape[0]), count, seed))
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 
-def load_test(
-    name: str, data_path: str | None = None, limit: int | None = None, *, split: str | None = None, seq_len: int = 64
-) -> TensorData:
-    """The evaluation split as tensors (fresh copies), its first ``limit`` rows if given.
-
-    ``split`` defaults to ``test``, except SST-2's ``validation`` (GLUE reports validation accuracy).
-    """
-    _check_name(name)
-    if limit is not None and (isinstance(limit, bool) or limit < 0):
-        raise ValueError(f"limit must be None or >= 0, got {limit!r}")
-    if name in TEXT_DATASETS:
-        from msfusion_core import text
-
-        split = split or ("validation" if name == "sst2" else "test")
-        data = text.wikitext_split(data_path, split, seq_len) if name == "wikitext2" else text.sst2_tensors(data_path, split, seq_len)
-        return TensorData(data.x[:limit].clone(), data.y[:limit].clone())
-    if split not in (None, "test"):
-        raise ValueError(f"{name} has only a test split for evaluation, not {split!r}")
+def image_test(name: str, data_path: str | None, limit: int | None) -> TensorData:
     data = _split_tensors(name, data_path, "test", limit)
     return TensorData(data.x.clone(), data.y.clone())

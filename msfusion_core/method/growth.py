@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
-from msfusion_core.slicing import Slicer, element_indices
+from msfusion_core.method.slicing import Slicer, element_indices
 
 
 def silence_non_core_inputs(

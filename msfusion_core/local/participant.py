@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from msfusion_core.data import TensorData
-from msfusion_core.planner import ParticipantPlan, Window
-from msfusion_core.slicing import Slicer, map_previous
-from msfusion_core.split_map import SplitMap, group_sizes, model_shapes, model_state
-from msfusion_core.submodel import attach_width_scaler, build_submodel
-from msfusion_core.training import TrainConfig, TrainResult, train_submodel
+from msfusion_core.method.planner import ParticipantPlan, Window
+from msfusion_core.method.slicing import Slicer, map_previous
+from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
+from msfusion_core.method.submodel import attach_width_scaler, build_submodel
+from msfusion_core.local.training import TrainConfig, TrainResult, train_submodel
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from msfusion_core.split_map import DimBinding, SplitMap, normalize_split_map
+from msfusion_core.method.split_map import DimBinding, SplitMap, normalize_split_map
 
 UnitIndices = Mapping[str, np.ndarray | torch.Tensor]  # group -> unit indices
 

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from msfusion_core.augment import prepare_batch
-from msfusion_core.contrastive import contrastive_loss
+from msfusion_core.local.augment import prepare_batch
+from msfusion_core.method.contrastive import contrastive_loss
 from msfusion_core.data import TensorData
-from msfusion_core.measure import shape_signature
+from msfusion_core.local.measure import shape_signature
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from msfusion_core.split_map import SplitMap, normalize_split_map, tied_aliases
+from msfusion_core.method.split_map import SplitMap, normalize_split_map, tied_aliases
 
 # Size attributes that forward() reads (or that repr/consistency checks read), by leaf type.
 _SIZE_ATTRS: list[tuple[type, Callable[[nn.Module], dict[str, object]]]] = [

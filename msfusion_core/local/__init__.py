@@ -1,0 +1,1 @@
+"""A participant's side: local training, augmentation, the participant, and cost measurement."""
