@@ -222,7 +222,7 @@ GROW: dict[str, Any] = {
     "overlap-schedule": "plateau",
     "overlap-start": 1.0,
     "overlap-patience": 30,
-    "overlap-step": 0.25,
+    "overlap-step": 0.125,
     "window-offsets": "per-group",
     "validation-examples": 2000,
     "contrastive-mu": 0.0,
@@ -250,12 +250,13 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     "msfusion-pergroup-r0.25": _at("msfusion", 0.25) | {"window-offsets": "per-group"},
     # Issue 15, part 2: starts as small. A shared core (o·m units, the same for everyone) plus a
     # double-shifted remainder; o starts at 1 (the small model, non-core units silenced) and drops
-    # by 0.25 whenever the loss on 2,000 held-out train rows has not improved 1 % in 30 rounds.
+    # by a step whenever the loss on 2,000 held-out train rows has not improved 1 % in 30 rounds.
     # mu = 0: the contrastive term's 1.7x FLOPs have not paid anywhere (part 3 decides).
-    **{
-        f"msfusion-grow-r{r:g}": _at("msfusion", r) | GROW
-        for r in (0.5, 0.25)
-    },
+    # `grow` (e762b67) stepped by 0.25 with no trial: seed 0 collapsed from 0.49 to 0.26 at its
+    # first step and never recovered. `grow2` steps by 0.125 and undoes a step whose validation
+    # loss is not back to its pre-step best within 30 rounds (overlap.py, the plateau rule).
+    **{f"msfusion-grow-r{r:g}": _at("msfusion", r) | GROW | {"overlap-step": 0.25} for r in (0.5, 0.25)},
+    **{f"msfusion-grow2-r{r:g}": _at("msfusion", r) | GROW for r in (0.5, 0.25)},
 }
 C1 = Experiment(
     "C1",
@@ -266,6 +267,7 @@ C1 = Experiment(
     (
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-pergroup-r0.25", "msfusion-grow-r0.25", "msfusion-grow-r0.5",
+        "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
     ),
     target=0.6,
     seeds=(0, 1, 2),

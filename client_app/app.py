@@ -11,7 +11,6 @@ a silently wrong update.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,24 +18,16 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
+from msfusion_app import protocol
 from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_partition, load_test
 from msfusion_core.local.participant import Participant, PreviousSubmodel
 from msfusion_core.method.planner import ParticipantPlan, check_capacity
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 
-ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
 PREV_STATE_KEY, PREV_UNITS_KEY = "msfusion-prev-state", "msfusion-prev-units"
 CLIENT_ERROR = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
@@ -68,16 +59,14 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             node = setup(context)
         except (ValueError, KeyError) as exc:
             return error_reply(msg, exc)
-        record = ConfigRecord({"partition-id": node.partition_id, "split-ratio": node.capacity})
-        return Message(RecordDict({NODE_KEY: record}), reply_to=msg)
+        return Message(protocol.capacity_reply(node.partition_id, node.capacity), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         try:
             node = setup(context)
-            plan, received, server_round = read_message(msg, node.participant)
-            settings = msg.content.config_records[PLAN_KEY]
+            plan, received, server_round, settings = read_message(msg, node.participant)
             train_config = with_server_settings(node.train_config, settings)
             seed = node_seed(node, settings)
             data = node.train_data()
@@ -97,37 +86,34 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             seed=seed * 100_003 + server_round,
         )
         save_previous(context, keep)
-        metrics = MetricRecord(
-            {
-                "num-examples": update.result.num_examples,
-                "loss": update.result.loss,
-                "ce-loss": update.result.ce_loss,
-                "contrastive-loss": update.result.contrastive_loss,
-                "flops": float(update.result.flops),
-                "bytes-down": update.bytes_down,
-                "bytes-up": update.bytes_up,
-                "train-seconds": update.result.seconds,
-                "build-seconds": time.perf_counter() - started - update.result.seconds,
-            }
-        )
-        return Message(RecordDict({ARRAYS_KEY: ArrayRecord(update.state), METRICS_KEY: metrics}), reply_to=msg)
+        metrics = {
+            "num-examples": update.result.num_examples,
+            "loss": update.result.loss,
+            "ce-loss": update.result.ce_loss,
+            "contrastive-loss": update.result.contrastive_loss,
+            "flops": float(update.result.flops),
+            "bytes-down": update.bytes_down,
+            "bytes-up": update.bytes_up,
+            "train-seconds": update.result.seconds,
+            "build-seconds": time.perf_counter() - started - update.result.seconds,
+        }
+        return Message(protocol.train_reply(update.state, metrics), reply_to=msg)
 
     @app.evaluate()
     def evaluate_submodel(msg: Message, context: Context) -> Message:
         """Evaluate the sub-model this node can hold (BN calibrated on its training data) on its test data."""
         try:
             node = setup(context)
-            _plan, received, _ = read_message(msg, node.participant)
+            _plan, received, _, _ = read_message(msg, node.participant)
         except (ValueError, KeyError) as exc:
             return error_reply(msg, exc)
         model = node.participant.model(received)
-        dataset = node.train_config.dataset
+        preprocess = node.train_config.preprocess
         if node.bn_calibration_batches:
-            calibrate_batchnorm(model, node.train_data(), dataset, num_batches=node.bn_calibration_batches)
+            calibrate_batchnorm(model, node.train_data(), preprocess, num_batches=node.bn_calibration_batches)
         test = node.test_data()
-        loss, accuracy = evaluate(model, test, dataset)
-        metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": int(test.y.shape[0])})
-        return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+        loss, accuracy = evaluate(model, test, preprocess)
+        return Message(protocol.evaluate_reply(loss, accuracy, int(test.y.shape[0])), reply_to=msg)
 
     return app
 
@@ -168,21 +154,13 @@ def node_capacity(context: Context, tiers: Sequence[float] = (0.5,)) -> float:
     return check_capacity(tiers[pid % len(tiers)], f"tier of partition {pid}")
 
 
-def read_message(msg: Message, part: Participant) -> tuple[ParticipantPlan, dict[str, torch.Tensor], int]:
-    """The plan (rebuilt and verified) and the received arrays (checked against it)."""
-    if ARRAYS_KEY not in msg.content.array_records or PLAN_KEY not in msg.content.config_records:
-        raise ValueError(f"message needs an ArrayRecord {ARRAYS_KEY!r} and a ConfigRecord {PLAN_KEY!r}")
-    cfg = msg.content.config_records[PLAN_KEY]
-    if "plan" not in cfg or "server-round" not in cfg:
-        raise ValueError("config record lacks 'plan' or 'server-round'")
-    try:
-        compact = json.loads(str(cfg["plan"]))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"plan is not valid JSON: {exc}") from exc
-    plan = part.read_plan(compact)
-    received = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
-    part.check_received(plan, received)
-    return plan, received, int(cfg["server-round"])
+def read_message(msg: Message, part: Participant) -> tuple[ParticipantPlan, dict[str, torch.Tensor], int, ConfigRecord]:
+    """The plan (rebuilt and verified against this node's model), the received arrays (checked
+    against it), the round, and the settings the server sent with the plan."""
+    read = protocol.read_plan_message(msg.content)
+    plan = part.read_plan(read.compact_plan)
+    part.check_received(plan, read.arrays)
+    return plan, read.arrays, read.server_round, read.settings
 
 
 def load_previous(context: Context) -> PreviousSubmodel | None:
@@ -208,7 +186,7 @@ def error_reply(msg: Message, exc: Exception) -> Message:
 @lru_cache(maxsize=4)
 def _participant(model: str, width: int, layers: int, dataset: str, data_path: str) -> Participant:
     family = Settings(model=model, model_width=width, model_layers=layers, dataset=dataset, data_path=data_path).family()
-    return Participant(family.build, family.split_map, family.representation_layer, family.local_keys)
+    return Participant(family.build, family.split_map, family.representation_layer, family.local_keys, family.post_build)
 
 
 def setup_from_run_config(context: Context) -> NodeSetup:

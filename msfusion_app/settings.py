@@ -17,6 +17,7 @@ from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.method.overlap import OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.method.robust import ROBUST_MODES
+from msfusion_core.local.augment import Preprocess, preprocess_for
 from msfusion_core.local.training import OPTIMIZERS, TrainConfig
 
 
@@ -239,6 +240,7 @@ class Settings:
             seed=self.seed,
             window_offsets=self.window_offsets,
             overlap_form=self.overlap_form,
+            small_capacity=min(self.capacity_tiers()),
         )
 
     def family(self) -> ModelFamily:
@@ -250,7 +252,7 @@ class Settings:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            dataset=self.dataset,
+            preprocess=self.preprocess(),
             epochs=self.local_epochs,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -261,6 +263,10 @@ class Settings:
             optimizer=self.optimizer,
             device=self.torch_device(),
         )
+
+    def preprocess(self) -> Preprocess:
+        """Stored batch -> model input for this run's data set."""
+        return preprocess_for(self.dataset)
 
     def torch_device(self) -> str:
         """The device to compute on: ``auto`` is cuda where torch sees a GPU, else cpu."""

@@ -38,11 +38,11 @@ def make_strategy(settings: Settings) -> MSfusion:
         family.split_map,
         settings.make_planner(),
         local_keys=family.local_keys,
+        post_build=family.post_build,
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_replies=settings.min_replies,
         default_capacity=settings.capacity_tiers()[0],
-        small_capacity=min(settings.capacity_tiers()),
         aggregation_weight=settings.aggregation_weight,
         robust=settings.robust_aggregation,
         trim_fraction=settings.trim_fraction,
@@ -59,6 +59,7 @@ class CentralEvaluation:
 
     def __init__(self, strategy: MSfusion, settings: Settings, runlog: RunLog) -> None:
         self.strategy, self.settings, self.runlog = strategy, settings, runlog
+        self.preprocess = settings.preprocess()
         path = settings.data_path or None
         limit, seq = settings.central_eval_examples or None, settings.seq_len
         self.test = load_test(settings.dataset, path, limit=limit, seq_len=seq)
@@ -87,15 +88,15 @@ class CentralEvaluation:
         if evaluated:
             model = self.strategy.global_model().to(self.settings.torch_device())
             if self.calibration is not None:
-                calibrate_batchnorm(model, self.calibration, self.settings.dataset, num_batches=self.settings.bn_calibration_batches)
-            loss, accuracy = evaluate(model, self.test, self.settings.dataset)
+                calibrate_batchnorm(model, self.calibration, self.preprocess, num_batches=self.settings.bn_calibration_batches)
+            loss, accuracy = evaluate(model, self.test, self.preprocess)
             row |= {"central-accuracy": accuracy, "central-loss": loss}
             if self.validation is not None:
-                val_loss, val_accuracy = evaluate(model, self.validation, self.settings.dataset)
+                val_loss, val_accuracy = evaluate(model, self.validation, self.preprocess)
                 row |= {"validation-loss": val_loss, "validation-accuracy": val_accuracy}
                 self.strategy.observe_validation(server_round, val_loss)
             if self.valid is not None:
-                valid_loss, _ = evaluate(model, self.valid, self.settings.dataset)
+                valid_loss, _ = evaluate(model, self.valid, self.preprocess)
                 row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}
         record = self.strategy.rounds.get(server_round)
         row |= record.metrics if record is not None else {}

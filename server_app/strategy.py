@@ -14,7 +14,6 @@ plans do not depend on Flower's per-run node ids.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -26,19 +25,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from msfusion_app import protocol
 from msfusion_core.method.coverage import TrainCounts
-from msfusion_core.local.measure import num_bytes
 from msfusion_core.method.planner import Planner, RoundPlan, check_capacity, make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.method.split_map import SplitMap
-
-ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
 
 
 @dataclass(frozen=True)
@@ -74,8 +71,8 @@ class MSfusion(Strategy):
     fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
     min_replies : a round whose valid replies are fewer leaves the global model unchanged.
     default_capacity : the capacity of a node that does not declare ``split-ratio``.
-    small_capacity : width of the global model for the ``small`` planner, and of the core the
-        ``core`` overlap form starts from (the smallest capacity tier).
+    small_capacity : for a planner given by name: the width of ``small``'s global model, and the
+        width msfusion's ``core`` overlap form starts from (the smallest capacity tier).
     aggregation_weight : ``examples`` or ``uniform``.
     robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.method.robust``): ``none``,
         ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
@@ -106,21 +103,22 @@ class MSfusion(Strategy):
         seed: int = 0,
         query_timeout: float = 120.0,
         local_keys: Collection[str] = (),
+        post_build: Callable[[nn.Module], None] | None = None,
         contrastive_mu: float | None = None,
         max_failed_rounds: int = 3,
     ) -> None:
-        self.planner = make_planner(planner, seed=seed) if isinstance(planner, str) else planner
+        self.planner = make_planner(planner, seed=seed, small_capacity=small_capacity) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
             build,
             split_map,
             self.planner,
             aggregation_weight=aggregation_weight,
-            small_capacity=small_capacity,
             robust=robust,
             trim_fraction=trim_fraction,
             clip_factor=clip_factor,
             seed=seed,
             local_keys=local_keys,
+            post_build=post_build,
         )
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
@@ -182,11 +180,10 @@ class MSfusion(Strategy):
             pid = self.nodes[node_id].partition_id
             download = self.core.download(plan.participants[pid])
             arrays_out = ArrayRecord(download)
-            cfg = ConfigRecord(dict(config) | self.train_settings | {"server-round": server_round, "plan": json.dumps(plan.participants[pid].to_compact())})
+            content = protocol.plan_message(arrays_out, plan.participants[pid], server_round, dict(config) | self.train_settings)
             record.sent[pid] = node_id
-            record.bytes_down[pid] = num_bytes(download)
+            record.bytes_down[pid] = protocol.payload_bytes(download)
             record.bytes_down_serialized[pid] = arrays_out.count_bytes()
-            content = RecordDict({ARRAYS_KEY: arrays_out, PLAN_KEY: cfg})
             messages.append(Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN))
         record.messages = messages
         record.seconds["plan_and_slice"] = time.perf_counter() - started
@@ -237,22 +234,20 @@ class MSfusion(Strategy):
         messages = []
         for pid in chosen:
             pp = record.plan.participants[pid]
-            cfg = ConfigRecord(dict(config) | {"server-round": server_round, "plan": json.dumps(pp.to_compact())})
-            content = RecordDict({ARRAYS_KEY: ArrayRecord(self.core.download(pp)), PLAN_KEY: cfg})
+            content = protocol.plan_message(ArrayRecord(self.core.download(pp)), pp, server_round, dict(config))
             messages.append(Message(content, dst_node_id=record.sent[pid], message_type=MessageType.EVALUATE))
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         totals, n = {"loss": 0.0, "accuracy": 0.0}, 0
         for msg in replies:
-            if msg.has_error() or METRICS_KEY not in msg.content.metric_records:
+            read = None if msg.has_error() else protocol.read_evaluate_reply(msg.content)
+            if read is None or read[2] <= 0:
                 continue
-            m = msg.content.metric_records[METRICS_KEY]
-            k = int(m.get("num-examples", 0))
-            if k > 0:
-                n += k
-                for key in totals:
-                    totals[key] += k * float(m.get(key, 0.0))
+            loss, accuracy, k = read
+            n += k
+            totals["loss"] += k * loss
+            totals["accuracy"] += k * accuracy
         if n == 0:
             return None
         return MetricRecord({f"federated-{k}": v / n for k, v in totals.items()} | {"federated-examples": n})
@@ -272,7 +267,9 @@ class MSfusion(Strategy):
         """Report the global model's loss on a held-out split the server owns, after ``server_round``:
         the ``plateau`` overlap schedule lowers the overlap when it stops improving. Call it from the
         ``evaluate_fn`` (the project's ServerApp does, with ``validation-examples`` train rows)."""
-        self.core.planner.observe_validation(server_round, loss)
+        # θ may change here (a growth step undone). ``last_arrays`` stays what Flower holds, so the
+        # next configure_train takes Flower's arrays as unchanged and trains from θ as it is now.
+        self.core.observe_validation(server_round, loss)
 
     def check_progress(self, server_round: int, record: RoundLog, accepted: list[Reply]) -> None:
         """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply (a round
@@ -297,7 +294,7 @@ class MSfusion(Strategy):
         failures: list[tuple[int, str]] = []
         if not unknown:
             return failures
-        queries = [Message(RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity"})}), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
+        queries = [Message(protocol.capacity_query(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
         taken = {info.partition_id for info in self.nodes.values()}
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             src = reply.metadata.src_node_id
@@ -307,9 +304,8 @@ class MSfusion(Strategy):
                 log(WARNING, "node %d did not answer the capacity query: %s", src, reason)
                 continue
             try:
-                cfg = reply.content.config_records[NODE_KEY]
-                info = NodeInfo(int(cfg["partition-id"]), check_capacity(cfg.get("split-ratio", self.default_capacity), f"node {src}"))
-            except (KeyError, TypeError, ValueError) as exc:
+                info = NodeInfo(*protocol.read_capacity_reply(reply.content, self.default_capacity, f"node {src}"))
+            except ValueError as exc:
                 failures.append((src, f"unusable capacity reply: {exc}"))
                 log(WARNING, "node %d sent an unusable capacity reply: %s", src, exc)
                 continue
@@ -353,7 +349,7 @@ class MSfusion(Strategy):
                     raise ReplyError("reply from a node that was not sent a plan this round")
                 if src in seen:
                     raise ReplyError("duplicate reply")
-                reply = self.parse_reply(pid, msg)
+                reply = protocol.read_train_reply(pid, msg.content)
                 self.core.validate(record.plan.participants[pid], reply)
             except ReplyError as exc:
                 record.rejected.append((src, str(exc)))
@@ -362,18 +358,6 @@ class MSfusion(Strategy):
             seen.add(src)
             accepted.append(reply)
         return accepted
-
-    @staticmethod
-    def parse_reply(pid: int, msg: Message) -> Reply:
-        content = msg.content
-        if ARRAYS_KEY not in content.array_records or METRICS_KEY not in content.metric_records:
-            raise ReplyError(f"reply needs an ArrayRecord {ARRAYS_KEY!r} and a MetricRecord {METRICS_KEY!r}")
-        try:
-            state = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in content.array_records[ARRAYS_KEY].items()}
-        except Exception as exc:  # a corrupt Array cannot be decoded: reject, never crash
-            raise ReplyError(f"arrays could not be decoded: {exc}") from exc
-        metrics = dict(content.metric_records[METRICS_KEY])
-        return Reply(pid, state, metrics.get("num-examples"), metrics)
 
     def round_metrics(self, record: RoundLog, accepted: list[Reply], applied: bool) -> dict[str, Any]:
         """The round's row. Every value read here was checked by ``core.validate``."""
@@ -400,7 +384,7 @@ class MSfusion(Strategy):
             # Bytes both ways by one definition, the tensors' payload (measure.num_bytes); the
             # serialised size of what was sent is its own column.
             "bytes-down-per-participant": float(np.mean(list(record.bytes_down.values()))) if record.bytes_down else float("nan"),
-            "bytes-up-per-participant": float(np.mean([num_bytes(r.state) for r in accepted])) if accepted else float("nan"),
+            "bytes-up-per-participant": float(np.mean([protocol.payload_bytes(r.state) for r in accepted])) if accepted else float("nan"),
             "bytes-down-serialized-per-participant": float(np.mean(list(record.bytes_down_serialized.values()))) if record.bytes_down_serialized else float("nan"),
             "full-model-bytes": self.full_model_bytes,
             "train-seconds-per-participant": mean("train-seconds"),

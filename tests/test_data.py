@@ -234,18 +234,18 @@ def test_random_crop_flip_pad0_is_identity_or_flip() -> None:
     assert any(same) and any(flipped)  # both branches exercised with this seed
 
 
-def test_prepare_batch() -> None:
+def test_preprocess_callables() -> None:
     mean_px = torch.tensor([round(m * 255) for m in augment.CIFAR10_MEAN], dtype=torch.uint8)
     x = mean_px.view(1, 3, 1, 1).expand(4, 3, 32, 32).contiguous()
-    out = augment.prepare_batch("cifar10", x, train=False)
+    out = augment.cifar10_input(x, False)
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert out.mean(dim=(0, 2, 3)).abs().max() < 0.01
     rnd = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    tr = augment.prepare_batch("cifar10", rnd, train=True, generator=torch.Generator().manual_seed(0))
-    ev = augment.prepare_batch("cifar10", rnd, train=False)
+    tr = augment.cifar10_input(rnd, True, torch.Generator().manual_seed(0))
+    ev = augment.cifar10_input(rnd, False)
     assert tr.shape == ev.shape == rnd.shape and not torch.equal(tr, ev)
     digits = torch.rand(5, 1, 8, 8, dtype=torch.float64)
-    d = augment.prepare_batch("digits", digits, train=True)
+    d = augment.preprocess_for("digits")(digits, True, None)
     assert d.dtype == torch.float32 and torch.allclose(d, digits.float())
 
 
@@ -261,7 +261,7 @@ def test_unknown_dataset() -> None:
         lambda: data.num_classes("mnist"),
         lambda: data.label_names("mnist"),
         lambda: data.load_partition("mnist", None, "iid", 2, 0),
-        lambda: augment.prepare_batch("mnist", torch.zeros(1, 1, 8, 8), train=False),
+        lambda: augment.preprocess_for("mnist"),
     ):
         with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
             call()

@@ -118,7 +118,7 @@ def test_small_takes_the_full_models_arrays_and_reports_the_full_models_bytes():
     small.load_global(DIGITS.build().state_dict())  # the pattern docs/own-model.md shows
     assert small.core.state["conv1.weight"].shape[0] == 8
     assert small.full_model_bytes == full.full_model_bytes
-    with pytest.raises(ValueError, match=r"expected shape .* \(small takes the full-width model's arrays"):
+    with pytest.raises(ValueError, match=r"expected shape .* \(the global model is a slice of the full one: pass the full-width model's arrays"):
         small.load_global({k: v[:1] if v.ndim else v for k, v in DIGITS.build().state_dict().items()})
 
 

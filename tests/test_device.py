@@ -30,7 +30,7 @@ def test_training_on_cuda_matches_cpu():
     data = load_partition("digits", None, "iid", 4, 0)
     updates = {}
     for device in ("cpu", "cuda"):
-        cfg = TrainConfig("digits", epochs=1, batch_size=32, lr=0.05, mu=1.0, device=device)
+        cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, mu=1.0, device=device)
         updates[device], _ = part.train(plan, server.download(plan), data, cfg, seed=3)
     for k, v in updates["cpu"].state.items():
         assert updates["cuda"].state[k].device.type == "cpu"

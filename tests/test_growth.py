@@ -108,23 +108,57 @@ def test_plateau_rule_on_synthetic_validation_losses():
     sched = OverlapSchedule("plateau", start=1.0, patience=30, step=0.25, min_improvement=0.01)
     assert sched.overlap(1) == 1.0
     for t in range(10, 101, 10):  # improving 5 % every 10 rounds: no change
-        sched.observe_validation(t, 2.0 * 0.95 ** (t / 10))
+        assert not sched.observe_validation(t, 2.0 * 0.95 ** (t / 10))
     assert sched.current == 1.0
     flat = 2.0 * 0.95**10
-    for t in range(110, 141, 10):  # flat within 1 %: lowered once 30 rounds have passed without a gain
+    for t in range(110, 131, 10):  # flat within 1 %: lowered once 30 rounds have passed without a gain
         sched.observe_validation(t, flat * (1 - 0.005 * (t % 20 == 0)))
-    assert sched.current == 0.75 and sched.best_round == 130
-    for t in range(140, 500, 10):  # flat for ever: down by a step every 30 rounds, to the floor
-        sched.observe_validation(t, flat)
-    assert sched.current == 0.0
-    sched.observe_validation(510, float("nan"))  # a NaN loss is ignored
-    assert sched.current == 0.0
+    assert sched.current == 0.75 and sched.trial_bar == flat and sched.best_loss is None
+    # The grown model recovers and passes its bar (the best before the step) within `patience`
+    # rounds: the step stays, and
+    # recovering losses are gains from a fresh best, so it is not lowered again meanwhile.
+    for t, loss in zip(range(140, 181, 10), (2 * flat, 1.2 * flat, 0.99 * flat, 0.95 * flat, 0.95 * flat)):
+        assert not sched.observe_validation(t, loss)
+    assert sched.current == 0.75 and sched.trial_bar is None
+    for t in range(190, 201, 10):  # flat again: the next step
+        sched.observe_validation(t, 0.95 * flat)
+    assert sched.current == 0.5 and sched.trial_bar == 0.95 * flat
+    # This time the loss stays above the bar for `patience` rounds: the step is undone, for good.
+    undone = [sched.observe_validation(t, 1.5 * flat) for t in range(210, 241, 10)]
+    assert undone == [False, False, True, False] and sched.current == 0.75 and sched.settled
+    for t in range(250, 600, 10):
+        assert not sched.observe_validation(t, 1.5 * flat)
+    assert sched.current == 0.75
+    fresh = OverlapSchedule("plateau", start=1.0)
+    fresh.observe_validation(10, float("nan"))  # a NaN loss is ignored
+    assert fresh.best_loss is None
     adaptive = OverlapSchedule("adaptive", start=0.5)
     adaptive.observe_validation(10, 1.0)
     assert adaptive.current == 0.5  # only the plateau rule listens to validation
     restored = OverlapSchedule("plateau", start=1.0)
     restored.load_state_dict(sched.state_dict())
-    assert (restored.current, restored.best_loss, restored.best_round) == (sched.current, sched.best_loss, sched.best_round)
+    assert restored.state_dict() == sched.state_dict()
+
+
+def test_an_undone_step_silences_the_units_outside_the_core_again():
+    fam = get_family("digits-cnn", 10, 16)
+    planner = make_planner(
+        "msfusion", schedule=OverlapSchedule("plateau", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
+    )
+    from msfusion_core.method.server import SubmodelServer
+
+    server = SubmodelServer(fam.build, fam.split_map, planner)
+    grown = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in server.state.items()}
+    server.state = dict(grown)  # as if every unit had been trained
+    server.observe_validation(0, 1.0)
+    server.observe_validation(10, 1.0)  # no gain for 10 rounds: o 1 -> 0.5, on trial
+    assert planner.schedule.current == 0.5 and server.state["fc.weight"].eq(1).all()
+    server.observe_validation(20, 2.0)  # not back to 1.0 within 10 rounds: undone
+    assert planner.schedule.current == 1.0
+    core = planner.core_units(server.group_sizes, 1.0)
+    silenced = silence_non_core_inputs(grown, server.slicer, server.group_sizes, core)
+    assert all(torch.equal(server.state[k], silenced[k]) for k in grown)
+    assert not torch.equal(server.state["fc.weight"], grown["fc.weight"])  # readers of units 8.. are zero again
 
 
 def test_the_plateau_rule_needs_a_validation_split():
@@ -184,5 +218,6 @@ def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path)
     run_local(cfg, 2, num_threads=1)
     rows = [json.loads(line) for line in open(tmp_path / "plateau" / "metrics.jsonl")]
     assert all("validation-loss" in r for r in rows)
-    # Validated after round 0 (the best so far) and after each round, every time without a gain.
-    assert [r["overlap"] for r in rows[1:]] == [1.0, 0.5, 0.0, 0.0, 0.0, 0.0]
+    # Validated after round 0 (the first best) and after every round; no loss counts as a gain, so
+    # o is lowered after round 1 and, once the loss is below its bar (after round 2), after round 3.
+    assert [r["overlap"] for r in rows[1:]] == [1.0, 0.5, 0.5, 0.0, 0.0, 0.0]

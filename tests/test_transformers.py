@@ -8,6 +8,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from msfusion_core.data import TensorData
+from msfusion_core.local.augment import token_ids, trim_padding
 from msfusion_core.local.measure import count_flops, num_parameters
 from msfusion_core.models import get_family
 from msfusion_core.models.llama import (
@@ -116,7 +117,7 @@ def test_llama_submodel_has_fewer_parameters_and_flops(r):
     torch.manual_seed(0)
     full = fam.build()
     plan = plan_for(fam.split_map, full, r)
-    sub = build_submodel(fam.build, Slicer(fam.split_map).extract(model_state(full), plan.unit_indices()))
+    sub = build_submodel(fam.build, Slicer(fam.split_map).extract(model_state(full), plan.unit_indices()), fam.post_build)
     x = torch.randint(0, 1000, (2, 32))
     blocks = sum(p.numel() for n, p in full.named_parameters() if n.startswith("model.layers") and "norm" not in n)
     embed = full.model.embed_tokens.weight.numel()
@@ -130,8 +131,8 @@ def test_minilm_loads_offline_and_its_submodel_runs():
     fam = get_family("minilm", num_classes=2)
     assert fam.local_keys and all(k.startswith("bert.embeddings.") for k in fam.local_keys)
     torch.manual_seed(0)
-    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion"), local_keys=fam.local_keys)
-    part = Participant(fam.build, fam.split_map, fam.representation_layer, fam.local_keys)
+    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion"), local_keys=fam.local_keys, post_build=fam.post_build)
+    part = Participant(fam.build, fam.split_map, fam.representation_layer, fam.local_keys, fam.post_build)
     plan = server.plan_round(1, [(1, 0.5), (2, 0.5)])
     sent = server.download(plan.participants[1])
     assert not set(sent) & fam.local_keys  # the pretrained embeddings never travel
@@ -146,7 +147,7 @@ def test_minilm_loads_offline_and_its_submodel_runs():
     # One local step and one aggregation: only the sub-model's block coordinates move.
     data = TensorData(ids.repeat(4, 1), torch.tensor([0, 1] * 4))
     before = {k: v.clone() for k, v in server.state.items()}
-    update, _ = part.train(plan.participants[1], sent, data, TrainConfig(dataset="sst2", batch_size=4, lr=1e-3, optimizer="adamw"))
+    update, _ = part.train(plan.participants[1], sent, data, TrainConfig(trim_padding, batch_size=4, lr=1e-3, optimizer="adamw"))
     server.validate(plan.participants[1], Reply(1, update.state, 8))
     server.aggregate(plan, [Reply(1, update.state, 8)])
     assert all(torch.equal(server.state[k], before[k]) for k in fam.local_keys)
@@ -193,12 +194,12 @@ def test_llama_round_trains_and_evaluates_perplexity():
     replies = []
     for nid in (1, 2):
         update, _ = part.train(plan.participants[nid], server.download(plan.participants[nid]), data,
-                               TrainConfig(dataset="wikitext2", epochs=3, batch_size=8, lr=3e-3, optimizer="adamw"))
+                               TrainConfig(token_ids, epochs=3, batch_size=8, lr=3e-3, optimizer="adamw"))
         assert update.result.flops > 0
         replies.append(Reply(nid, update.state, update.result.num_examples))
-    before, _ = evaluate(fam.build(), data, "wikitext2")
+    before, _ = evaluate(fam.build(), data, token_ids)
     result = server.aggregate(plan, replies)
-    loss, _ = evaluate(server.global_model(), data, "wikitext2")
+    loss, _ = evaluate(server.global_model(), data, token_ids)
     assert "lm_head.weight" not in server.state  # tied: stored and sent once
     assert np.isfinite(result.model_shift) and loss < before and np.exp(loss) < VOCAB
 

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "prepare_batch", "random_crop_flip"]
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "PREPROCESS",
+    "Preprocess",
+    "as_float",
+    "cifar10_input",
+    "preprocess_for",
+    "random_crop_flip",
+    "token_ids",
+    "trim_padding",
+]
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
@@ -42,29 +55,43 @@ def random_crop_flip(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def prepare_batch(
-    name: str, x: torch.Tensor, train: bool, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Turn a stored batch into model input.
+# A preprocess callable turns a stored batch into model input: (x, train, generator) -> input. It is
+# the data's, not the training loop's: TrainConfig, evaluate and calibrate_batchnorm take one.
+Preprocess = Callable[[torch.Tensor, bool, "torch.Generator | None"], torch.Tensor]
 
-    ``"digits"``, or ``"plain"`` for a user's own already-prepared tensors: float32, no augmentation
-    (8x8 digits are too small for crops). ``"cifar10"``:
-    uint8 is scaled to [0, 1] (floating input is taken as already scaled), random crop + flip when
-    ``train``, then per-channel normalisation with the CIFAR-10 mean/std.
-    """
-    if name in ("digits", "plain"):
-        return x.to(torch.float32)
-    if name == "wikitext2":
-        return x  # token ids [B, T]
-    if name == "sst2":
-        # Token ids [B, L] padded with 0: drop the columns that are padding in every row.
-        length = int((x != 0).sum(1).max()) if x.numel() else 0
-        return x[:, : max(length, 1)]
-    if name == "cifar10":
-        xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
-        if train:
-            xf = random_crop_flip(xf, pad=4, generator=generator)
-        mean = torch.tensor(CIFAR10_MEAN, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
-        std = torch.tensor(CIFAR10_STD, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
-        return (xf - mean) / std
-    raise ValueError(f"unknown dataset {name!r}; known: digits, cifar10, wikitext2, sst2, plain")
+
+def as_float(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Tensors as they are, in float32 (digits, whose 8x8 images are too small for crops; a user's own data)."""
+    return x.to(torch.float32)
+
+
+def token_ids(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Language-model token ids [B, T], unchanged."""
+    return x
+
+
+def trim_padding(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sentence token ids [B, L] padded with 0: drop the columns that are padding in every row."""
+    length = int((x != 0).sum(1).max()) if x.numel() else 0
+    return x[:, : max(length, 1)]
+
+
+def cifar10_input(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 scaled to [0, 1] (floating input is taken as already scaled), random crop + flip when
+    ``train``, then per-channel normalisation with the CIFAR-10 mean/std."""
+    xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
+    if train:
+        xf = random_crop_flip(xf, pad=4, generator=generator)
+    mean = torch.tensor(CIFAR10_MEAN, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
+    std = torch.tensor(CIFAR10_STD, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
+    return (xf - mean) / std
+
+
+PREPROCESS: dict[str, Preprocess] = {"digits": as_float, "cifar10": cifar10_input, "wikitext2": token_ids, "sst2": trim_padding}
+
+
+def preprocess_for(dataset: str) -> Preprocess:
+    """The preprocess callable of one of the project's data sets (run config ``dataset``)."""
+    if dataset not in PREPROCESS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(PREPROCESS)}")
+    return PREPROCESS[dataset]

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from msfusion_core.data import TensorData
+from msfusion_core.method.checks import check_arrays
 from msfusion_core.method.planner import ParticipantPlan, Window
 from msfusion_core.method.slicing import Slicer, map_previous
 from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import attach_width_scaler, build_submodel
+from msfusion_core.local.measure import num_bytes
 from msfusion_core.local.training import TrainConfig, TrainResult, train_submodel
 
 
@@ -43,8 +45,10 @@ class Participant:
         split_map: SplitMap,
         representation_layer: str,
         local_keys: Collection[str] = (),
+        post_build: Callable[[nn.Module], None] | None = None,
     ) -> None:
         """``local_keys``: frozen tensors this participant builds itself (never received nor sent).
+        ``post_build``: the family's sub-model hook (``ModelFamily.post_build``).
 
         Raises ValueError, here rather than in every round, when ``representation_layer`` is not a
         module of the model or the split map does not fit it."""
@@ -59,6 +63,7 @@ class Participant:
                 f"(its top-level modules: {', '.join(layers)}); name the layer whose input is the representation"
             ) from exc
         self.build = build
+        self.post_build = post_build
         self.split_map = split_map
         self.representation_layer = representation_layer
         self.slicer = Slicer(split_map)
@@ -78,7 +83,7 @@ class Participant:
 
     def model(self, received: Mapping[str, torch.Tensor], ratios: Mapping[str, float] | None = None) -> nn.Module:
         """The real sub-model for ``received`` arrays (plus the local tensors), optionally width-scaled."""
-        model = build_submodel(self.build, {**received, **self.local_state()})
+        model = build_submodel(self.build, {**received, **self.local_state()}, self.post_build)
         if ratios is not None:
             attach_width_scaler(model, self.split_map, ratios)
         return model
@@ -88,17 +93,9 @@ class Participant:
 
     def check_received(self, plan: ParticipantPlan, received: Mapping[str, torch.Tensor]) -> None:
         """Raise ValueError naming the first tensor that is not what ``plan`` implies."""
-        missing = set(self.full_shapes) - set(received)
-        extra = set(received) - set(self.full_shapes)
-        if missing or extra:
-            raise ValueError(f"received arrays do not match the model: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}")
         units = plan.unit_indices()
-        for key, full_shape in self.full_shapes.items():
-            expected = self.slicer.sub_shape(key, full_shape, units)
-            if tuple(received[key].shape) != expected:
-                raise ValueError(f"received {key!r} with shape {tuple(received[key].shape)}; the plan implies {expected}")
-            if received[key].is_floating_point() and not bool(torch.isfinite(received[key]).all()):
-                raise ValueError(f"received {key!r} holds non-finite values")
+        expected = {key: self.slicer.sub_shape(key, shape, units) for key, shape in self.full_shapes.items()}
+        check_arrays(received, expected, "received")
 
     def train(
         self,
@@ -136,7 +133,6 @@ class Participant:
         model.cpu()  # trained wherever cfg.device said; the reply and what is kept live on the CPU
         params = dict(model.named_parameters())
         reply = {k: params[k].detach().clone() for k in self.param_keys}
-        down = sum(t.numel() * t.element_size() for t in received.values())
-        up = sum(t.numel() * t.element_size() for t in reply.values())
+        down, up = num_bytes(received), num_bytes(reply)
         keep = PreviousSubmodel({k: v.clone() for k, v in model_state(model).items() if k not in self.local_keys}, units)
         return LocalUpdate(reply, result, down, up), keep

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from msfusion_core.local.augment import prepare_batch
+from msfusion_core.local.augment import Preprocess, as_float
 from msfusion_core.method.contrastive import contrastive_loss
 from msfusion_core.data import TensorData
 from msfusion_core.local.measure import shape_signature
@@ -29,7 +29,7 @@ from msfusion_core.local.measure import shape_signature
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "digits"
+    preprocess: Preprocess = as_float  # stored batch -> model input (msfusion_core.local.augment)
     epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
@@ -151,7 +151,7 @@ def train_submodel(
                 if idx.numel() < 2 and n >= 2:
                     continue  # a batch of one breaks batch-statistics BatchNorm
                 # The generator stays on the CPU: the same seed draws the same batches and crops on any device.
-                x = prepare_batch(cfg.dataset, data.x[idx].to(device), train=True, generator=gen)
+                x = cfg.preprocess(data.x[idx].to(device), True, gen)
                 y = data.y[idx].to(device)
                 key = (signature, tuple(x.shape), len(frozen))
                 if key not in _FLOPS_PER_EXAMPLE:  # measure the first step of each shape, once
@@ -168,7 +168,9 @@ def train_submodel(
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, data: TensorData, dataset: str, batch_size: int = 128, num_batches: int = 8) -> None:
+def calibrate_batchnorm(
+    model: nn.Module, data: TensorData, preprocess: Preprocess = as_float, batch_size: int = 128, num_batches: int = 8
+) -> None:
     """Recompute BatchNorm running statistics as the exact average over ``num_batches`` batches."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -185,14 +187,14 @@ def calibrate_batchnorm(model: nn.Module, data: TensorData, dataset: str, batch_
         idx = perm[b * batch_size : (b + 1) * batch_size]
         if idx.numel() < 2:
             break
-        model(prepare_batch(dataset, data.x[idx].to(device), train=False))
+        model(preprocess(data.x[idx].to(device), False, None))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, dataset: str, batch_size: int | None = None) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: TensorData, preprocess: Preprocess = as_float, batch_size: int | None = None) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` in eval mode, per token for language models
     (so exp(loss) is the perplexity)."""
     model.eval()
@@ -202,7 +204,7 @@ def evaluate(model: nn.Module, data: TensorData, dataset: str, batch_size: int |
     n = int(data.y.shape[0])
     device = _device_of(model)
     for i in range(0, n, batch_size):
-        logits = logits_of(model(prepare_batch(dataset, data.x[i : i + batch_size].to(device), train=False)))
+        logits = logits_of(model(preprocess(data.x[i : i + batch_size].to(device), False, None)))
         y = data.y[i : i + batch_size].to(device)
         loss += float(token_loss(logits, y, reduction="sum"))
         correct += float((logits.argmax(-1) == y).sum())

@@ -30,6 +30,14 @@ with ``overlap-form = "core"`` every participant trains the width-r model, and i
 ``step`` each time the global model's loss on the server's held-out split has not improved by a
 relative ``min_improvement`` for ``patience`` rounds. Small first, then grow, as gradual-restoration
 and successive-training methods find.
+
+Each lowering is on trial. Lowering o takes trained units out of the shared core, and most
+sub-models then lack them: on C1 (r = 1/4) one step from 1 to 0.75 took accuracy from 0.49 to 0.26.
+So the loss must be back to its best from before the step within ``patience`` rounds. If it is not,
+the step is undone and the overlap stays where it was for the rest of the run (``settled``); the
+server then silences the units outside the core again (msfusion_core.method.growth), so the
+evaluated model is again exactly the one every participant trains. The first measurement after a
+step starts a fresh best, so a model that is still recovering is not lowered again.
 """
 
 from __future__ import annotations
@@ -59,6 +67,10 @@ class OverlapSchedule:
     current: float | None = None  # adaptive and plateau state o_t
     best_loss: float | None = None  # plateau: best validation loss since o last changed
     best_round: int = 0  # plateau: the round it was measured
+    trial_bar: float | None = None  # plateau: the best loss before the step on trial (None: no trial)
+    trial_round: int = 0  # plateau: the round of that step
+    trial_from: float = 1.0  # plateau: the overlap before it
+    settled: bool = False  # plateau: a step was undone; o stays
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -99,16 +111,26 @@ class OverlapSchedule:
             step = self.current + self.eta * (relative_shift - self.target_shift) - pull
             self.current = min(max(step, self.min_overlap), self.max_overlap)
 
-    def observe_validation(self, server_round: int, loss: float) -> None:
-        """Plateau: lower o by ``step`` once the validation loss has not improved for ``patience`` rounds."""
-        if self.kind != "plateau" or not math.isfinite(loss):
-            return
+    def observe_validation(self, server_round: int, loss: float) -> bool:
+        """Plateau: lower o by ``step`` once the validation loss has not improved for ``patience``
+        rounds; undo a step whose loss is not back to its bar within ``patience`` rounds.
+
+        Returns True when a step was undone: the caller silences the units outside the core again."""
+        if self.kind != "plateau" or self.settled or not math.isfinite(loss):
+            return False
+        if self.trial_bar is not None:
+            if loss <= self.trial_bar:
+                self.trial_bar = None  # the grown model has caught up: the step stays
+            elif server_round - self.trial_round >= self.patience:
+                self.current, self.trial_bar, self.settled = self.trial_from, None, True
+                return True
         if self.best_loss is None or loss < self.best_loss * (1.0 - self.min_improvement):
             self.best_loss, self.best_round = float(loss), int(server_round)
-        elif server_round - self.best_round >= self.patience and self.current > self.min_overlap:
+        elif server_round - self.best_round >= self.patience and self.current > self.min_overlap and self.trial_bar is None:
+            self.trial_bar, self.trial_round, self.trial_from = self.best_loss, int(server_round), self.current
             self.current = max(self.current - self.step, self.min_overlap)
-            # The grown model is judged afresh: its own best, from now.
-            self.best_loss, self.best_round = float(loss), int(server_round)
+            self.best_loss, self.best_round = None, int(server_round)  # judged afresh from the next measurement
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -243,6 +243,11 @@ def plan_static_prefix(participants: Sequence[tuple[int, float]], group_sizes: M
     }
 
 
+def plan_everything(participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]) -> dict[int, ParticipantPlan]:
+    """Every participant trains every unit of the global model, whatever its capacity."""
+    return plan_static_prefix([(n, 1.0) for n, _ in _sorted_participants(participants)], group_sizes)
+
+
 def plan_random_subsets(
     server_round: int, participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int], seed: int
 ) -> dict[int, ParticipantPlan]:
@@ -265,10 +270,14 @@ class Planner(Protocol):
     def observe(self, server_round: int, relative_shift: float) -> None:
         """Feed back d_t / floor, the relative model shift measured when aggregating ``server_round``."""
 
-    def observe_validation(self, server_round: int, loss: float) -> None:
-        """Feed back the global model's loss on the server's held-out split after ``server_round``."""
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
+        """Feed back the global model's loss on the server's held-out split after ``server_round``.
+        Returns units per group to keep, when the units outside them must be silenced again."""
 
-    def initial_core(self, group_sizes: Mapping[str, int], capacity: float) -> dict[str, int] | None:
+    def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:
+        """The full model's units the global model keeps (``small``: a width-r prefix), or None: all."""
+
+    def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
         """Units per group the global model starts with (the rest silenced), or None: all of them."""
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -286,8 +295,10 @@ class DoubleShiftPlanner:
     window_offsets: str = "aligned"  # or "per-group": see per_group_offsets
     seed: int = 0
     overlap_form: str = "spread"  # or "core": see plan_core_and_remainder
+    core_capacity: float = 0.5  # the core form starts as the model of this width (the smallest tier)
 
     def __post_init__(self) -> None:
+        check_capacity(self.core_capacity, "the core form's starting width")
         if self.window_offsets not in WINDOW_OFFSETS:
             raise ValueError(f"window offsets must be one of {', '.join(WINDOW_OFFSETS)}; got {self.window_offsets!r}")
         if self.overlap_form not in OVERLAP_FORMS:
@@ -311,16 +322,25 @@ class DoubleShiftPlanner:
     def observe(self, server_round: int, relative_shift: float) -> None:
         self.schedule.update(relative_shift)
 
-    def observe_validation(self, server_round: int, loss: float) -> None:
-        self.schedule.observe_validation(server_round, loss)
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
+        """An undone growth step (the plateau rule's trial failed) silences the units outside the core."""
+        if self.schedule.observe_validation(server_round, loss) and self.overlap_form == "core":
+            return self.core_units(group_sizes, self.schedule.overlap(server_round + 1))
+        return None
 
-    def initial_core(self, group_sizes: Mapping[str, int], capacity: float) -> dict[str, int] | None:
+    def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:
+        return None
+
+    def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
         """Under the core form the global model starts as the width-r model: units past the core
         the first round would have (o_1 · m) are silenced until remainder windows reach them."""
         if self.overlap_form != "core":
             return None
-        o = self.schedule.overlap(1)
-        return {g: min(round(o * window_length(capacity, k)), k) for g, k in group_sizes.items()}
+        return self.core_units(group_sizes, self.schedule.overlap(1))
+
+    def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
+        """The shared core at ``overlap``, in units per group, for the smallest capacity."""
+        return {g: min(round(overlap * window_length(self.core_capacity, k)), k) for g, k in group_sizes.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -338,7 +358,7 @@ class DoubleShiftPlanner:
 @dataclass
 class FixedRulePlanner:
     """The baselines: ``fedrolex`` (spread 0), ``heterofl`` (static prefix), ``fd`` (random subsets),
-    ``full`` and ``small`` (everyone trains every unit: of the full model, or of a model built at width r)."""
+    ``full`` (everyone trains every unit)."""
 
     name: str
     seed: int = 0
@@ -352,18 +372,20 @@ class FixedRulePlanner:
             return RoundPlan(server_round, plan_static_prefix(participants, group_sizes), 1.0, 0.0)
         if self.name == "fd":
             return RoundPlan(server_round, plan_random_subsets(server_round, participants, group_sizes, self.seed))
-        if self.name in ("full", "small"):
-            everyone = [(n, 1.0) for n, _ in _sorted_participants(participants)]
-            return RoundPlan(server_round, plan_static_prefix(everyone, group_sizes), 1.0, 0.0)
+        if self.name == "full":
+            return RoundPlan(server_round, plan_everything(participants, group_sizes), 1.0, 0.0)
         raise ValueError(f"unknown planner {self.name!r}; known: {', '.join(PLANNER_NAMES)}")
 
     def observe(self, server_round: int, relative_shift: float) -> None:
         pass
 
-    def observe_validation(self, server_round: int, loss: float) -> None:
-        pass
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
+        return None
 
-    def initial_core(self, group_sizes: Mapping[str, int], capacity: float) -> dict[str, int] | None:
+    def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:
+        return None
+
+    def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -371,6 +393,25 @@ class FixedRulePlanner:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+
+@dataclass
+class SmallModelPlanner(FixedRulePlanner):
+    """``small`` ("exclusive learning"): the global model itself is the width-r model, and every
+    participant trains all of it. This planner owns that width: the server builds θ from
+    ``global_units``, and plans are over the small model's own groups."""
+
+    name: str = "small"
+    capacity: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_capacity(self.capacity, "the small model")
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        return RoundPlan(server_round, plan_everything(participants, group_sizes), 1.0, 0.0)
+
+    def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+        return {g: Window(0, window_length(self.capacity, k), k).indices() for g, k in group_sizes.items()}
 
 
 def make_planner(
@@ -381,10 +422,18 @@ def make_planner(
     seed: int = 0,
     window_offsets: str = "aligned",
     overlap_form: str = "spread",
+    small_capacity: float = 0.5,
 ) -> Planner:
-    """Build a planner by name (run config ``planner``); ``window_offsets`` and ``overlap_form`` are msfusion's only."""
+    """Build a planner by name (run config ``planner``). ``window_offsets`` and ``overlap_form`` are
+    msfusion's only; ``small_capacity`` (the smallest capacity tier) is the width of ``small``'s
+    global model and the width msfusion's core form starts from."""
     if name == "msfusion":
-        return DoubleShiftPlanner(schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed, overlap_form=overlap_form)
+        return DoubleShiftPlanner(
+            schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed,
+            overlap_form=overlap_form, core_capacity=small_capacity,
+        )
+    if name == "small":
+        return SmallModelPlanner(seed=seed, shift_step=shift_step, capacity=small_capacity)
     if name in PLANNER_NAMES:
         return FixedRulePlanner(name, seed, shift_step)
     raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNER_NAMES)}")

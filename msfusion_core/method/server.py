@@ -12,17 +12,16 @@ import torch
 from torch import nn
 
 from msfusion_core.method.aggregate import AggregateResult, Contribution
+from msfusion_core.method.checks import check_arrays
 from msfusion_core.method.growth import silence_non_core_inputs
 from msfusion_core.local.measure import num_bytes
-from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan, Window, check_capacity, window_length
+from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan
 from msfusion_core.method.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import build_submodel
 
 AGGREGATION_WEIGHTS = ("examples", "uniform")
-# No sane training step produces parameters this large; one such reply would swamp the average.
-MAX_ABS_VALUE = 1e6
 
 
 class ReplyError(ValueError):
@@ -77,18 +76,19 @@ class SubmodelServer:
         planner: Planner,
         *,
         aggregation_weight: str = "examples",
-        small_capacity: float | None = None,
         robust: str = "none",
         trim_fraction: float = 0.2,
         clip_factor: float = 0.0,
         seed: int = 0,
         local_keys: Collection[str] = (),
+        post_build: Callable[[nn.Module], None] | None = None,
     ) -> None:
         if aggregation_weight not in AGGREGATION_WEIGHTS:
             raise ValueError(f"unknown aggregation weight {aggregation_weight!r}; known: {', '.join(AGGREGATION_WEIGHTS)}")
         torch.manual_seed(seed)
         model = build()
         self.build = build
+        self.post_build = post_build  # the family's sub-model hook (ModelFamily.post_build)
         self.slicer = Slicer(split_map)
         self.split_map = split_map
         self.planner = planner
@@ -103,15 +103,12 @@ class SubmodelServer:
         state = {k: v.clone() for k, v in model_state(model).items()}
         # What a full-capacity participant receives (parameters and buffers, never local tensors).
         self.full_model_bytes = num_bytes({k: v for k, v in state.items() if k not in self.local_keys})
-        self.small_prefix: dict[str, Any] | None = None
-        if planner.name == "small":
-            # "Exclusive learning": the global model itself is built at width r and trained by all.
-            r = check_capacity(small_capacity if small_capacity is not None else 0.5, "the small model")
-            prefix = {g: Window(0, window_length(r, k), k).indices() for g, k in self.group_sizes.items()}
-            state = self.slicer.extract(state, prefix)
-            self.group_sizes = {g: len(i) for g, i in prefix.items()}
-            self.small_prefix = prefix  # a full-width model given later (load_state) is cut the same way
-        core = planner.initial_core(self.group_sizes, check_capacity(small_capacity if small_capacity is not None else 0.5))
+        # The planner decides the global model's width (``small``: the width-r prefix of every group).
+        self.global_units = planner.global_units(self.group_sizes)
+        if self.global_units is not None:
+            state = self.slicer.extract(state, self.global_units)
+            self.group_sizes = {g: len(i) for g, i in self.global_units.items()}
+        core = planner.initial_core(self.group_sizes)
         if core is not None:
             state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
@@ -136,24 +133,10 @@ class SubmodelServer:
             raise ReplyError(f"num-examples must be a positive integer, got {reply.num_examples!r}")
         if reply.metrics is not None:
             check_train_metrics(reply.metrics)
-        missing = [k for k in self.param_keys if k not in reply.state]
-        extra = [k for k in reply.state if k not in set(self.param_keys)]
-        if missing:
-            raise ReplyError(f"reply misses {len(missing)} parameter(s), e.g. {missing[0]!r}")
-        if extra:
-            raise ReplyError(f"reply has {len(extra)} unexpected key(s), e.g. {extra[0]!r}")
-        for key, shape in self.expected_shapes(plan).items():
-            t = reply.state[key]
-            if not isinstance(t, torch.Tensor):
-                raise ReplyError(f"{key!r} is a {type(t).__name__}, not a tensor")
-            if tuple(t.shape) != shape:
-                raise ReplyError(f"{key!r} has shape {tuple(t.shape)}, the plan implies {shape}")
-            if t.dtype != self.state[key].dtype:
-                raise ReplyError(f"{key!r} has dtype {t.dtype}, expected {self.state[key].dtype}")
-            if not bool(torch.isfinite(t).all()):
-                raise ReplyError(f"{key!r} holds non-finite values")
-            if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
-                raise ReplyError(f"{key!r} holds values beyond ±{MAX_ABS_VALUE:g}")
+        try:
+            check_arrays(reply.state, self.expected_shapes(plan), "reply", {k: self.state[k].dtype for k in self.param_keys})
+        except ValueError as exc:
+            raise ReplyError(str(exc)) from exc
 
     def aggregate(self, plan: RoundPlan, replies: Sequence[Reply]) -> AggregateResult:
         """Aggregate validated replies into θ and feed the model shift back to the planner.
@@ -176,13 +159,21 @@ class SubmodelServer:
             self.planner.observe(plan.server_round, result.relative_shift)
         return result
 
+    def observe_validation(self, server_round: int, loss: float) -> None:
+        """The global model's loss on the server's held-out split, for the planner's overlap rule.
+        When it undoes a growth step, the units outside the core are silenced again, so the
+        evaluated model is the one every participant trains."""
+        keep = self.planner.observe_validation(server_round, loss, self.group_sizes)
+        if keep is not None:
+            self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, keep)
+
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace θ (same keys and shapes: a clear error otherwise). Under ``small`` a full-width
-        model's state is accepted too, and cut to the small model's prefix, as θ was."""
-        if self.small_prefix is not None and any(k in state and tuple(state[k].shape) != tuple(t.shape) for k, t in self.state.items()):
+        """Replace θ (same keys and shapes: a clear error otherwise). When the global model keeps only
+        some units (``small``), a full-width model's state is accepted too, and cut the same way."""
+        if self.global_units is not None and any(k in state and tuple(state[k].shape) != tuple(t.shape) for k, t in self.state.items()):
             fits = all(k in state for k in self.state)
             try:
-                state = self.slicer.extract(state, self.small_prefix, list(self.state)) if fits else state
+                state = self.slicer.extract(state, self.global_units, list(self.state)) if fits else state
             except (IndexError, RuntimeError):
                 pass  # not a full-width model either: the check below names the first mismatch
         for key, t in self.state.items():
@@ -190,11 +181,11 @@ class SubmodelServer:
                 got = "missing" if key not in state else f"shape {tuple(state[key].shape)}"
                 raise ValueError(
                     f"initial arrays do not fit the model at {key!r}: expected shape {tuple(t.shape)}, got {got}"
-                    + (" (small takes the full-width model's arrays, or its own width-r ones)" if self.small_prefix is not None else "")
+                    + (" (the global model is a slice of the full one: pass the full-width model's arrays, or the slice's)" if self.global_units is not None else "")
                 )
         self.state = {k: torch.as_tensor(state[k]).to(self.state[k].dtype).clone() for k in self.state}
 
     # -- the global model ------------------------------------------------------------------
     def global_model(self) -> nn.Module:
         """A real module holding θ (at the small width for the ``small`` planner)."""
-        return build_submodel(self.build, self.state)
+        return build_submodel(self.build, self.state, self.post_build)

@@ -42,8 +42,13 @@ def _nonpersistent_buffers(build: Callable[[], nn.Module]) -> dict[str, torch.Te
     return {k: v.detach() for k, v in model.named_buffers() if k not in persistent}
 
 
-def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor]) -> nn.Module:
+def build_submodel(
+    build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], post_build: Callable[[nn.Module], None] | None = None
+) -> nn.Module:
     """Instantiate ``build()`` at the sizes of ``state`` (a full or sliced ``model_state``, all keys).
+
+    ``post_build`` is the family's hook for size attributes of its own modules that the generic
+    leaf rules below do not know (``ModelFamily.post_build``: BERT attention's head count).
 
     Tied tensors are given once and stay tied. Raises ValueError naming the key when ``state``
     misses a key of the model or has an extra one.
@@ -83,10 +88,8 @@ def build_submodel(build: Callable[[], nn.Module], state: Mapping[str, torch.Ten
                 for attr, value in sizes(module).items():
                     setattr(module, attr, value)
                 break
-        if hasattr(module, "attention_head_size") and isinstance(getattr(module, "query", None), nn.Linear):
-            # BERT-style attention keeps its head count as attributes: make them match the slice.
-            module.all_head_size = module.query.weight.shape[0]
-            module.num_attention_heads = module.all_head_size // module.attention_head_size
+    if post_build is not None:
+        post_build(model)
     return model
 
 

@@ -21,7 +21,8 @@ class ModelFamily:
     sub-models); ``representation_layer`` names the module whose *input* is the representation z
     used by the contrastive loss (the classifier or LM head; a [B, T, H] input is averaged over T).
     ``local_keys`` are frozen tensors every party builds itself (pretrained embeddings shipped with
-    the package): never trained, never sent.
+    the package): never trained, never sent. ``post_build`` runs on every sub-model after it is
+    built (``build_submodel``), for size attributes of the family's own modules.
     """
 
     name: str
@@ -29,9 +30,17 @@ class ModelFamily:
     split_map: SplitMap
     representation_layer: str
     local_keys: frozenset[str] = frozenset()
+    post_build: Callable[[nn.Module], None] | None = None
 
 
-def _family(name: str, build: Callable[[], nn.Module], split_map_fn, representation_layer: str, local_prefix: str = "") -> ModelFamily:
+def _family(
+    name: str,
+    build: Callable[[], nn.Module],
+    split_map_fn,
+    representation_layer: str,
+    local_prefix: str = "",
+    post_build: Callable[[nn.Module], None] | None = None,
+) -> ModelFamily:
     import torch
 
     with torch.device("meta"):
@@ -40,7 +49,7 @@ def _family(name: str, build: Callable[[], nn.Module], split_map_fn, representat
     local = frozenset(k for k in model_state(template) if local_prefix and k.startswith(local_prefix))
     if local & set(split_map):
         raise ValueError(f"local (never sent) tensors cannot be split: {sorted(local & set(split_map))[:3]}")
-    return ModelFamily(name, build, split_map, representation_layer, local)
+    return ModelFamily(name, build, split_map, representation_layer, local, post_build)
 
 
 FAMILY_NAMES = ("digits-cnn", "cifar-cnn", "resnet18", "llama", "minilm")
@@ -68,9 +77,12 @@ def get_family(name: str, num_classes: int = 10, width: int | None = None, layer
             LOCAL_PREFIX,
             build_minilm_classifier,
             minilm_split_map,
+            sync_attention_head_counts,
         )
 
         if width or layers:
             raise ValueError("minilm's width and depth are fixed by the pretrained checkpoint; leave model-width and model-layers at 0")
-        return _family(name, partial(build_minilm_classifier, num_classes), minilm_split_map, "classifier", LOCAL_PREFIX)
+        return _family(
+            name, partial(build_minilm_classifier, num_classes), minilm_split_map, "classifier", LOCAL_PREFIX, sync_attention_head_counts
+        )
     raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILY_NAMES)}")

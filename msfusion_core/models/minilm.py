@@ -63,6 +63,15 @@ def build_minilm_classifier(num_classes: int) -> MiniLMClassifier:
     return MiniLMClassifier(num_classes, pretrained=torch.get_default_device().type != "meta")
 
 
+def sync_attention_head_counts(model: nn.Module) -> None:
+    """The family's post-build hook: BERT attention keeps its head count as attributes (forward
+    reshapes by them), so a sub-model with fewer heads must say so."""
+    for module in model.modules():
+        if hasattr(module, "attention_head_size") and isinstance(getattr(module, "query", None), nn.Linear):
+            module.all_head_size = module.query.weight.shape[0]
+            module.num_attention_heads = module.all_head_size // module.attention_head_size
+
+
 def minilm_split_map(model: MiniLMClassifier) -> dict[str, tuple[Binding, ...]]:
     head_size = model.bert.config.hidden_size // model.bert.config.num_attention_heads
     split: dict[str, tuple[Binding, ...]] = {}

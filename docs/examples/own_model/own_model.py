@@ -73,8 +73,8 @@ def run_server(grid: Grid, num_rounds: int):
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model = strategy.global_model()
-        calibrate_batchnorm(model, test, "plain")  # no BatchNorm here: a no-op, kept for your model
-        loss, accuracy = evaluate(model, test, "plain")
+        calibrate_batchnorm(model, test)  # no BatchNorm here: a no-op, kept for your model
+        loss, accuracy = evaluate(model, test)  # as_float: your tensors as they are (pass preprocess= for your own)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     return strategy.start(grid, ArrayRecord(TinyNet().state_dict()), num_rounds=num_rounds, evaluate_fn=central_evaluation)
@@ -91,7 +91,7 @@ def node_setup(context: Context) -> NodeSetup:
         partition_id=pid,
         # A SuperNode's own `split-ratio`, else (simulated nodes) a tier by partition id.
         capacity=node_capacity(context, tiers=(1.0, 0.5, 0.25)),
-        train_config=TrainConfig(dataset="plain", epochs=2, batch_size=32, lr=0.05),  # μ: the strategy sends it
+        train_config=TrainConfig(epochs=2, batch_size=32, lr=0.05),  # μ: the strategy sends it
         train_data=lambda: TensorData(train.x[mine], train.y[mine]),
         test_data=lambda: digits("test"),
     )

@@ -1,0 +1,135 @@
+"""The wire protocol between the MSfusion ServerApp and ClientApp: every message both ways, defined once.
+
+    QUERY     server → node   {plan: {query: "capacity"}}
+              node → server   {node: {partition-id, split-ratio}}
+    TRAIN     server → node   {arrays: the sub-model, plan: {server-round, plan (compact JSON), settings...}}
+              node → server   {arrays: the trained parameters, metrics: {num-examples, loss, flops, ...}}
+    EVALUATE  server → node   as TRAIN
+              node → server   {metrics: {loss, accuracy, num-examples}}
+
+Arrays are decoded one way on both sides (``decode_arrays``) and checked by one rule
+(``msfusion_core.method.checks.check_arrays``: by the server in ``SubmodelServer.validate``, by the
+node in ``Participant.check_received``). Bytes are the tensors' payload, ``payload_bytes``, both ways.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from msfusion_core.local.measure import num_bytes as payload_bytes
+from msfusion_core.method.planner import ParticipantPlan, check_capacity
+from msfusion_core.method.server import Reply, ReplyError
+
+ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
+
+__all__ = [
+    "ARRAYS_KEY",
+    "METRICS_KEY",
+    "NODE_KEY",
+    "PLAN_KEY",
+    "PlanMessage",
+    "capacity_query",
+    "capacity_reply",
+    "decode_arrays",
+    "evaluate_reply",
+    "payload_bytes",
+    "plan_message",
+    "read_capacity_reply",
+    "read_evaluate_reply",
+    "read_plan_message",
+    "read_train_reply",
+    "train_reply",
+]
+
+
+def decode_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Writable tensors from an ArrayRecord; ValueError (never a crash) when one cannot be decoded."""
+    try:
+        return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+    except Exception as exc:  # a corrupt Array: numpy's or Flower's error, whatever it is
+        raise ValueError(f"arrays could not be decoded: {exc}") from exc
+
+
+# -- capacity ------------------------------------------------------------------------------------
+def capacity_query() -> RecordDict:
+    return RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity"})})
+
+
+def capacity_reply(partition_id: int, capacity: float) -> RecordDict:
+    return RecordDict({NODE_KEY: ConfigRecord({"partition-id": int(partition_id), "split-ratio": float(capacity)})})
+
+
+def read_capacity_reply(content: RecordDict, default_capacity: float, who: str) -> tuple[int, float]:
+    """(partition id, capacity); a node that declares no ``split-ratio`` gets ``default_capacity``."""
+    try:
+        cfg = content.config_records[NODE_KEY]
+        return int(cfg["partition-id"]), check_capacity(cfg.get("split-ratio", default_capacity), who)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"unusable capacity reply: {exc!r}") from exc
+
+
+# -- plans: TRAIN and EVALUATE -------------------------------------------------------------------
+def plan_message(arrays: ArrayRecord, plan: ParticipantPlan, server_round: int, settings: Mapping[str, Any]) -> RecordDict:
+    """A node's sub-model and its plan; ``settings`` are the run's per-round ones (μ, the run seed)."""
+    cfg = ConfigRecord(dict(settings) | {"server-round": int(server_round), "plan": json.dumps(plan.to_compact())})
+    return RecordDict({ARRAYS_KEY: arrays, PLAN_KEY: cfg})
+
+
+@dataclass(frozen=True)
+class PlanMessage:
+    compact_plan: dict[str, Any]  # to verify against the node's own model (Participant.read_plan)
+    arrays: dict[str, torch.Tensor]
+    server_round: int
+    settings: ConfigRecord  # everything the server sent with the plan
+
+
+def read_plan_message(content: RecordDict) -> PlanMessage:
+    if ARRAYS_KEY not in content.array_records or PLAN_KEY not in content.config_records:
+        raise ValueError(f"message needs an ArrayRecord {ARRAYS_KEY!r} and a ConfigRecord {PLAN_KEY!r}")
+    cfg = content.config_records[PLAN_KEY]
+    if "plan" not in cfg or "server-round" not in cfg:
+        raise ValueError("config record lacks 'plan' or 'server-round'")
+    try:
+        compact = json.loads(str(cfg["plan"]))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"plan is not valid JSON: {exc}") from exc
+    return PlanMessage(compact, decode_arrays(content.array_records[ARRAYS_KEY]), int(cfg["server-round"]), cfg)
+
+
+# -- replies -------------------------------------------------------------------------------------
+def train_reply(state: Mapping[str, torch.Tensor], metrics: Mapping[str, int | float]) -> RecordDict:
+    return RecordDict({ARRAYS_KEY: ArrayRecord(dict(state)), METRICS_KEY: MetricRecord(dict(metrics))})
+
+
+def read_train_reply(participant_id: int, content: RecordDict) -> Reply:
+    """The reply as the core's ``Reply``; its contents are checked by ``SubmodelServer.validate``."""
+    if ARRAYS_KEY not in content.array_records or METRICS_KEY not in content.metric_records:
+        raise ReplyError(f"reply needs an ArrayRecord {ARRAYS_KEY!r} and a MetricRecord {METRICS_KEY!r}")
+    try:
+        state = decode_arrays(content.array_records[ARRAYS_KEY])
+    except ValueError as exc:
+        raise ReplyError(str(exc)) from exc
+    metrics = dict(content.metric_records[METRICS_KEY])
+    return Reply(participant_id, state, metrics.get("num-examples"), metrics)
+
+
+def evaluate_reply(loss: float, accuracy: float, num_examples: int) -> RecordDict:
+    return RecordDict({METRICS_KEY: MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": int(num_examples)})})
+
+
+def read_evaluate_reply(content: RecordDict) -> tuple[float, float, int] | None:
+    """(loss, accuracy, examples), or None for a reply without usable metrics."""
+    if METRICS_KEY not in content.metric_records:
+        return None
+    m = content.metric_records[METRICS_KEY]
+    try:
+        return float(m.get("loss", 0.0)), float(m.get("accuracy", 0.0)), int(m.get("num-examples", 0))
+    except (TypeError, ValueError):
+        return None
