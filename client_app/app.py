@@ -184,8 +184,8 @@ def error_reply(msg: Message, exc: Exception) -> Message:
 
 # -- the project's own ClientApp, configured by the run config --------------------------------
 @lru_cache(maxsize=4)
-def _participant(model: str, width: int, layers: int, dataset: str, data_path: str) -> Participant:
-    family = Settings(model=model, model_width=width, model_layers=layers, dataset=dataset, data_path=data_path).family()
+def _participant(model: str, width: int, layers: int, dataset: str, data_path: str, tokenizer: str) -> Participant:
+    family = Settings(model=model, model_width=width, model_layers=layers, dataset=dataset, data_path=data_path, tokenizer=tokenizer).family()
     return Participant(family.build, family.split_map, family.representation_layer, family.local_keys, family.post_build)
 
 
@@ -207,16 +207,18 @@ def setup_from_run_config(context: Context) -> NodeSetup:
     def train_data() -> TensorData:
         return load_partition(
             settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len,
-            holdout=settings.validation_examples,
+            holdout=settings.validation_examples, tokenizer=settings.tokenizer,
         )
 
     def test_data() -> TensorData:
-        test = load_test(settings.dataset, path, seq_len=settings.seq_len)
+        test = load_test(settings.dataset, path, seq_len=settings.seq_len, tokenizer=settings.tokenizer)
         share = torch.arange(pid, int(test.y.shape[0]), num)  # an IID 1/num share of the test split
         return TensorData(test.x[share], test.y[share])
 
     return NodeSetup(
-        participant=_participant(settings.model, settings.model_width, settings.model_layers, settings.dataset, settings.data_path),
+        participant=_participant(
+            settings.model, settings.model_width, settings.model_layers, settings.dataset, settings.data_path, settings.tokenizer
+        ),
         partition_id=pid,
         capacity=capacity,
         train_config=settings.train_config(),

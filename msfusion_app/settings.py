@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from msfusion_core.data import DATASETS
+from msfusion_core.data.text import check_tokenizer
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.method.overlap import OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
@@ -58,6 +59,7 @@ class Settings:
     dataset: str = "digits"
     data_path: str = ""  # local directory (CIFAR-10/SST-2 Parquet, WikiText-2 .txt); empty: the Hub (or embedded digits)
     seq_len: int = 64  # text: tokens per language-model sequence / maximum tokens of a sentence
+    tokenizer: str = "word"  # wikitext2: word (33,278 words) | bpe-<V>, a byte-level BPE trained on the train split
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
@@ -139,6 +141,9 @@ class Settings:
 
             if not torch.cuda.is_available():
                 raise ValueError(f"device {self.device!r}: torch sees no CUDA GPU here (use cpu or auto)")
+        check_tokenizer(self.tokenizer)
+        if self.tokenizer != "word" and self.dataset != "wikitext2":
+            raise ValueError(f"tokenizer {self.tokenizer!r} is WikiText-2's; dataset {self.dataset!r} has its own")
         if self.partitioner == "articles" and self.dataset != "wikitext2":
             raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
         if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
@@ -247,7 +252,7 @@ class Settings:
         from msfusion_core.data import num_classes
 
         return get_family(
-            self.model, num_classes(self.dataset, self.data_path or None), self.model_width or None, self.model_layers or None
+            self.model, num_classes(self.dataset, self.data_path or None, self.tokenizer), self.model_width or None, self.model_layers or None
         )
 
     def train_config(self) -> TrainConfig:

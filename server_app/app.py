@@ -62,14 +62,15 @@ class CentralEvaluation:
         self.preprocess = settings.preprocess()
         path = settings.data_path or None
         limit, seq = settings.central_eval_examples or None, settings.seq_len
-        self.test = load_test(settings.dataset, path, limit=limit, seq_len=seq)
+        tok = settings.tokenizer
+        self.test = load_test(settings.dataset, path, limit=limit, seq_len=seq, tokenizer=tok)
         # A language model reports validation and test perplexity (exp of the per-token loss).
-        self.valid = load_test(settings.dataset, path, limit=limit, split="validation", seq_len=seq) if settings.dataset == "wikitext2" else None
+        self.valid = load_test(settings.dataset, path, limit=limit, split="validation", seq_len=seq, tokenizer=tok) if settings.dataset == "wikitext2" else None
         # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample
         # (bn-calibration-batches = 0, for models without BatchNorm, skips loading it).
         keep = settings.bn_calibration_batches * 128
         holdout = settings.validation_examples
-        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq, holdout=holdout) if keep else None
+        calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq, holdout=holdout, tokenizer=tok) if keep else None
         self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
         # The server's own validation split: train rows no node trains on (never the test split).
         # Its loss drives the plateau overlap schedule.

@@ -53,13 +53,14 @@ def load_partition(
     seed: int = 42,
     seq_len: int = 64,
     holdout: int = 0,
+    tokenizer: str = "word",
 ) -> TensorData:
     """Partition ``partition_id`` of the train split of ``name``, as tensors (fresh copies), less
     the ``holdout`` rows the server validates on (``holdout_rows``; image data sets only).
 
     The first call in a process decodes the whole train split (CIFAR-10: ~5 s on one core);
     later calls with any partitioning only index the cached tensors. ``seq_len``: tokens per
-    sequence of the text data sets.
+    sequence of the text data sets; ``tokenizer``: WikiText-2's, ``word`` or ``bpe-<V>``.
     """
     _check_name(name)
     if isinstance(partition_id, bool) or not isinstance(partition_id, (int, np.integer)):
@@ -70,7 +71,7 @@ def load_partition(
         if holdout:
             raise ValueError(f"a held-out validation split of the train rows is not supported for {name!r}")
         if name == "wikitext2":
-            data = text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len)
+            data = text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len, tokenizer)
         else:
             data = text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
         return TensorData(data.x.clone(), data.y.clone())
@@ -86,7 +87,13 @@ def load_holdout(name: str, data_path: str | None, count: int, seed: int) -> Ten
 
 
 def load_test(
-    name: str, data_path: str | None = None, limit: int | None = None, *, split: str | None = None, seq_len: int = 64
+    name: str,
+    data_path: str | None = None,
+    limit: int | None = None,
+    *,
+    split: str | None = None,
+    seq_len: int = 64,
+    tokenizer: str = "word",
 ) -> TensorData:
     """The evaluation split as tensors (fresh copies), its first ``limit`` rows if given.
 
@@ -97,18 +104,21 @@ def load_test(
         raise ValueError(f"limit must be None or >= 0, got {limit!r}")
     if name in text.TEXT_DATASETS:
         split = split or ("validation" if name == "sst2" else "test")
-        data = text.wikitext_split(data_path, split, seq_len) if name == "wikitext2" else text.sst2_tensors(data_path, split, seq_len)
+        if name == "wikitext2":
+            data = text.wikitext_split(data_path, split, seq_len, tokenizer)
+        else:
+            data = text.sst2_tensors(data_path, split, seq_len)
         return TensorData(data.x[:limit].clone(), data.y[:limit].clone())
     if split not in (None, "test"):
         raise ValueError(f"{name} has only a test split for evaluation, not {split!r}")
     return images.image_test(name, data_path, limit)
 
 
-def num_classes(name: str, data_path: str | None = None) -> int:
+def num_classes(name: str, data_path: str | None = None, tokenizer: str = "word") -> int:
     """Number of classes of ``name``; for ``wikitext2`` the vocabulary size (reads the train split)."""
     _check_name(name)
     if name == "wikitext2":
-        return len(text.wikitext_vocab(data_path))
+        return text.wikitext_vocab_size(data_path, tokenizer)
     return 2 if name == "sst2" else images.NUM_CLASSES[name]
 
 

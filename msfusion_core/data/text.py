@@ -1,8 +1,16 @@
 """Text data: WikiText-2 word-level language modelling and SST-2 sentiment, as ``TensorData``.
 
-WikiText-2 follows pytorch/examples' ``word_language_model``: every line is ``line.split()`` plus
-``<eos>``; the vocabulary is built from the training split in order of first appearance (words
-absent from it read as ``<unk>``). A node's text becomes non-overlapping sequences of ``seq_len``
+WikiText-2 is tokenised one of two ways (run config ``tokenizer``):
+
+* ``word``, as pytorch/examples' ``word_language_model``: every line is ``line.split()`` plus
+  ``<eos>``; the vocabulary is built from the training split in order of first appearance (words
+  absent from it read as ``<unk>``). 33,278 words: a tied embedding that dwarfs a small LM's blocks.
+* ``bpe-<V>``: a byte-level BPE of vocabulary V (Hugging Face ``tokenizers``) trained on the train
+  split only, each line encoded then ``<eos>``. Trained once per content hash of train.txt and kept
+  as JSON in a ``.tokenizers`` folder next to the data (or ``~/.cache/msfusion`` where that is
+  read-only); never downloaded.
+
+A node's text becomes non-overlapping sequences of ``seq_len``
 tokens: ``x`` = tokens [i·T, (i+1)·T), ``y`` = the same shifted by one. Partitions (flwr-datasets):
 ``iid`` gives each node a contiguous chunk of the training text (``IidPartitioner`` over lines),
 ``articles`` whole articles (``GroupedNaturalIdPartitioner`` over article ids).
@@ -13,6 +21,8 @@ split with the Dirichlet label partitioner, like the image data sets.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import threading
 from functools import lru_cache
@@ -95,6 +105,75 @@ def wikitext_vocab(data_path: str | None) -> dict[str, int]:
     return _cached(("wikitext-vocab", str(_folder(data_path, "wikitext2"))), lambda: build_vocab(wikitext_lines(data_path)["train"]["text"]))
 
 
+_BPE_SPEC = re.compile(r"^bpe-([1-9][0-9]*)$")
+
+
+def check_tokenizer(spec: str) -> int | None:
+    """``word`` (None) or ``bpe-<V>`` (V); ValueError otherwise."""
+    if spec == "word":
+        return None
+    match = _BPE_SPEC.match(spec)
+    if match is None or int(match.group(1)) < 260:
+        raise ValueError(f"tokenizer must be 'word' or 'bpe-<vocabulary size >= 260>' (e.g. bpe-8192), got {spec!r}")
+    return int(match.group(1))
+
+
+def _bpe_cache_dir(folder: Path | None) -> Path:
+    for candidate in ([folder / ".tokenizers"] if folder is not None else []) + [Path.home() / ".cache" / "msfusion" / "tokenizers"]:
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            if os.access(candidate, os.W_OK):
+                return candidate
+        except OSError:
+            continue
+    raise OSError("no writable folder for the BPE tokenizer cache")
+
+
+def bpe_tokenizer(data_path: str | None, vocab_size: int):
+    """A byte-level BPE trained on WikiText-2's train split, loaded from the cache when its
+    content hash (of train.txt and the vocabulary size) has been trained before."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = _folder(data_path, "wikitext2")
+    if folder is None:
+        raise ValueError("the BPE tokenizer is trained on local WikiText-2 files: give data-path")
+
+    def load():
+        digest = hashlib.sha256((folder / WIKITEXT_FILES["train"]).read_bytes()).hexdigest()[:16]
+        cache = _bpe_cache_dir(folder) / f"bpe-{vocab_size}-{digest}.json"
+        if cache.is_file():
+            return Tokenizer.from_file(str(cache))
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tok.train_from_iterator(wikitext_lines(data_path)["train"]["text"], trainer=trainer)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tok.save(str(tmp))
+        os.replace(tmp, cache)  # atomic: concurrent nodes never read a half-written file
+        return tok
+
+    return _cached(("wikitext-bpe", str(folder), vocab_size), load)
+
+
+def encode_lines(lines: list[str], data_path: str | None, tokenizer: str = "word") -> torch.Tensor:
+    """int64 ids of every line, each followed by ``<eos>``, concatenated."""
+    vocab_size = check_tokenizer(tokenizer)
+    if vocab_size is None:
+        return tokenize(lines, wikitext_vocab(data_path))
+    tok = bpe_tokenizer(data_path, vocab_size)
+    eos = tok.token_to_id(EOS)
+    ids = [i for enc in tok.encode_batch(lines) for i in (*enc.ids, eos)]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def wikitext_vocab_size(data_path: str | None, tokenizer: str = "word") -> int:
+    vocab_size = check_tokenizer(tokenizer)
+    return len(wikitext_vocab(data_path)) if vocab_size is None else bpe_tokenizer(data_path, vocab_size).get_vocab_size()
+
+
 def lm_sequences(tokens: torch.Tensor, seq_len: int) -> TensorData:
     """Non-overlapping next-token pairs: x [N, T] and y [N, T] with N = (len(tokens) − 1) // T."""
     if seq_len < 1:
@@ -111,7 +190,9 @@ def article_ids(lines: list[str]) -> np.ndarray:
     return np.maximum(np.cumsum(starts) - 1, 0)
 
 
-def wikitext_partition(data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, seq_len: int) -> TensorData:
+def wikitext_partition(
+    data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, seq_len: int, tokenizer: str = "word"
+) -> TensorData:
     if partitioner not in TEXT_PARTITIONERS["wikitext2"]:
         raise ValueError(f"wikitext2 supports partitioners {TEXT_PARTITIONERS['wikitext2']}, got {partitioner!r}")
     train = wikitext_lines(data_path)["train"]
@@ -133,17 +214,16 @@ def wikitext_partition(data_path: str | None, partitioner: str, num_partitions: 
 
     def sequences() -> TensorData:  # tokenised once per process, not every round
         lines = train.select(_cached(key, rows)[partition_id])["text"]
-        return lm_sequences(tokenize(lines, wikitext_vocab(data_path)), seq_len)
+        return lm_sequences(encode_lines(lines, data_path, tokenizer), seq_len)
 
-    return _cached((*key, partition_id, seq_len), sequences)
+    return _cached((*key, partition_id, seq_len, tokenizer), sequences)
 
 
-def wikitext_split(data_path: str | None, split: str, seq_len: int) -> TensorData:
+def wikitext_split(data_path: str | None, split: str, seq_len: int, tokenizer: str = "word") -> TensorData:
     def sequences() -> TensorData:
-        lines = wikitext_lines(data_path)[split]["text"]
-        return lm_sequences(tokenize(lines, wikitext_vocab(data_path)), seq_len)
+        return lm_sequences(encode_lines(wikitext_lines(data_path)[split]["text"], data_path, tokenizer), seq_len)
 
-    return _cached(("wikitext-split", str(_folder(data_path, "wikitext2")), split, seq_len), sequences)
+    return _cached(("wikitext-split", str(_folder(data_path, "wikitext2")), split, seq_len, tokenizer), sequences)
 
 
 # -- SST-2 -----------------------------------------------------------------------------------
