@@ -116,13 +116,45 @@ def test_clipping_bounds_update_size():
     assert clipped[1] is contribs[1]  # honest updates below the limit are untouched
 
 
-def test_server_robust_option_and_bad_mode():
+def test_server_rejects_an_unknown_robust_mode():
     fam = get_family("digits-cnn")
     with pytest.raises(ValueError, match="unknown robust aggregation"):
         SubmodelServer(fam.build, fam.split_map, make_planner("msfusion"), robust="krum")
+
+
+# Three full-capacity replies moving every parameter by +1, +2 and +100 (an outlier). Clipping at
+# 2 × the median update size (2) scales the outlier to +4. The server's result tells which path ran:
+# the median is +2 with or without clipping; the weighted mean is (1 + 2 + 4) / 3 clipped and
+# (1 + 2 + 100) / 3 unclipped. A server that ignored ``robust`` or ``clip_factor`` lands elsewhere.
+@pytest.mark.parametrize(
+    "robust, clip, moved",
+    [("median", 2.0, 2.0), ("median", 0.0, 2.0), ("none", 2.0, 7 / 3), ("none", 0.0, 103 / 3)],
+)
+def test_server_applies_its_robust_and_clip_settings(robust, clip, moved):
+    fam = get_family("digits-cnn")
+    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion"), robust=robust, clip_factor=clip)
+    plan = server.plan_round(1, [(1, 1.0), (2, 1.0), (3, 1.0)])
+    before = {k: v.clone() for k, v in server.state.items()}
+    steps = {1: 1.0, 2: 2.0, 3: 100.0}
+    replies = []
+    for n, pp in plan.participants.items():
+        received = server.download(pp)
+        replies.append(Reply(n, {k: received[k] + steps[n] for k in server.param_keys}, 10))
+    server.aggregate(plan, replies)
+    for k, v in before.items():
+        if k in server.param_keys:
+            torch.testing.assert_close(server.state[k], v + moved, rtol=1e-5, atol=1e-4)
+        else:
+            assert torch.equal(server.state[k], v), k  # buffers are not aggregated
+
+
+def test_server_median_with_clipping_leaves_theta_alone_when_nobody_moves():
+    # Every update is zero: the median update size (the clipping limit) is 0, and nothing may be
+    # divided by it or moved.
+    fam = get_family("digits-cnn")
     server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion"), robust="median", clip_factor=2.0)
     plan = server.plan_round(1, [(1, 0.5), (2, 0.5), (3, 0.5)])
     replies = [Reply(n, {k: v for k, v in server.download(pp).items() if k in server.param_keys}, 10) for n, pp in plan.participants.items()]
     before = {k: v.clone() for k, v in server.state.items()}
     server.aggregate(plan, replies)
-    assert all(torch.equal(server.state[k], before[k]) for k in before)  # no update → θ unchanged
+    assert all(torch.equal(server.state[k], before[k]) for k in before)
