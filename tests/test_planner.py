@@ -202,10 +202,12 @@ def test_per_group_offsets_train_every_conv_weight(r, num):
     assert per_group["train_count_cv"] < aligned["train_count_cv"] / 4
 
 
+@pytest.mark.parametrize("overlap_form", ["spread", "core"])  # core: a shared core + double-shifted remainder
 @settings(max_examples=25, deadline=None)
 @given(k_a=st.integers(2, 24), k_b=st.integers(2, 24), num=st.integers(1, 6), r=st.sampled_from([1.0, 0.5, 0.25, 0.125]))
-def test_over_enough_rounds_every_pair_of_units_is_co_trained(k_a, k_b, num, r):
-    planner = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.5), window_offsets="per-group", seed=3)
+def test_over_enough_rounds_every_pair_of_units_is_co_trained(overlap_form, k_a, k_b, num, r):
+    schedule = OverlapSchedule("constant", start=0.5)
+    planner = make_planner("msfusion", schedule=schedule, window_offsets="per-group", seed=3, overlap_form=overlap_form)
     seen = np.zeros((k_a, k_b), dtype=bool)
     for t in range(1, 3001):
         for p in planner.plan(t, [(i, r) for i in range(num)], {"a": k_a, "b": k_b}).participants.values():
