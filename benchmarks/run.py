@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
 import statistics
@@ -32,9 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.experiments import EXPERIMENTS, METHODS, Experiment, Variant
-from benchmarks.flower_procs import REPO, read_jsonl
-from benchmarks.launch import flwr_run, toml_value
+# Before torch loads OpenMP: threads that sleep while they wait. With the default (spin), a C1 run
+# sharing the 2 cores with anything else went from 3 s to 30-45 s per round; alone it is as fast.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from benchmarks.experiments import EXPERIMENTS, METHODS, Experiment, Variant  # noqa: E402
+from benchmarks.flower_procs import REPO, read_jsonl  # noqa: E402
+from benchmarks.launch import flwr_run, toml_value  # noqa: E402
 
 
 def run_name(method: str, seed: int, variant: Variant) -> str:
