@@ -72,7 +72,7 @@ def read_capacity_reply(content: RecordDict, default_capacity: float, who: str) 
         cfg = content.config_records[NODE_KEY]
         return int(cfg["partition-id"]), check_capacity(cfg.get("split-ratio", default_capacity), who)
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"unusable capacity reply: {exc!r}") from exc
+        raise ValueError(f"no {exc!r} in the node's record") from exc
 
 
 # -- plans: TRAIN and EVALUATE -------------------------------------------------------------------

@@ -217,13 +217,17 @@ def _partition_indices(
         return out
 
 
+@cache
 def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
-    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted.
+    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted
+    (read-only; cached, since a node loads its partition every round).
 
     Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
     if not 0 <= count < num_rows:
         raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
-    return np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
+    rows = np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
+    rows.flags.writeable = False
+    return rows
 
 
 def image_partition(
@@ -252,7 +256,7 @@ def image_partition(
 
 def image_holdout(name: str, data_path: str | None, count: int, seed: int) -> TensorData:
     full = _split_tensors(name, data_path, "train")
-    idx = torch.from_numpy(holdout_rows(int(full.y.shape[0]), count, seed))
+    idx = torch.from_numpy(holdout_rows(int(full.y.shape[0]), count, seed).copy())
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 

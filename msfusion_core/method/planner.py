@@ -196,6 +196,11 @@ def plan_double_shift(
     return plans
 
 
+def core_length(overlap: float, window: int) -> int:
+    """c = round(o·m): the shared core of a window of m units at overlap o."""
+    return min(round(overlap * window), window)
+
+
 def plan_core_and_remainder(
     server_round: int,
     participants: Sequence[tuple[int, float]],
@@ -215,7 +220,7 @@ def plan_core_and_remainder(
         groups = {}
         for g, k in group_sizes.items():
             m = window_length(capacity, k)
-            core = min(round(overlap * m), m)
+            core = core_length(overlap, m)
             rest = k - core
             start = (slot * rest // num - server_round * shift_step + (group_offsets or {}).get(g, 0)) % rest if m > core else 0
             groups[g] = Window(start, m, k, core)
@@ -340,7 +345,7 @@ class DoubleShiftPlanner:
 
     def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
         """The shared core at ``overlap``, in units per group, for the smallest capacity."""
-        return {g: min(round(overlap * window_length(self.core_capacity, k)), k) for g, k in group_sizes.items()}
+        return {g: core_length(overlap, window_length(self.core_capacity, k)) for g, k in group_sizes.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {
