@@ -257,6 +257,13 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # loss is not back to its pre-step best within 30 rounds (overlap.py, the plateau rule).
     **{f"msfusion-grow-r{r:g}": _at("msfusion", r) | GROW | {"overlap-step": 0.25} for r in (0.5, 0.25)},
     **{f"msfusion-grow2-r{r:g}": _at("msfusion", r) | GROW for r in (0.5, 0.25)},
+    # Issue 15, part 3: does the contrastive term pay at matched FLOPs? One change each against
+    # msfusion-r0.25 (μ = 1 on every batch, 1.73x small's FLOPs): μ = 0 (small's FLOPs); μ = 1 on a
+    # quarter of the batches (about 1.18x); self-distillation toward the received sub-model instead
+    # (one frozen forward, about 1.33x).
+    "msfusion-mu0-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0},
+    "msfusion-quarter-r0.25": _at("msfusion", 0.25) | {"regularised-fraction": 0.25},
+    "msfusion-distill-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0, "distill-weight": 1.0},
 }
 C1 = Experiment(
     "C1",
@@ -267,16 +274,30 @@ C1 = Experiment(
     (
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-pergroup-r0.25", "msfusion-grow-r0.25", "msfusion-grow-r0.5",
-        "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
+        "msfusion-grow2-r0.25", "msfusion-grow2-r0.5", "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25",
     ),
     target=0.6,
     seeds=(0, 1, 2),
     arms=C1_ARMS,
     method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")}
-    | {"msfusion-pergroup-r0.25": (0, 1)},
+    | {"msfusion-pergroup-r0.25": (0, 1), "msfusion-mu0-r0.25": (0, 1), "msfusion-quarter-r0.25": (0,), "msfusion-distill-r0.25": (0,)},
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1
+
+# C1P (issue 15, part 4): E2's scalability question on C1's protocol. P nodes at r = 2/P, so that
+# the federation holds two full models' worth of width; the small control is the width-2/P model.
+C1P = Experiment(
+    "C1P",
+    "Scalability on C1's protocol: P nodes at r = 2/P (P = 4, 8, 16), small vs msfusion as it stands and "
+    "msfusion starting as small (grow2); otherwise C1's setting.",
+    C1_SETTING,
+    ("small", "msfusion", "msfusion-grow2"),
+    target=0.5,
+    variants=tuple(Variant(f"P{p}", {"split-ratio-tiers": str(2 / p)}, p) for p in (4, 8, 16)),
+    arms={"msfusion-grow2": METHODS["msfusion"] | GROW},
+)
+EXPERIMENTS["C1P"] = C1P
 
 # C1G (issue 14): C1's protocol at full scale, for a GPU machine: ResNet-18 width 64, 100 nodes of
 # which 10 train per round on their whole partitions (about 500 images), 300 rounds.

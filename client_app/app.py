@@ -91,6 +91,7 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             "loss": update.result.loss,
             "ce-loss": update.result.ce_loss,
             "contrastive-loss": update.result.contrastive_loss,
+            "distill-loss": update.result.distill_loss,
             "flops": float(update.result.flops),
             "bytes-down": update.bytes_down,
             "bytes-up": update.bytes_up,

@@ -80,6 +80,8 @@ class Settings:
     window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
     contrastive_mu: float = 1.0
     contrastive_tau: float = 0.5
+    distill_weight: float = 0.0  # self-distillation toward the received sub-model's predictions (KL, T = 1)
+    regularised_fraction: float = 1.0  # share of local batches carrying the contrastive/distillation terms and their frozen forwards
     aggregation_weight: str = "examples"
     robust_aggregation: str = "none"  # none | trimmed-mean | median (per coordinate, over its participants)
     trim_fraction: float = 0.2
@@ -171,6 +173,7 @@ class Settings:
             "momentum": (0.0, True, 1.0),
             "weight_decay": (0.0, True, None),
             "contrastive_mu": (0.0, True, None),
+            "distill_weight": (0.0, True, None),
             "overlap_eta": (0.0, True, None),
             "overlap_leak": (0.0, True, 1.0),
             "shift_step": (0, True, None),
@@ -195,6 +198,8 @@ class Settings:
             raise ValueError("overlap-schedule 'plateau' is driven by validation: set validation-examples > 0 (e.g. 2000)")
         if self.validation_examples and self.dataset not in ("cifar10", "digits"):
             raise ValueError(f"validation-examples holds out labelled train rows; dataset {self.dataset!r} is not supported")
+        if not 0.0 < self.regularised_fraction <= 1.0:
+            raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")
         for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max", "overlap_step"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
@@ -265,6 +270,8 @@ class Settings:
             weight_decay=self.weight_decay,
             mu=self.contrastive_mu,
             tau=self.contrastive_tau,
+            distill=self.distill_weight,
+            regularised_fraction=self.regularised_fraction,
             optimizer=self.optimizer,
             device=self.torch_device(),
         )

@@ -116,9 +116,9 @@ class Participant:
         ratios = {g: len(units[g]) / sizes[g] for g in units} if scaler else None
         model = self.model(received, ratios)
         global_model = prev_model = None
-        if cfg.mu > 0:
+        if cfg.mu > 0 or cfg.distill > 0:
             global_model = self.model(received, ratios)
-            if previous is not None:
+            if cfg.mu > 0 and previous is not None:
                 mapped = map_previous(self.slicer, previous.state, previous.units, received, units)
                 prev_model = self.model(mapped, ratios)
         result = train_submodel(

@@ -1,6 +1,9 @@
 """Local training of a sub-model (SPEC §4), static-BN calibration and evaluation.
 
-Loss = cross-entropy + μ·L_con. The representation z is the input of the family's
+Loss = cross-entropy + μ·L_con + λ·KL(received ‖ local). L_con is MOON's model-contrastive term;
+the KL term is self-distillation toward the received sub-model's predictions (a function-space
+proximal term at temperature 1). Both need frozen forward passes, so both run on only a
+``regularised_fraction`` of the batches, spread evenly. The representation z is the input of the family's
 ``representation_layer`` (the classifier or LM head), captured with a forward hook, so a model
 needs no special forward method; a per-token input [B, T, H] is averaged over T. Language models
 (logits [B, T, V], targets [B, T]) use the per-token cross-entropy. BatchNorm follows HeteroFL's
@@ -37,6 +40,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
     tau: float = 0.5
+    distill: float = 0.0  # self-distillation weight λ; 0 turns it off
+    regularised_fraction: float = 1.0  # share of batches that carry the contrastive and distillation terms
     optimizer: str = "sgd"  # sgd (with momentum) | adamw; fresh every round (no optimizer state is sent)
     device: str = "cpu"  # where local training runs ("cuda", "cuda:1", ...); the reply comes back on the CPU
 
@@ -68,9 +73,26 @@ class TrainResult:
     loss: float  # mean total loss over the last epoch
     ce_loss: float
     contrastive_loss: float
+    distill_loss: float
     num_examples: int  # distinct local examples (the aggregation weight)
     seconds: float
-    flops: int  # measured FLOPs of all local steps (forward + backward + contrastive forwards)
+    flops: int  # measured FLOPs of all local steps (forward + backward + frozen forwards)
+
+
+def distill_loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) ‖ softmax(logits)), mean over examples (tokens, for a language model)."""
+    log_p = F.log_softmax(logits.flatten(0, -2), dim=-1)
+    log_q = F.log_softmax(target_logits.flatten(0, -2), dim=-1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+
+
+def regularised_batches(fraction: float, num_batches: int) -> torch.Tensor:
+    """Which of ``num_batches`` batches carry the frozen-model terms: ⌊f·n⌋ of them, spread evenly
+    (batch b iff ⌊(b+1)·f⌋ > ⌊b·f⌋), so f = 1 is every batch and f = 1/4 every fourth."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"regularised fraction must be in (0, 1], got {fraction}")
+    b = torch.arange(num_batches, dtype=torch.float64)
+    return torch.floor((b + 1) * fraction) > torch.floor(b * fraction)
 
 
 @contextmanager
@@ -103,13 +125,17 @@ def train_submodel(
     seed: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place. ``global_model`` (the sub-model as received) gives the contrastive
-    positive, ``prev_model`` (the previous local sub-model mapped onto this round's units) the
-    negative; both are frozen. Without ``global_model`` or with μ = 0 only cross-entropy is used."""
+    positive and the distillation target, ``prev_model`` (the previous local sub-model mapped onto
+    this round's units) the contrastive negative; both are frozen. Without ``global_model``, or
+    with μ = λ = 0, only cross-entropy is used."""
     n = int(data.y.shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty partition")
     use_con = cfg.mu > 0 and global_model is not None
-    frozen = [m for m in (global_model, prev_model) if m is not None and use_con]
+    use_distill = cfg.distill > 0 and global_model is not None
+    frozen = [global_model] if use_con or use_distill else []  # frozen[0] is always the received model
+    if use_con and prev_model is not None:
+        frozen.append(prev_model)
     device = torch.device(cfg.device)
     model.to(device)
     for m in frozen:
@@ -121,50 +147,60 @@ def train_submodel(
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     flops = 0.0
-    totals = torch.zeros(3)
-    batches = 0
+    totals = torch.zeros(4)  # total, ce: summed over batches; contrastive, distill: over regularised batches
+    batches = regularised = 0
     signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ce = token_loss(logits_of(model(x)), y)
-        con = torch.zeros(())
-        if use_con:
+    def step(x: torch.Tensor, y: torch.Tensor, regularise: bool) -> torch.Tensor:
+        logits = logits_of(model(x))
+        ce = token_loss(logits, y)
+        con = dist = torch.zeros((), device=ce.device)
+        if regularise:
             with torch.no_grad():
-                for m in frozen:
+                target = logits_of(frozen[0](x))
+                for m in frozen[1:]:
                     m(x)
-            z_prev = boxes[1]["z"] if len(boxes) > 1 else None
-            con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
+            if use_con:
+                z_prev = boxes[1]["z"] if len(boxes) > 1 else None
+                con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
+            if use_distill:
+                dist = distill_loss(logits, target)
+        total = ce + cfg.mu * con + cfg.distill * dist
         opt.zero_grad(set_to_none=True)
-        (ce + cfg.mu * con).backward()
+        total.backward()
         opt.step()
-        return ce.detach(), con.detach()
+        return torch.stack([total, ce, con, dist]).detach().cpu()
 
     with ExitStack() as stack:
         zbox = stack.enter_context(capture_input(model, representation_layer))
         boxes = [stack.enter_context(capture_input(m, representation_layer)) for m in frozen]
+        carries = regularised_batches(cfg.regularised_fraction, -(-n // cfg.batch_size)).tolist()
         for _epoch in range(cfg.epochs):
             totals.zero_()
-            batches = 0
+            batches = regularised = 0
             perm = torch.randperm(n, generator=gen)
-            for i in range(0, n, cfg.batch_size):
+            for b, i in enumerate(range(0, n, cfg.batch_size)):
                 idx = perm[i : i + cfg.batch_size]
                 if idx.numel() < 2 and n >= 2:
                     continue  # a batch of one breaks batch-statistics BatchNorm
                 # The generator stays on the CPU: the same seed draws the same batches and crops on any device.
                 x = cfg.preprocess(data.x[idx].to(device), True, gen)
                 y = data.y[idx].to(device)
-                key = (signature, tuple(x.shape), len(frozen))
+                regularise = bool(frozen) and carries[b]
+                terms = (len(frozen), use_con, use_distill) if regularise else None
+                key = (signature, tuple(x.shape), terms)
                 if key not in _FLOPS_PER_EXAMPLE:  # measure the first step of each shape, once
                     with FlopCounterMode(display=False) as counter:
-                        ce, con = step(x, y)
+                        losses = step(x, y, regularise)
                     _FLOPS_PER_EXAMPLE[key] = counter.get_total_flops() / x.shape[0]
                 else:
-                    ce, con = step(x, y)
+                    losses = step(x, y, regularise)
                 flops += _FLOPS_PER_EXAMPLE[key] * x.shape[0]
-                totals += torch.stack([ce + cfg.mu * con, ce, con])
+                totals += losses
                 batches += 1
-    mean = (totals / max(batches, 1)).tolist()
-    return TrainResult(mean[0], mean[1], mean[2], n, time.perf_counter() - start, int(flops))
+                regularised += regularise
+    mean = (totals / torch.tensor([max(batches, 1)] * 2 + [max(regularised, 1)] * 2)).tolist()
+    return TrainResult(mean[0], mean[1], mean[2], mean[3], n, time.perf_counter() - start, int(flops))
 
 
 @torch.no_grad()
