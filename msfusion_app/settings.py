@@ -75,7 +75,7 @@ class Settings:
     overlap_patience: int = 30  # plateau: rounds without a validation improvement before the overlap is lowered
     overlap_step: float = 0.25  # plateau: how much the overlap is lowered each time
     overlap_min_improvement: float = 0.01  # plateau: a smaller relative validation-loss decrease is no improvement
-    validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on
+    validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
     shift_step: int = 1
     window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
     contrastive_mu: float = 1.0
@@ -196,8 +196,6 @@ class Settings:
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
         if self.overlap_schedule == "plateau" and self.validation_examples == 0:
             raise ValueError("overlap-schedule 'plateau' is driven by validation: set validation-examples > 0 (e.g. 2000)")
-        if self.validation_examples and self.dataset not in ("cifar10", "digits"):
-            raise ValueError(f"validation-examples holds out labelled train rows; dataset {self.dataset!r} is not supported")
         if not 0.0 < self.regularised_fraction <= 1.0:
             raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")
         for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max", "overlap_step"):

@@ -72,9 +72,10 @@ class CentralEvaluation:
         holdout = settings.validation_examples
         calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq, holdout=holdout, tokenizer=tok) if keep else None
         self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
-        # The server's own validation split: train rows no node trains on (never the test split).
+        # The server's own validation split: train rows no node trains on (WikiText-2: its validation
+        # split), never the test split.
         # Its loss drives the plateau overlap schedule.
-        self.validation = load_holdout(settings.dataset, path, holdout, settings.seed) if holdout else None
+        self.validation = load_holdout(settings.dataset, path, holdout, settings.seed, seq_len=seq, tokenizer=tok) if holdout else None
         self.last = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

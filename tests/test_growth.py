@@ -2,7 +2,9 @@
 remainder, function-preserving growth, and the plateau rule that opens the overlap up."""
 
 import json
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from msfusion_app.settings import Settings
-from msfusion_core.data import holdout_rows, load_holdout, load_partition
+from msfusion_core.data import holdout_rows, load_holdout, load_partition, load_test
 from msfusion_core.method.growth import silence_non_core_inputs
 from msfusion_core.models import get_family
 from msfusion_core.method.overlap import OverlapSchedule
@@ -165,6 +167,30 @@ def test_held_out_rows_are_in_no_partition_and_are_the_servers_validation_split(
     # No validation image is among the images the nodes train on.
     kept = {tuple(row.tolist()) for row in x_kept.reshape(x_kept.shape[0], -1)}
     assert not any(tuple(row.tolist()) in kept for row in val.x.reshape(200, -1))
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_text_validation_splits_are_never_trained_on(tmp_path):
+    """SST-2 holds out train sentences like the image sets; WikiText-2 validates on its own validation split."""
+    sst2 = tmp_path / "sst2"
+    sst2.mkdir()
+    for split, rows in (("train", 600), ("validation", 50)):  # the real sentences, fewer of them
+        datasets.Dataset.from_parquet(str(SHARED_DATA / "sst2" / f"{split}.parquet")).select(range(rows)).to_parquet(str(sst2 / f"{split}.parquet"))
+    args = ("sst2", str(sst2), "iid")
+    kept = torch.cat([load_partition(*args, 3, p, seed=2, seq_len=32, holdout=100).x for p in range(3)])
+    every = torch.cat([load_partition(*args, 3, p, seed=2, seq_len=32).x for p in range(3)])
+    val = load_holdout("sst2", str(sst2), 100, seed=2, seq_len=32)
+    assert kept.shape[0] == every.shape[0] - 100 and val.x.shape == (100, 32)
+    trained = {tuple(row.tolist()) for row in kept}
+    assert not any(tuple(row.tolist()) in trained for row in val.x)
+    assert sum(tuple(row.tolist()) in {tuple(r.tolist()) for r in every} for row in val.x) == 100
+    wiki = str(SHARED_DATA / "wikitext2")
+    valid = load_holdout("wikitext2", wiki, 40, seed=0, seq_len=32)
+    torch.testing.assert_close(valid.x, load_test("wikitext2", wiki, 40, split="validation", seq_len=32).x)
+    with pytest.raises(ValueError, match="validation sequences"):
+        load_holdout("wikitext2", wiki, 10**7, seed=0, seq_len=32)
 
 
 def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatch):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from msfusion_core.data import images, text
-from msfusion_core.data.base import PARTITIONERS, TensorData, make_partitioner
-from msfusion_core.data.images import holdout_rows
+from msfusion_core.data.base import PARTITIONERS, TensorData, holdout_rows, make_partitioner
 
 __all__ = [
     "DATASETS",
@@ -56,7 +55,8 @@ def load_partition(
     tokenizer: str = "word",
 ) -> TensorData:
     """Partition ``partition_id`` of the train split of ``name``, as tensors (fresh copies), less
-    the ``holdout`` rows the server validates on (``holdout_rows``; image data sets only).
+    the ``holdout`` rows the server validates on (``holdout_rows``). WikiText-2 holds nothing out:
+    its server validates on the validation split, which no node trains on.
 
     The first call in a process decodes the whole train split (CIFAR-10: ~5 s on one core);
     later calls with any partitioning only index the cached tensors. ``seq_len``: tokens per
@@ -68,21 +68,29 @@ def load_partition(
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
     if name in text.TEXT_DATASETS:
-        if holdout:
-            raise ValueError(f"a held-out validation split of the train rows is not supported for {name!r}")
         if name == "wikitext2":
             data = text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len, tokenizer)
         else:
-            data = text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len)
+            data = text.sst2_partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len, holdout)
         return TensorData(data.x.clone(), data.y.clone())
     return images.image_partition(name, data_path, partitioner, num_partitions, int(partition_id), alpha, seed, holdout)
 
 
-def load_holdout(name: str, data_path: str | None, count: int, seed: int) -> TensorData:
-    """The server's held-out validation rows of the train split (no node trains on them)."""
+def load_holdout(
+    name: str, data_path: str | None, count: int, seed: int, *, seq_len: int = 64, tokenizer: str = "word"
+) -> TensorData:
+    """The server's validation data, which no node trains on and which is never the test split:
+    ``count`` held-out rows of the train split (``holdout_rows``), or, for WikiText-2, the first
+    ``count`` sequences of its own validation split."""
     _check_name(name)
-    if name in text.TEXT_DATASETS:
-        raise ValueError(f"a held-out validation split of the train rows is not supported for {name!r}")
+    if name == "wikitext2":
+        valid = text.wikitext_split(data_path, "validation", seq_len, tokenizer)
+        if not 0 < count <= int(valid.y.shape[0]):
+            raise ValueError(f"cannot validate on {count} of WikiText-2's {int(valid.y.shape[0])} validation sequences")
+        return TensorData(valid.x[:count].clone(), valid.y[:count].clone())
+    if name == "sst2":
+        data = text.sst2_holdout(data_path, count, seed, seq_len)
+        return TensorData(data.x.clone(), data.y.clone())
     return images.image_holdout(name, data_path, count, seed)
 
 

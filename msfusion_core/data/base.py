@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import NamedTuple
 
 import datasets
@@ -22,6 +23,19 @@ class TensorData(NamedTuple):
 
     x: torch.Tensor
     y: torch.Tensor
+
+
+@cache
+def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
+    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted
+    (read-only; cached, since a node loads its partition every round).
+
+    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
+    if not 0 <= count < num_rows:
+        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
+    rows = np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
+    rows.flags.writeable = False
+    return rows
 
 
 class SeededIidPartitioner(IidPartitioner):

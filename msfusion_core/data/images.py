@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 import torch
 
-from msfusion_core.data.base import TensorData, make_partitioner
+from msfusion_core.data.base import TensorData, holdout_rows, make_partitioner
 
 IMAGE_DATASETS: tuple[str, ...] = ("digits", "cifar10")
 _CIFAR10_HUB_ID = "uoft-cs/cifar10"
@@ -215,19 +215,6 @@ def _partition_indices(
         )
         _PARTITIONS[key] = out
         return out
-
-
-@cache
-def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
-    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted
-    (read-only; cached, since a node loads its partition every round).
-
-    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
-    if not 0 <= count < num_rows:
-        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
-    rows = np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
-    rows.flags.writeable = False
-    return rows
 
 
 def image_partition(

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from flwr_datasets.partitioner import GroupedNaturalIdPartitioner, IidPartitioner
 
-from msfusion_core.data.base import TensorData, make_partitioner
+from msfusion_core.data.base import TensorData, holdout_rows, make_partitioner
 
 TEXT_DATASETS: tuple[str, ...] = ("wikitext2", "sst2")
 
@@ -264,9 +264,17 @@ def sst2_tensors(data_path: str | None, split: str, seq_len: int) -> TensorData:
 
 
 def sst2_partition(
-    data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, alpha: float, seed: int, seq_len: int
+    data_path: str | None,
+    partitioner: str,
+    num_partitions: int,
+    partition_id: int,
+    alpha: float,
+    seed: int,
+    seq_len: int,
+    holdout: int = 0,
 ) -> TensorData:
-    """One node's sentences; only they are tokenised (a node never pays for the whole split)."""
+    """One node's sentences, less the server's ``holdout`` rows; only they are tokenised (a node
+    never pays for the whole split)."""
     if partitioner not in TEXT_PARTITIONERS["sst2"]:
         raise ValueError(f"sst2 supports partitioners {TEXT_PARTITIONERS['sst2']}, got {partitioner!r}")
     train = sst2_splits(data_path)["train"]
@@ -277,5 +285,18 @@ def sst2_partition(
         return [np.asarray(part.load_partition(p)["_row"]) for p in range(num_partitions)]
 
     key = ("sst2-partitions", str(_folder(data_path, "sst2")), partitioner, num_partitions, float(alpha), seed)
-    # Tokenised once per process, not every round.
-    return _cached((*key, partition_id, seq_len), lambda: encode_sentences(train.select(_cached(key, rows)[partition_id]), seq_len))
+
+    def sentences() -> TensorData:  # tokenised once per process, not every round
+        mine = _cached(key, rows)[partition_id]
+        if holdout:
+            mine = mine[~np.isin(mine, holdout_rows(train.num_rows, holdout, seed))]
+        return encode_sentences(train.select(mine), seq_len)
+
+    return _cached((*key, partition_id, seq_len, holdout), sentences)
+
+
+def sst2_holdout(data_path: str | None, count: int, seed: int, seq_len: int) -> TensorData:
+    """The server's ``count`` held-out train sentences (``holdout_rows``), tokenised."""
+    train = sst2_splits(data_path)["train"]
+    rows = holdout_rows(train.num_rows, count, seed)
+    return _cached(("sst2-holdout", str(_folder(data_path, "sst2")), count, seed, seq_len), lambda: encode_sentences(train.select(rows), seq_len))
