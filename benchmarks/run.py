@@ -144,9 +144,16 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
     up = [float(r.get("bytes-up-per-participant") or 0.0) for r in trained]
     extra = {"final_valid_perplexity": float(evaluated[-1]["central-valid-perplexity"])} if metric == "perplexity" else {}
     # The gain over the last 20 % of rounds: the metric at the last round minus at the last
-    # evaluated round at or before 80 % of the run (0 gain = a flat curve).
+    # evaluated round at or before 80 % of the run (0 gain = a flat curve); for perplexity the
+    # relative improvement, (before − final) / before. Two single evaluations differ by a point or
+    # two on a non-IID run, so the trend (least squares over every evaluation of the last fifth,
+    # times its length) is the steadier reading of the same quantity.
     last = evaluated[-1]["round"]
     before = [v for r, v in zip(evaluated, values) if r["round"] <= 0.8 * last] or values[:1]
+    gain = values[-1] - before[-1] if metric == "accuracy" else (before[-1] - values[-1]) / before[-1]
+    fifth = [(r["round"], v if metric == "accuracy" else math.log(v)) for r, v in zip(evaluated, values) if r["round"] >= 0.8 * last]
+    slope = statistics.linear_regression(*zip(*fifth)).slope if len(fifth) > 1 else 0.0
+    trend = slope * 0.2 * last if metric == "accuracy" else 1.0 - math.exp(slope * 0.2 * last)
     never = trained[-1].get("never-trained-fraction")
     # Round-to-round swings of a non-IID run are a point or two: the mean over the last 10 % of
     # rounds' evaluations is the steadier reading of where a run ended.
@@ -157,7 +164,8 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
         f"best_{metric}": best,
         **extra,
         "rounds": last,
-        "last_fifth_gain": values[-1] - before[-1],
+        "last_fifth_gain": gain,
+        "last_fifth_trend": trend,
         "never_trained_fraction": float(never) if isinstance(never, (int, float)) else None,
         "train_count_cv": float(trained[-1]["train-count-cv"]) if isinstance(trained[-1].get("train-count-cv"), (int, float)) else None,
         "rounds_to_target": evaluated[reached]["round"] if reached is not None else None,
@@ -317,8 +325,8 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
             else []
         ),
         f"| method | final {exp.metric} (mean ± sd) | gap closed | last-10 % {exp.metric} | gap closed (last 10 %) | crosses small at round "
-        f"| best {exp.metric} | last-fifth gain | never trained | train-count CV | rounds to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| best {exp.metric} | last-fifth gain | last-fifth trend | never trained | train-count CV | rounds to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     value = "{:.4f}" if exp.metric == "accuracy" else "{:.1f}"
     for name, m in summary["methods"].items():
@@ -327,7 +335,7 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         crosses = "" if "crosses_small_round" not in m else _fmt(m["crosses_small_round"], "{:.0f}")
         lines.append(
             f"| {name} | {_pm(value, final, sd)} | {_gap(m, '')} | {_pm(value, tail, tail_sd)} | {_gap(m, '_tail')} | {crosses} | {value.format(m[f'best_{exp.metric}'])} "
-            f"| {m['last_fifth_gain']:+.4f} | {_dash(m['never_trained_fraction'], '{:.4f}')} | {_dash(m['train_count_cv'], '{:.3f}')} "
+            f"| {m['last_fifth_gain']:+.4f} | {m['last_fifth_trend']:+.4f} | {_dash(m['never_trained_fraction'], '{:.4f}')} | {_dash(m['train_count_cv'], '{:.3f}')} "
             f"| {_fmt(m['rounds_to_target'], '{:.0f}')} | {m['flops_per_participant_round']:.3g} "
             f"| {m['bytes_per_participant_round']:.3g} | {m['wall_seconds']:.0f} | {m['seeds']} |"
         )

@@ -2,6 +2,7 @@
 `flwr run .` simulations, a well-formed summary.json, and finished runs skipped on a second call."""
 
 import json
+import math
 
 import pytest
 
@@ -16,6 +17,7 @@ KEYS = {
     "best_accuracy",
     "rounds",
     "last_fifth_gain",
+    "last_fifth_trend",
     "never_trained_fraction",
     "train_count_cv",
     "rounds_to_target",
@@ -144,6 +146,8 @@ def test_c1_summary_shape_gap_closed_and_headroom(tmp_path):
     full = s["methods"]["full"]
     assert full["seeds"] == 3 and full["final_accuracy"] == pytest.approx(0.71) and full["final_accuracy_sd"] == pytest.approx(0.01)
     assert full["last_fifth_gain"] == pytest.approx(0.02) and full["rounds"] == rounds and full["never_trained_fraction"] is None
+    # Least squares over rounds 240..300: one point 0.02 low at 240, then flat: slope 0.6 / 2800 per round, over 60 rounds.
+    assert full["last_fifth_trend"] == pytest.approx(0.6 / 2800 * 60)
     m = s["methods"]["msfusion-r0.25"]
     assert m["gap_closed"] == pytest.approx(0.25) and m["gap_closed_sd"] == pytest.approx(0.0, abs=1e-9) and m["gap_closed_seeds"] == 3
     assert m["tail_accuracy"] == pytest.approx(0.62) and m["gap_closed_tail"] == pytest.approx(0.25)
@@ -152,6 +156,17 @@ def test_c1_summary_shape_gap_closed_and_headroom(tmp_path):
     assert s["methods"]["fedrolex-r0.25"]["gap_closed"] == pytest.approx(-0.5) and s["methods"]["fedrolex-r0.25"]["seeds"] == 1
     assert "gap_closed" not in s["methods"]["small-r0.25"]
     assert m["crosses_small_round"] == 10 and s["methods"]["fedrolex-r0.25"]["crosses_small_round"] is None
+
+
+def test_perplexity_gains_are_relative_improvements():
+    from benchmarks.run import summarise_run
+
+    q = 0.95  # the last fifth (rounds 80, 90, 100) lies on one log-line: 5 % better every 10 rounds
+    ppl = {10: 400.0, 80: 200.0, 90: 200.0 * q, 100: 200.0 * q * q}
+    rows = [{"round": t} | ({"central-perplexity": ppl[t], "central-valid-perplexity": ppl[t]} if t in ppl else {}) for t in range(1, 101)]
+    s = summarise_run(rows, target=100.0, metric="perplexity")
+    assert s["last_fifth_gain"] == pytest.approx(1 - q * q)  # (before − final) / before
+    assert s["last_fifth_trend"] == pytest.approx(1 - q * q)
 
 
 def test_settings_overrides_for_a_smoke_run():
