@@ -2,10 +2,10 @@
 effect, units outside the core silenced), plan the next round at lower overlaps and evaluate the
 sub-models it would send, before any training.
 
-    python -m benchmarks.run C1 --methods msfusion-grow2-r0.25 --seeds 0
-    python -m benchmarks.growth_probe benchmark-runs/C1/runs/msfusion-grow2-r0.25-s0
+    python -m benchmarks.run C1v1 --methods msfusion-grow2-r0.25 --seeds 0
+    python -m benchmarks.growth_probe benchmark-runs/C1v1/runs/msfusion-grow2-r0.25-s0 --experiment C1v1
 
-Writes ``docs/results/C1/growth_probe.json``. Lowering o takes trained units out of the shared
+Writes ``docs/results/<experiment>/growth_probe.json``. Lowering o takes trained units out of the shared
 core; a sub-model whose remainder window does not reach them lacks them.
 """
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished run directory of a core-form arm")
     parser.add_argument("--test-examples", type=int, default=3000)
+    parser.add_argument("--experiment", default="C1", help="the experiment the run belongs to: where the result goes")
     args = parser.parse_args()
     settings = Settings.from_mapping(json.loads((args.run / "config.json").read_text()))
     fam, planner = settings.family(), settings.make_planner()
@@ -54,7 +55,7 @@ def main() -> None:
         plan = server.plan_round(checkpoint.server_round + 1, participants)
         out["submodels"][str(o)] = [accuracy(build_submodel(fam.build, server.download(plan.participants[p]))) for p in PROBED]
         print(f"o = {o}: sub-model test accuracy before training {out['submodels'][str(o)]} (full model {out['full_model']})")
-    (REPO / "docs" / "results" / "C1" / "growth_probe.json").write_text(json.dumps(out, indent=2))
+    (REPO / "docs" / "results" / args.experiment / "growth_probe.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ a silently wrong update.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,13 +121,19 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
 
 
 def with_server_settings(cfg: TrainConfig, settings: ConfigRecord) -> TrainConfig:
-    """The node's training settings, with those the server decides for every node (μ) applied."""
-    if "contrastive-mu" not in settings:
-        return cfg
-    mu = settings["contrastive-mu"]
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
-        raise ValueError(f"the server sent contrastive-mu={mu!r}; expected a number >= 0")
-    return dataclasses.replace(cfg, mu=float(mu))
+    """The node's training settings, with those the server decides for every node applied: μ, and
+    the round's learning-rate multiplier (``lr-factor``, the server's schedule)."""
+    if "contrastive-mu" in settings:
+        mu = settings["contrastive-mu"]
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
+            raise ValueError(f"the server sent contrastive-mu={mu!r}; expected a number >= 0")
+        cfg = dataclasses.replace(cfg, mu=float(mu))
+    if "lr-factor" in settings:
+        factor = settings["lr-factor"]
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise ValueError(f"the server sent lr-factor={factor!r}; expected a positive number")
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * float(factor))
+    return cfg
 
 
 def node_seed(node: NodeSetup, settings: ConfigRecord) -> int:

@@ -19,7 +19,7 @@ from msfusion_core.method.overlap import OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.method.robust import ROBUST_MODES
 from msfusion_core.local.augment import Preprocess, preprocess_for
-from msfusion_core.local.training import OPTIMIZERS, TrainConfig
+from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
 
 
 # Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)
@@ -91,6 +91,8 @@ class Settings:
     local_examples: int = 0  # examples drawn per round from the node's partition; 0: all of it
     batch_size: int = 32
     lr: float = 0.05
+    lr_decay_at: str = ""  # fractions of num-server-rounds after which the server multiplies every node's lr by lr-decay-factor
+    lr_decay_factor: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     optimizer: str = "sgd"  # sgd | adamw (fresh each round)
@@ -207,6 +209,9 @@ class Settings:
                 f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); "
                 f"for {self.dataset!r} use model {' or '.join(m for m, d in MODEL_DATASETS.items() if self.dataset in d)}"
             )
+        if not 0.0 < self.lr_decay_factor <= 1.0:
+            raise ValueError(f"lr-decay-factor must be in (0, 1], got {self.lr_decay_factor}")
+        self.lr_milestones()
         self.capacity_tiers()
         self.schedule()
 
@@ -218,6 +223,19 @@ class Settings:
         if not tiers:
             raise ValueError("split-ratio-tiers is empty")
         return [check_capacity(t, "split-ratio-tiers entry") for t in tiers]
+
+    def lr_milestones(self) -> list[float]:
+        try:
+            milestones = [float(m) for m in self.lr_decay_at.replace(",", " ").split()]
+        except ValueError as exc:
+            raise ValueError(f"lr-decay-at must be fractions of the run separated by commas, got {self.lr_decay_at!r}") from exc
+        if any(not 0.0 < m < 1.0 for m in milestones) or milestones != sorted(set(milestones)):
+            raise ValueError(f"lr-decay-at must be increasing fractions in (0, 1), e.g. '0.5,0.75'; got {self.lr_decay_at!r}")
+        return milestones
+
+    def lr_factor(self, run_round: int) -> float:
+        """The multiplier of every node's lr in round ``run_round`` (the server sends it with each plan)."""
+        return step_decay(run_round, self.num_server_rounds, self.lr_milestones(), self.lr_decay_factor)
 
     def capacity_for(self, partition_id: int) -> float:
         """The simulated capacity of a partition: tiers cycled over partition ids."""

@@ -50,6 +50,7 @@ def make_strategy(settings: Settings) -> MSfusion:
         seed=settings.seed,
         contrastive_mu=settings.contrastive_mu,
         max_failed_rounds=settings.max_failed_rounds,
+        lr_factor=settings.lr_factor if settings.lr_milestones() else None,
     )
 
 

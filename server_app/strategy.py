@@ -82,6 +82,8 @@ class MSfusion(Strategy):
         (None: 1 for ``msfusion``, 0 for the baselines, which are published without it).
     max_failed_rounds : fail the run after this many consecutive rounds without one valid reply,
         naming what the nodes said (a ClientApp that fails every time must not end "completed").
+    lr_factor : the server's learning-rate schedule: run round → multiplier of every node's lr, sent
+        with each plan as ``lr-factor`` (None: nodes keep their own lr).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class MSfusion(Strategy):
         post_build: Callable[[nn.Module], None] | None = None,
         contrastive_mu: float | None = None,
         max_failed_rounds: int = 3,
+        lr_factor: Callable[[int], float] | None = None,
     ) -> None:
         self.planner = make_planner(planner, seed=seed, small_capacity=small_capacity) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
@@ -136,6 +139,7 @@ class MSfusion(Strategy):
             raise ValueError(f"contrastive_mu must be a finite number >= 0, got {contrastive_mu}")
         # Per-round training settings decided here, for every node, and sent with each plan.
         self.train_settings: dict[str, Any] = {"contrastive-mu": float(mu), "run-seed": int(seed)}
+        self.lr_factor = lr_factor
         self.last_arrays: ArrayRecord | None = None  # what this strategy last handed Flower
         self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
         self.rounds: dict[int, RoundLog] = {}  # by run round (Flower's round + round_offset)
@@ -175,12 +179,13 @@ class MSfusion(Strategy):
             return []
         plan = self.core.plan_round(server_round, [(self.nodes[n].partition_id, self.nodes[n].capacity) for n in participants])
         record.plan = plan
+        round_settings = self.train_settings | ({"lr-factor": float(self.lr_factor(server_round))} if self.lr_factor else {})
         messages = []
         for node_id in participants:
             pid = self.nodes[node_id].partition_id
             download = self.core.download(plan.participants[pid])
             arrays_out = ArrayRecord(download)
-            content = protocol.plan_message(arrays_out, plan.participants[pid], server_round, dict(config) | self.train_settings)
+            content = protocol.plan_message(arrays_out, plan.participants[pid], server_round, dict(config) | round_settings)
             record.sent[pid] = node_id
             record.bytes_down[pid] = protocol.payload_bytes(download)
             record.bytes_down_serialized[pid] = arrays_out.count_bytes()

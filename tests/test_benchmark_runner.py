@@ -2,7 +2,6 @@
 `flwr run .` simulations, a well-formed summary.json, and finished runs skipped on a second call."""
 
 import json
-import math
 
 import pytest
 

@@ -15,7 +15,7 @@ evaluating party's training data.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -47,6 +47,12 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+
+
+def step_decay(run_round: int, num_rounds: int, milestones: Sequence[float], factor: float) -> float:
+    """The learning-rate multiplier of round ``run_round`` (1-based) under a step schedule: × ``factor``
+    after each milestone, a fraction of ``num_rounds`` (milestone 0.5 of 300 rounds: rounds 151 on)."""
+    return factor ** sum(run_round > m * num_rounds for m in milestones)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
