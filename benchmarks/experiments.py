@@ -261,6 +261,9 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # loss is not back to its pre-step best within 30 rounds (overlap.py, the plateau rule).
     **{f"msfusion-grow-r{r:g}": _at("msfusion", r) | GROW | {"overlap-step": 0.25} for r in (0.5, 0.25)},
     **{f"msfusion-grow2-r{r:g}": _at("msfusion", r) | GROW for r in (0.5, 0.25)},
+    # grow3 = grow2 + inclusion scaling: the evaluated model scales each unit's readers by its
+    # expected share of sub-models (dropout's weight-scaling rule), the sub-models' expectation.
+    **{f"msfusion-grow3-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True} for r in (0.5, 0.25)},
     # Issue 15, part 3: does the contrastive term pay at matched FLOPs? One change each against
     # msfusion-r0.25 (μ = 1 on every batch, 1.73x small's FLOPs): μ = 0 (small's FLOPs); μ = 1 on a
     # quarter of the batches (about 1.18x); self-distillation toward the received sub-model instead
@@ -278,7 +281,7 @@ C1 = Experiment(
     (
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
-        "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25",
+        "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
     ),
     target=0.6,
     seeds=(0, 1, 2),

@@ -77,6 +77,7 @@ class Settings:
     overlap_min_improvement: float = 0.01  # plateau: a smaller relative validation-loss decrease is no improvement
     validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
     shift_step: int = 1
+    inclusion_scaling: bool = False  # core form: the evaluated model scales each unit's readers by its expected share of sub-models
     window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
     contrastive_mu: float = 1.0
     contrastive_tau: float = 0.5
@@ -267,6 +268,7 @@ class Settings:
             window_offsets=self.window_offsets,
             overlap_form=self.overlap_form,
             small_capacity=min(self.capacity_tiers()),
+            inclusion_scaling=self.inclusion_scaling,
         )
 
     def family(self) -> ModelFamily:

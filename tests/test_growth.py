@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from msfusion_app.settings import Settings
 from msfusion_core.data import holdout_rows, load_holdout, load_partition, load_test
-from msfusion_core.method.growth import silence_non_core_inputs
+from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
 from msfusion_core.models import get_family
 from msfusion_core.method.overlap import OverlapSchedule
 from msfusion_core.method.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
@@ -234,3 +234,66 @@ def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path)
     # Validated after round 0 (the first best) and after every round; no loss counts as a gain, so
     # o is lowered after round 1 and, once the loss is below its bar (after round 2), after round 3.
     assert [r["overlap"] for r in rows[1:]] == [1.0, 0.5, 0.5, 0.0, 0.0, 0.0]
+
+
+# -- inclusion scaling: the evaluated model is the sub-models' expectation ------------------------
+def test_expected_inclusion_of_a_core_window():
+    p = Window(start=3, length=4, size=10, core=2).expected_inclusion()
+    np.testing.assert_allclose(p, [1, 1] + [2 / 8] * 8)
+    np.testing.assert_allclose(Window(0, 4, 4, 4).expected_inclusion(), [1, 1, 1, 1])  # o = 1 at full width
+
+
+def test_scaled_readers_give_the_mean_of_the_sub_models_over_the_remainders_shifts():
+    """For the layer reading group h (fc: [10, 256]), the scaled full layer's output is exactly the
+    average, over every start of the remainder window, of the output with only that window's units."""
+    fam = get_family("digits-cnn")
+    torch.manual_seed(0)
+    state = {k: v.double() for k, v in fam.build().state_dict().items()}
+    slicer = Slicer(fam.split_map)
+    x = torch.randn(256, dtype=torch.float64)
+    core, length, size = 40, 64, 256
+    outputs = []
+    for start in range(size - core):
+        idx = torch.from_numpy(Window(start, length, size, core).indices())
+        outputs.append(state["fc.weight"][:, idx] @ x[idx])
+    factors = {"h": Window(0, length, size, core).expected_inclusion()}
+    scaled = scale_inputs(state, slicer, factors)
+    torch.testing.assert_close(scaled["fc.weight"] @ x, torch.stack(outputs).mean(0))
+    assert torch.equal(scaled["hidden.weight"], state["hidden.weight"])  # it writes h; it reads c3, not scaled
+    assert scaled["fc.bias"] is state["fc.bias"]
+
+
+def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_only_for_the_core_form():
+    fam = get_family("digits-cnn")
+    sizes = group_sizes(model_shapes(fam.build()), fam.split_map)
+    sched = OverlapSchedule("constant", start=1.0)
+    planner = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25, inclusion_scaling=True)
+    plan = planner.plan(1, [(0, 0.25), (1, 0.25)], sizes)
+    factors = planner.inclusion(plan)
+    m = {g: window_length(0.25, k) for g, k in sizes.items()}
+    for g, k in sizes.items():
+        np.testing.assert_array_equal(factors[g], (np.arange(k) < m[g]).astype(float))
+    torch.manual_seed(1)
+    state = fam.build().state_dict()
+    silenced = silence_non_core_inputs(state, Slicer(fam.split_map), sizes, m)
+    scaled = scale_inputs(state, Slicer(fam.split_map), factors)
+    assert all(torch.equal(scaled[k], silenced[k]) for k in state)
+    spread = make_planner("msfusion", schedule=sched, inclusion_scaling=True)
+    assert spread.inclusion(spread.plan(1, [(0, 0.25)], sizes)) is None  # the spread form evaluates θ itself
+    off = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25)
+    assert off.inclusion(plan) is None
+
+
+def test_the_server_evaluates_the_scaled_model_and_keeps_theta_as_trained():
+    from msfusion_core.method.server import SubmodelServer
+
+    fam = get_family("digits-cnn")
+    planner = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.5), overlap_form="core", small_capacity=0.25, inclusion_scaling=True)
+    server = SubmodelServer(fam.build, fam.split_map, planner)
+    server.load_state(fam.build().state_dict())  # readers of every unit nonzero, as after training
+    assert torch.equal(server.global_model().state_dict()["fc.weight"], server.state["fc.weight"])  # nothing planned yet
+    plan = server.plan_round(1, [(0, 0.25), (1, 0.25), (2, 0.25)])
+    expected = scale_inputs(server.state, server.slicer, planner.inclusion(plan))
+    evaluated = server.global_model().state_dict()
+    assert all(torch.equal(evaluated[k], expected[k]) for k in ("conv2.weight", "hidden.weight", "fc.weight"))
+    assert not torch.equal(evaluated["fc.weight"], server.state["fc.weight"])  # θ itself is what nodes get

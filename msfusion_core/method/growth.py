@@ -16,9 +16,34 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from msfusion_core.method.slicing import Slicer, element_indices
+
+
+def scale_inputs(state: Mapping[str, torch.Tensor], slicer: Slicer, factors: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` in which every weight reading from unit u of group g is multiplied by
+    ``factors[g][u]`` (the evaluated model under the core form's inclusion scaling)."""
+    out = dict(state)
+    for name, bindings in slicer.bindings.items():
+        t = state.get(name)
+        if t is None or t.dim() < 2 or not t.is_floating_point():
+            continue
+        scaled = t
+        for d, b in enumerate(bindings):
+            if d == 0 or b is None or b.group not in factors:
+                continue
+            per_unit = torch.as_tensor(factors[b.group], dtype=t.dtype)
+            # A unit may span several elements (a head's head_dim channels): each gets its unit's factor.
+            per_element = torch.ones(t.shape[d], dtype=t.dtype)
+            per_element[element_indices(b, torch.arange(per_unit.numel()))] = per_unit.repeat_interleave(b.block)
+            shape = [1] * t.dim()
+            shape[d] = t.shape[d]
+            scaled = scaled * per_element.view(shape)
+        if scaled is not t:
+            out[name] = scaled
+    return out
 
 
 def silence_non_core_inputs(

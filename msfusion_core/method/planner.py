@@ -70,6 +70,13 @@ class Window:
         rest = self.core + (self.start + np.arange(self.length - self.core, dtype=np.int64)) % (self.size - self.core)
         return np.concatenate([core, rest]) if self.core else rest
 
+    def expected_inclusion(self) -> np.ndarray:
+        """[size]: how often each unit is in this window as its start shifts round by round: 1 in
+        the core, (length − core) / (size − core) in the units after it."""
+        p = np.full(self.size, (self.length - self.core) / (self.size - self.core) if self.size > self.core else 0.0)
+        p[: self.core] = 1.0
+        return p
+
 
 @dataclass(frozen=True)
 class ParticipantPlan:
@@ -285,6 +292,10 @@ class Planner(Protocol):
     def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
         """Units per group the global model starts with (the rest silenced), or None: all of them."""
 
+    def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
+        """Per group [K], each unit's expected share of sub-models under ``plan``'s rule, by which the
+        evaluated model scales the weights that read the unit; or None: evaluate θ as it is."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
@@ -301,6 +312,7 @@ class DoubleShiftPlanner:
     seed: int = 0
     overlap_form: str = "spread"  # or "core": see plan_core_and_remainder
     core_capacity: float = 0.5  # the core form starts as the model of this width (the smallest tier)
+    inclusion_scaling: bool = False  # core form: evaluate with readers scaled by expected inclusion (see inclusion)
 
     def __post_init__(self) -> None:
         check_capacity(self.core_capacity, "the core form's starting width")
@@ -342,6 +354,18 @@ class DoubleShiftPlanner:
         if self.overlap_form != "core":
             return None
         return self.core_units(group_sizes, self.schedule.overlap(1))
+
+    def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
+        """Dropout's weight-scaling rule for the core form. A remainder unit is in only
+        (m − c)/(K − c) of the sub-models, which are trained without it the rest of the time; the
+        full model sums every unit at full weight and so overshoots what any sub-model learned to
+        expect (C1v1: every growth step collapsed accuracy by 12-20 points). Scaling each unit's
+        readers by its expected inclusion makes the evaluated model the sub-models' expectation;
+        at o = 1 it is exactly the silencing of the units outside the core."""
+        if not self.inclusion_scaling or self.overlap_form != "core" or not plan.participants:
+            return None
+        windows = [pp.groups for pp in plan.participants.values()]
+        return {g: np.mean([w[g].expected_inclusion() for w in windows], axis=0) for g in windows[0]}
 
     def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
         """The shared core at ``overlap``, in units per group, for the smallest capacity."""
@@ -393,6 +417,9 @@ class FixedRulePlanner:
     def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
         return None
 
+    def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "shift_step": self.shift_step}
 
@@ -428,14 +455,15 @@ def make_planner(
     window_offsets: str = "aligned",
     overlap_form: str = "spread",
     small_capacity: float = 0.5,
+    inclusion_scaling: bool = False,
 ) -> Planner:
-    """Build a planner by name (run config ``planner``). ``window_offsets`` and ``overlap_form`` are
-    msfusion's only; ``small_capacity`` (the smallest capacity tier) is the width of ``small``'s
+    """Build a planner by name (run config ``planner``). ``window_offsets``, ``overlap_form`` and
+    ``inclusion_scaling`` are msfusion's only; ``small_capacity`` (the smallest capacity tier) is the width of ``small``'s
     global model and the width msfusion's core form starts from."""
     if name == "msfusion":
         return DoubleShiftPlanner(
             schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed,
-            overlap_form=overlap_form, core_capacity=small_capacity,
+            overlap_form=overlap_form, core_capacity=small_capacity, inclusion_scaling=inclusion_scaling,
         )
     if name == "small":
         return SmallModelPlanner(seed=seed, shift_step=shift_step, capacity=small_capacity)

@@ -13,7 +13,7 @@ from torch import nn
 
 from msfusion_core.method.aggregate import AggregateResult, Contribution
 from msfusion_core.method.checks import check_arrays
-from msfusion_core.method.growth import silence_non_core_inputs
+from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
 from msfusion_core.local.measure import num_bytes
 from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan
 from msfusion_core.method.robust import ROBUST_MODES, clip_updates, robust_average
@@ -112,10 +112,12 @@ class SubmodelServer:
         if core is not None:
             state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
+        self.last_plan: RoundPlan | None = None  # what θ was last trained under (the evaluated model's scaling)
 
     # -- planning and slicing -------------------------------------------------------------
     def plan_round(self, server_round: int, participants: Sequence[tuple[int, float]]) -> RoundPlan:
-        return self.planner.plan(server_round, participants, self.group_sizes)
+        self.last_plan = self.planner.plan(server_round, participants, self.group_sizes)
+        return self.last_plan
 
     def download(self, plan: ParticipantPlan) -> dict[str, torch.Tensor]:
         """The sub-model state sent to a participant: every parameter and buffer but the local ones, sliced."""
@@ -187,5 +189,11 @@ class SubmodelServer:
 
     # -- the global model ------------------------------------------------------------------
     def global_model(self) -> nn.Module:
-        """A real module holding θ (at the small width for the ``small`` planner)."""
-        return build_submodel(self.build, self.state, self.post_build)
+        """A real module holding the evaluated model: θ (at the small width for the ``small``
+        planner), with the readers of each unit scaled by its expected inclusion where the planner
+        says so (the core form's ``inclusion-scaling``)."""
+        return build_submodel(self.build, self.evaluated_state(), self.post_build)
+
+    def evaluated_state(self) -> dict[str, torch.Tensor]:
+        factors = self.planner.inclusion(self.last_plan) if self.last_plan is not None else None
+        return self.state if factors is None else scale_inputs(self.state, self.slicer, factors)
