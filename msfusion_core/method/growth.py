@@ -5,6 +5,9 @@ every participant trains the same first units of every group. For the evaluated 
 be that small model too, the units outside the core must not reach the output while nobody trains
 them. So every weight that reads from a non-core unit starts at zero (Net2Net-style growth). The
 non-core units keep their own initial weights; the readers learn once remainder windows reach them.
+Silencing is one case of scaling the readers of each unit by a factor (``scale_inputs``): the core
+form's inclusion scaling evaluates the model with each unit's readers scaled by its expected share
+of sub-models, which at o = 1 is exactly the silencing.
 
 Which dimension reads: torch's Linear and Conv weights are [out, in, ...], so a bound dimension
 after the first of a tensor with two or more dimensions is an input (attention's output projection
@@ -50,17 +53,5 @@ def silence_non_core_inputs(
     state: Mapping[str, torch.Tensor], slicer: Slicer, group_sizes: Mapping[str, int], core: Mapping[str, int]
 ) -> dict[str, torch.Tensor]:
     """A copy of ``state`` in which every weight reading from units ``core[g]`` .. ``K_g − 1`` is zero."""
-    out = dict(state)
-    for name, bindings in slicer.bindings.items():
-        t = state.get(name)
-        if t is None or t.dim() < 2 or not t.is_floating_point():
-            continue
-        silenced = None
-        for d, b in enumerate(bindings):
-            if d == 0 or b is None or core[b.group] >= group_sizes[b.group]:
-                continue
-            outside = element_indices(b, torch.arange(core[b.group], group_sizes[b.group]))
-            silenced = (silenced if silenced is not None else t.clone()).index_fill_(d, outside, 0.0)
-        if silenced is not None:
-            out[name] = silenced
-    return out
+    factors = {g: (np.arange(k) < core[g]).astype(np.float64) for g, k in group_sizes.items() if core[g] < k}
+    return scale_inputs(state, slicer, factors)
