@@ -321,10 +321,10 @@ EXPERIMENTS["C1P"] = C1P
 C1G = Experiment(
     "C1G",
     "C1 at full scale (GPU): ResNet-18 width 64, 100 nodes, 10 per round, Dirichlet 0.5, whole partitions, "
-    "300 rounds; central accuracy on the whole test split every 10 rounds.",
+    "300 rounds, lr divided by 10 after rounds 150 and 225; central accuracy on the whole test split every 10 rounds.",
     cifar_setting(64, **{
         "num-server-rounds": 300, "fraction-train": 0.1, "local-epochs": 1, "central-eval-examples": 0,
-        "eval-every": 10, "device": "auto",
+        "eval-every": 10, "device": "auto", "lr-decay-at": C1_SETTING["lr-decay-at"], "lr-decay-factor": C1_SETTING["lr-decay-factor"],
     }),
     ("small-r0.25", "msfusion-r0.25", "full"),
     target=0.6,
