@@ -381,3 +381,19 @@ EXPERIMENTS["LM2"] = Experiment(
     metric="perplexity",
     method_seeds={"fedrolex": (0,)},
 )
+
+# SST2L (issue 16, part 4): SST-2 with pretrained MiniLM, long enough for the curves to flatten, on
+# the in-process runner. A sub-model cut from a pretrained network starts damaged: `small` is the
+# first half of every layer's heads and FFN units, and so is the starts-as-small arm's full model
+# at o = 1 (its non-core readers are zeroed). Defined, not yet run.
+EXPERIMENTS["SST2L"] = Experiment(
+    "SST2L",
+    "SST-2 fine-tuning of pretrained all-MiniLM-L6-v2 as SST2, 60 rounds, accuracy on the 872 validation sentences "
+    "every 5 rounds; msfusion-grow3 starts as small (core form, plateau overlap on 2,000 held-out train sentences, "
+    "inclusion scaling, mu = 0).",
+    SST2_SETTING | {"num-server-rounds": 60, "eval-every": 5},
+    ("full", "small", "msfusion", "msfusion-grow3"),
+    target=0.8,
+    num_supernodes=8,
+    arms={"msfusion-grow3": METHODS["msfusion"] | GROW | {"inclusion-scaling": True, "overlap-patience": 10}},
+)
