@@ -79,7 +79,7 @@ class Settings:
     shift_step: int = 1
     inclusion_scaling: bool = False  # core form: the evaluated model scales each unit's readers by its expected share of sub-models
     window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
-    contrastive_mu: float = 1.0
+    contrastive_mu: float = 0.0  # MOON's weight; 0 since C1 and E1 measured no gain for its 1.7x FLOPs (docs/results.md)
     contrastive_tau: float = 0.5
     distill_weight: float = 0.0  # self-distillation toward the received sub-model's predictions (KL, T = 1)
     regularised_fraction: float = 1.0  # share of local batches carrying the contrastive/distillation terms and their frozen forwards

@@ -79,7 +79,7 @@ class MSfusion(Strategy):
     seed : seeds initialisation, node sampling and random planners; sent to nodes as ``run-seed``.
     local_keys : frozen tensors every node builds itself (pretrained embeddings): never sent.
     contrastive_mu : the contrastive weight μ every node trains with this run, sent with each plan
-        (None: 1 for ``msfusion``, 0 for the baselines, which are published without it).
+        (0: off; on C1 and E1 the term bought nothing for its 1.7x FLOPs).
     max_failed_rounds : fail the run after this many consecutive rounds without one valid reply,
         naming what the nodes said (a ClientApp that fails every time must not end "completed").
     lr_factor : the server's learning-rate schedule: run round → multiplier of every node's lr, sent
@@ -106,7 +106,7 @@ class MSfusion(Strategy):
         query_timeout: float = 120.0,
         local_keys: Collection[str] = (),
         post_build: Callable[[nn.Module], None] | None = None,
-        contrastive_mu: float | None = None,
+        contrastive_mu: float = 0.0,
         max_failed_rounds: int = 3,
         lr_factor: Callable[[int], float] | None = None,
     ) -> None:
@@ -134,7 +134,7 @@ class MSfusion(Strategy):
             raise ValueError(f"max_failed_rounds must be at least 1, got {max_failed_rounds}")
         self.max_failed_rounds = max_failed_rounds
         self.failed_rounds = 0  # consecutive rounds, up to now, without a valid reply
-        mu = contrastive_mu if contrastive_mu is not None else (1.0 if self.planner.name == "msfusion" else 0.0)
+        mu = contrastive_mu
         if not (mu >= 0 and math.isfinite(mu)):
             raise ValueError(f"contrastive_mu must be a finite number >= 0, got {contrastive_mu}")
         # Per-round training settings decided here, for every node, and sent with each plan.

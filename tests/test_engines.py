@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from benchmarks.run import run_once
 
-CONFIG = {"num-server-rounds": 3, "split-ratio-tiers": "1.0,0.5,0.25", "local-examples": 96, "seed": 3}
+CONFIG = {"num-server-rounds": 3, "split-ratio-tiers": "1.0,0.5,0.25", "local-examples": 96, "seed": 3, "contrastive-mu": 1.0}
 
 
 def _theta(work, rnd: int = 3) -> dict[str, torch.Tensor]:
