@@ -360,17 +360,21 @@ EXPERIMENTS["E4L"] = Experiment(
 
 # LM2 (issue 16): out of the unigram regime. A byte-level BPE of 8,192 tokens trained on the train
 # split replaces the 33,278-word vocabulary, so the tied embedding is 2.1 M parameters and the split
-# blocks (heads + FFN) are 75 % of the model (benchmarks.lm_tokens measures both). Defined, not yet
-# run: the round count that flattens validation perplexity within 30 minutes per run is still to be
-# measured (see issue 16's notes).
+# blocks (heads + FFN) are 75 % of the model (benchmarks.lm_tokens measures both). Sized, not yet
+# run: 100 rounds x 8 nodes x 32 sequences of 64 tokens is 1.6 M tokens (0.6 of an epoch), about
+# 8e13 training FLOPs for `full` at 50 MFLOPs per token: near 30 minutes at the ~50 GFLOP/s C1's
+# full runs reach here, so measure a few rounds first (--set num-server-rounds=5). The lr decays
+# as C1's does, so that the last fifth is flat; 400 sequences (25,600 tokens) of each evaluation
+# split keep an evaluation to seconds.
 LM2_SETTING: dict[str, Any] = LM_SETTING | {
     "tokenizer": "bpe-8192",
     "model-width": 256,
     "model-layers": 6,
     "partitioner": "articles",
-    "num-server-rounds": 200,
+    "num-server-rounds": 100,
     "eval-every": 10,
-    "central-eval-examples": 0,
+    "central-eval-examples": 400,
+    "lr-decay-at": "0.5,0.75",
 }
 EXPERIMENTS["LM2"] = Experiment(
     "LM2",
