@@ -271,6 +271,8 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # grow4 = grow3 with a 10-round plateau window: steps come while the lr is still high (with 30,
     # grow3-r0.25-s0's first step came at round 90 and its second at 195, after the first decay).
     **{f"msfusion-grow4-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-patience": 10} for r in (0.5, 0.25)},
+    # The starts-as-small arms' own control: small without the 2,000 rows they hold out to validate on.
+    "small-val-r0.25": _at("small", 0.25) | {"validation-examples": 2000},
     # Issue 15, part 3: does the contrastive term pay at matched FLOPs? One change each against
     # msfusion-r0.25 (μ = 1 on every batch, 1.73x small's FLOPs): μ = 0 (small's FLOPs); μ = 1 on a
     # quarter of the batches (about 1.18x); self-distillation toward the received sub-model instead
@@ -289,7 +291,7 @@ C1 = Experiment(
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
         "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
-        "msfusion-grow4-r0.25", "msfusion-grow4-r0.5",
+        "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25",
     ),
     target=0.6,
     seeds=(0, 1, 2),
