@@ -49,3 +49,17 @@ def test_flwr_run_default_app_two_rounds(tmp_path):
         left = stop_flower_processes(home)
         assert not left, f"processes survived SIGKILL: {left}"
         assert not pids_with_flwr_home(home) and not local_superlink_pids(home)
+
+
+def test_the_app_bundle_carries_the_apps_and_stays_under_flowers_limit(tmp_path):
+    """`flwr run .` bundles the project first; committed results (13 MB of metrics under docs/)
+    once pushed the bundle past Flower's 10 MB limit and every run failed to start."""
+    import subprocess
+    import zipfile
+
+    subprocess.run(["flwr", "build", "--app", str(REPO)], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    (fab,) = tmp_path.glob("*.fab")
+    names = zipfile.ZipFile(fab).namelist()
+    assert fab.stat().st_size < 10 * 1024 * 1024
+    assert {"server_app/app.py", "client_app/app.py", "msfusion_core/method/planner.py", "pyproject.toml"} <= set(names)
+    assert not any(n.startswith(("docs/", "tests/", "benchmarks/")) for n in names)
