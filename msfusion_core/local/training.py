@@ -153,7 +153,9 @@ def train_submodel(
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     flops = 0.0
-    totals = torch.zeros(4)  # total, ce: summed over batches; contrastive, distill: over regularised batches
+    # total, ce: summed over batches; contrastive, distill: over regularised batches. Kept on the
+    # training device, so a batch adds no host sync.
+    totals = torch.zeros(4, device=device)
     batches = regularised = 0
     signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
 
@@ -175,7 +177,7 @@ def train_submodel(
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        return torch.stack([total, ce, con, dist]).detach().cpu()
+        return torch.stack([total, ce, con, dist]).detach()
 
     with ExitStack() as stack:
         zbox = stack.enter_context(capture_input(model, representation_layer))
@@ -205,7 +207,7 @@ def train_submodel(
                 totals += losses
                 batches += 1
                 regularised += regularise
-    mean = (totals / torch.tensor([max(batches, 1)] * 2 + [max(regularised, 1)] * 2)).tolist()
+    mean = (totals.cpu() / torch.tensor([max(batches, 1)] * 2 + [max(regularised, 1)] * 2)).tolist()
     return TrainResult(mean[0], mean[1], mean[2], mean[3], n, time.perf_counter() - start, int(flops))
 
 
