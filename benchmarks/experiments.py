@@ -11,15 +11,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from msfusion_app.settings import Settings
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# `msfusion` is the abstract's method as first built: the contrastive term on (μ = 1). The app's
-# default is μ = 0 since C1 and E1 measured that the term buys nothing for its 1.7x FLOPs; the
-# term is pinned here so that every committed msfusion run reproduces.
-MSFUSION = {"planner": "msfusion", "contrastive-mu": 1.0}
+# `msfusion` is the abstract's method as first built: windows spread across participants at the
+# same relative place in every group, the adaptive overlap rule from o = 0.5, and the contrastive
+# term on (μ = 1). The app's default is now the starts-as-small form (`msfusion-default`: core form,
+# plateau rule, per-group offsets, inclusion scaling, μ = 0), which C1 measured 8-10 points better
+# at r = 1/4; the old one is pinned here so that every committed msfusion run reproduces.
+MSFUSION = {
+    "planner": "msfusion", "contrastive-mu": 1.0, "overlap-form": "spread", "overlap-schedule": "adaptive",
+    "overlap-start": 0.5, "window-offsets": "aligned", "inclusion-scaling": False,
+}
+# Runs from before the new default held no rows out; the starts-as-small arms set their own.
+NO_HOLDOUT = {"validation-examples": 0}
 METHODS: dict[str, dict[str, Any]] = {
     "msfusion": MSFUSION,
-    "msfusion-no-contrastive": {"planner": "msfusion", "contrastive-mu": 0.0},
+    "msfusion-default": {"planner": "msfusion", "validation-examples": Settings.validation_examples},  # the app's defaults
+    "msfusion-no-contrastive": MSFUSION | {"contrastive-mu": 0.0},
     "msfusion-constant-overlap": MSFUSION | {"overlap-schedule": "constant"},
     "fedrolex": {"planner": "fedrolex", "contrastive-mu": 0.0},
     "heterofl": {"planner": "heterofl", "contrastive-mu": 0.0},
@@ -27,7 +37,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "small": {"planner": "small", "contrastive-mu": 0.0},
     "full": {"planner": "full", "contrastive-mu": 0.0},
     # Ablations of MSfusion's parts (E1A): one change each against `msfusion`.
-    "msfusion-mu5": {"planner": "msfusion", "contrastive-mu": 5.0},  # MOON's CIFAR-10 weight
+    "msfusion-mu5": MSFUSION | {"contrastive-mu": 5.0},  # MOON's CIFAR-10 weight
     "msfusion-scaler": MSFUSION | {"scaler": True},  # HeteroFL's width scaler on
     "msfusion-shift0": MSFUSION | {"shift-step": 0},  # no inter-round shift
 }
@@ -77,7 +87,7 @@ def cifar_setting(width: int, **extra: Any) -> dict[str, Any]:
         "batch-size": 64,
         "lr": 0.05,
         "central-eval-examples": 2000,
-    } | extra
+    } | NO_HOLDOUT | extra
 
 
 ALL_METHODS = ("msfusion", "msfusion-no-contrastive", "msfusion-constant-overlap", "fedrolex", "heterofl", "fd", "small", "full")
@@ -103,7 +113,7 @@ LM_SETTING: dict[str, Any] = {
     "split-ratio-tiers": "0.5",
     "central-eval-examples": 200,
     "bn-calibration-batches": 0,
-}
+} | NO_HOLDOUT
 SST2_SETTING: dict[str, Any] = {
     "model": "minilm",
     "dataset": "sst2",
@@ -120,7 +130,7 @@ SST2_SETTING: dict[str, Any] = {
     "num-server-rounds": 8,
     "split-ratio-tiers": "0.5",
     "bn-calibration-batches": 0,
-}
+} | NO_HOLDOUT
 
 E1_SETTING = cifar_setting(32, **{"num-server-rounds": 40, "split-ratio-tiers": "0.5", "local-examples": 500})
 
@@ -128,7 +138,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "tiny": Experiment(
         "tiny",
         "Smoke test of the harness: digits, 2 rounds, 2 nodes.",
-        {"num-server-rounds": 2, "split-ratio-tiers": "0.5"},
+        {"num-server-rounds": 2, "split-ratio-tiers": "0.5"} | NO_HOLDOUT,
         ("msfusion", "small"),
         target=0.5,
         num_supernodes=2,
@@ -221,7 +231,7 @@ C1V1_SETTING: dict[str, Any] = {
     "num-server-rounds": 300,
     "central-eval-examples": 0,  # the whole 10,000-image test split: binomial sd ≤ 0.5 points
     "eval-every": 10,  # an evaluation of 10,000 images costs about 3 full-width rounds here
-}
+} | NO_HOLDOUT
 C1_SETTING: dict[str, Any] = C1V1_SETTING | {"lr-decay-at": "0.5,0.75", "lr-decay-factor": 0.1}
 
 
@@ -267,6 +277,7 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     **{f"msfusion-grow2-r{r:g}": _at("msfusion", r) | GROW for r in (0.5, 0.25)},
     # grow3 = grow2 + inclusion scaling: the evaluated model scales each unit's readers by its
     # expected share of sub-models (dropout's weight-scaling rule), the sub-models' expectation.
+    # It is the app's default msfusion (`msfusion-default`) with 2,000 held-out rows (tests pin this).
     **{f"msfusion-grow3-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True} for r in (0.5, 0.25)},
     # grow4 = grow3 with a 10-round plateau window: steps come while the lr is still high (with 30,
     # grow3-r0.25-s0's first step came at round 90 and its second at 195, after the first decay).
@@ -316,13 +327,14 @@ EXPERIMENTS["C1v1"] = replace(
 # the federation holds two full models' worth of width; the small control is the width-2/P model.
 C1P = Experiment(
     "C1P",
-    "Scalability on C1's protocol: P nodes at r = 2/P (P = 4, 8, 16), small vs msfusion at the app's defaults "
-    "(mu = 0) and msfusion starting as small (grow2); otherwise C1's setting.",
+    "Scalability on C1's protocol: P nodes at r = 2/P (P = 4, 8, 16), small vs the app's default msfusion "
+    "(starts as small; 2,000 held-out rows, as C1's grow3) and the abstract's form without the contrastive term; "
+    "otherwise C1's setting.",
     C1_SETTING,
-    ("small", "msfusion-no-contrastive", "msfusion-grow2"),
+    ("small", "msfusion-grow3", "msfusion-no-contrastive"),
     target=0.5,
     variants=tuple(Variant(f"P{p}", {"split-ratio-tiers": str(2 / p)}, p) for p in (4, 8, 16)),
-    arms={"msfusion-grow2": METHODS["msfusion"] | GROW},
+    arms={"msfusion-grow3": METHODS["msfusion-default"] | {"validation-examples": 2000}},
 )
 EXPERIMENTS["C1P"] = C1P
 
@@ -353,7 +365,7 @@ EXPERIMENTS["E4L"] = Experiment(
     "the ServerApp's seconds and resident memory per round.",
     # IID: digits' 1,437 training images do not split 100 ways under Dirichlet(0.5) (the first
     # attempt failed after 3 rounds, with that reason, as max-failed-rounds intends).
-    {"num-server-rounds": 20, "fraction-train": 0.1, "split-ratio-tiers": "0.5", "partitioner": "iid"},
+    {"num-server-rounds": 20, "fraction-train": 0.1, "split-ratio-tiers": "0.5", "partitioner": "iid"} | NO_HOLDOUT,
     ("msfusion",),
     target=0.5,
     num_supernodes=100,
@@ -384,7 +396,9 @@ EXPERIMENTS["LM2"] = Experiment(
     "hidden 256, 4 heads of 64, FFN 1024, tied embedding), 8 nodes with whole articles, r = 0.5; perplexity on the "
     "whole test and validation splits every 10 rounds.",
     LM2_SETTING,
-    TRANSFORMER_METHODS,
+    # msfusion-default: the app's default msfusion (starts as small), validating on the first 200
+    # sequences of the validation split.
+    ("full", "small", "msfusion-default", "fedrolex"),
     target=200.0,
     num_supernodes=8,
     seeds=(0, 1),

@@ -63,22 +63,22 @@ class Settings:
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
-    overlap_schedule: str = "adaptive"
-    overlap_start: float = 0.5
+    overlap_schedule: str = "plateau"  # msfusion: plateau (starts as small, grows on validation plateaus) | adaptive | constant | linear | cosine
+    overlap_start: float = 1.0
     overlap_end: float = 0.1
     overlap_eta: float = 0.2
     overlap_target_shift: float = 1.0
     overlap_leak: float = 0.2
     overlap_min: float = 0.0
     overlap_max: float = 0.9
-    overlap_form: str = "spread"  # msfusion: spread (windows spread across participants) | core (shared core + remainder)
+    overlap_form: str = "core"  # msfusion: core (shared core + double-shifted remainder) | spread (windows spread across participants)
     overlap_patience: int = 30  # plateau: rounds without a validation improvement before the overlap is lowered
-    overlap_step: float = 0.25  # plateau: how much the overlap is lowered each time
+    overlap_step: float = 0.125  # plateau: how much the overlap is lowered each time
     overlap_min_improvement: float = 0.01  # plateau: a smaller relative validation-loss decrease is no improvement
-    validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
+    validation_examples: int = 200  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
     shift_step: int = 1
-    inclusion_scaling: bool = False  # core form: the evaluated model scales each unit's readers by its expected share of sub-models
-    window_offsets: str = "aligned"  # msfusion: aligned (every group's window at the same relative place) | per-group
+    inclusion_scaling: bool = True  # core form: the evaluated model scales each unit's readers by its expected share of sub-models
+    window_offsets: str = "per-group"  # msfusion: per-group (an independent offset per group and round) | aligned
     contrastive_mu: float = 0.0  # MOON's weight; 0 since C1 and E1 measured no gain for its 1.7x FLOPs (docs/results.md)
     contrastive_tau: float = 0.5
     distill_weight: float = 0.0  # self-distillation toward the received sub-model's predictions (KL, T = 1)
@@ -197,7 +197,7 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        if self.overlap_schedule == "plateau" and self.validation_examples == 0:
+        if self.planner == "msfusion" and self.overlap_schedule == "plateau" and self.validation_examples == 0:
             raise ValueError("overlap-schedule 'plateau' is driven by validation: set validation-examples > 0 (e.g. 2000)")
         if not 0.0 < self.regularised_fraction <= 1.0:
             raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")

@@ -62,6 +62,10 @@ class RoundLog:
 class MSfusion(Strategy):
     """Sub-model federated training with double shifting, adaptive overlap and overlap-weighted aggregation.
 
+    msfusion's default planner starts as the small model (every node trains the same width-r core,
+    o = 1) and opens the overlap when the validation loss stalls: report that loss after each
+    evaluation with ``observe_validation`` (from the ``evaluate_fn``), or it stays the small model.
+
     Parameters
     ----------
     build : callable returning the full-width ``nn.Module`` (re-run on the meta device for sub-models).
@@ -163,6 +167,14 @@ class MSfusion(Strategy):
         """As ``Strategy.start``; ``initial_arrays`` (e.g. a pretrained model) replace θ if given."""
         if initial_arrays is not None and len(initial_arrays):
             self.load_global(initial_arrays.to_torch_state_dict())
+        schedule = getattr(self.planner, "schedule", None)
+        if schedule is not None and schedule.kind == "plateau" and kwargs.get("evaluate_fn") is None:
+            log(
+                WARNING,
+                "the plateau overlap schedule lowers the overlap only when told the validation loss: without an "
+                "evaluate_fn that calls observe_validation, msfusion stays at o = %.2f (o = 1 is the small model)",
+                schedule.overlap(1),
+            )
         self.last_arrays = self.global_arrays()
         return super().start(grid, self.last_arrays, *args, **kwargs)
 

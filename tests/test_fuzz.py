@@ -148,7 +148,7 @@ def test_fuzzed_messages_get_an_error_reply(round_one, defect, data):
     config = {"server-round": 1, "plan": json.dumps(compact)}
     arrays = {k: torch.from_numpy(np.array(a.numpy())) for k, a in request.content.array_records["arrays"].items()}
     group = data.draw(st.sampled_from(sorted(compact["windows"])))
-    start, length, size = compact["windows"][group]
+    start, length, size, *core = compact["windows"][group]  # core: [] or [o·m], the shared prefix
     if defect == "garbage-plan":
         config["plan"] = data.draw(st.text(max_size=40).filter(lambda s: not s.strip().startswith("{")))
     elif defect == "no-plan-key":
@@ -158,7 +158,7 @@ def test_fuzzed_messages_get_an_error_reply(round_one, defect, data):
     elif defect == "window":
         compact["windows"][group] = data.draw(
             st.sampled_from([[size, length, size], [-1, length, size], [start, size + 1, size], [start, 0, size], [start, length, size * 2]])
-        )
+        ) + core
         config["plan"] = json.dumps(compact)
     elif defect == "subset":
         del compact["windows"][group]

@@ -2,6 +2,7 @@
 remainder, function-preserving growth, and the plateau rule that opens the overlap up."""
 
 import json
+from logging import WARNING
 from pathlib import Path
 
 import datasets
@@ -19,7 +20,8 @@ from msfusion_core.method.overlap import OverlapSchedule
 from msfusion_core.method.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes, model_shapes
-from server_app.local_grid import run_local
+from server_app.local_grid import LocalGrid, run_local, simulated_node_configs
+from server_app.strategy import MSfusion
 
 
 @given(
@@ -49,10 +51,10 @@ def test_core_and_remainder_are_disjoint_have_the_right_sizes_and_survive_the_co
 def test_overlap_one_is_exactly_the_small_models_units_and_zero_is_double_shifting():
     sizes = {"a": 16, "b": 40}
     parts = [(3, 0.25), (7, 0.25), (9, 0.25)]
-    one = make_planner("msfusion", schedule=OverlapSchedule("constant", start=1.0), overlap_form="core").plan(5, parts, sizes)
+    one = make_planner("msfusion", schedule=OverlapSchedule("constant", start=1.0), overlap_form="core", window_offsets="aligned").plan(5, parts, sizes)
     for plan in one.participants.values():
         assert {g: plan.indices(g).tolist() for g in sizes} == {g: list(range(window_length(0.25, k))) for g, k in sizes.items()}
-    zero = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), overlap_form="core").plan(5, parts, sizes)
+    zero = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), overlap_form="core", window_offsets="aligned").plan(5, parts, sizes)
     evenly_spaced = plan_double_shift(5, parts, sizes, spread=1.0)
     for pid, plan in zero.participants.items():
         assert plan.unit_indices().keys() == evenly_spaced[pid].unit_indices().keys()
@@ -152,7 +154,9 @@ def test_an_undone_step_silences_the_units_outside_the_core_again():
 
 def test_the_plateau_rule_needs_a_validation_split():
     with pytest.raises(ValueError, match="plateau.*validation-examples > 0"):
-        Settings.from_mapping({"overlap-schedule": "plateau", "overlap-start": 1.0})
+        Settings.from_mapping({"overlap-schedule": "plateau", "overlap-start": 1.0, "validation-examples": 0})
+    # Only msfusion reads the overlap: a baseline needs no validation split.
+    assert Settings.from_mapping({"planner": "fedrolex", "validation-examples": 0}).overlap_schedule == "plateau"
     with pytest.raises(ValueError, match="overlap-form must be one of spread, core"):
         Settings.from_mapping({"overlap-form": "ring"})
 
@@ -195,11 +199,13 @@ def test_text_validation_splits_are_never_trained_on(tmp_path):
 
 def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatch):
     """For the same seed the core form at o = 1 is `small`: the full model's test curve is small's,
-    up to float noise. Without the silenced non-core units it is not."""
+    up to float noise, and so is the app's default msfusion while its overlap is still 1. Without
+    the silenced non-core units it is not."""
     base = {"num-server-rounds": 3, "split-ratio-tiers": "0.5", "contrastive-mu": 0.0, "local-examples": 48, "output-dir": str(tmp_path), "seed": 3}
     arms = {
         "small": {"planner": "small"},
-        "core": {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 1.0},
+        "core": {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 1.0, "inclusion-scaling": False},
+        "default": {"planner": "msfusion"},
     }
 
     def central_loss(name: str, cfg: dict) -> list[float]:
@@ -210,6 +216,7 @@ def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatc
     monkeypatch.setattr("msfusion_core.method.server.silence_non_core_inputs", lambda state, *_: dict(state))
     loss["unsilenced"] = central_loss("unsilenced", arms["core"])
     np.testing.assert_allclose(loss["core"], loss["small"], rtol=1e-5)
+    np.testing.assert_allclose(loss["default"], loss["small"], rtol=1e-5)
     assert loss["core"][1:] != pytest.approx(loss["unsilenced"][1:], rel=1e-3)
 
 
@@ -224,6 +231,8 @@ def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path)
         "overlap-min-improvement": 0.99,  # nothing counts as a gain: lowered after every validation
         "overlap-step": 0.5,
         "validation-examples": 300,
+        "window-offsets": "aligned",
+        "inclusion-scaling": False,
         "local-examples": 32,
         "output-dir": str(tmp_path),
         "run-name": "plateau",
@@ -278,9 +287,9 @@ def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_only_for_th
     silenced = silence_non_core_inputs(state, Slicer(fam.split_map), sizes, m)
     scaled = scale_inputs(state, Slicer(fam.split_map), factors)
     assert all(torch.equal(scaled[k], silenced[k]) for k in state)
-    spread = make_planner("msfusion", schedule=sched, inclusion_scaling=True)
+    spread = make_planner("msfusion", schedule=sched, overlap_form="spread", inclusion_scaling=True)
     assert spread.inclusion(spread.plan(1, [(0, 0.25)], sizes)) is None  # the spread form evaluates θ itself
-    off = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25)
+    off = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25, inclusion_scaling=False)
     assert off.inclusion(plan) is None
 
 
@@ -297,3 +306,23 @@ def test_the_server_evaluates_the_scaled_model_and_keeps_theta_as_trained():
     evaluated = server.global_model().state_dict()
     assert all(torch.equal(evaluated[k], expected[k]) for k in ("conv2.weight", "hidden.weight", "fc.weight"))
     assert not torch.equal(evaluated["fc.weight"], server.state["fc.weight"])  # θ itself is what nodes get
+
+
+def test_a_plateau_strategy_without_validation_says_it_stays_the_small_model(monkeypatch):
+    """A user's own ServerApp that gives no evaluate_fn never reports a validation loss: the
+    strategy says so at start instead of silently training the small model for the whole run."""
+    family = get_family("digits-cnn")
+    warnings: list[str] = []
+    monkeypatch.setattr("server_app.strategy.log", lambda level, msg, *args: warnings.append(msg % args) if level == WARNING else None)
+    config = {"num-server-rounds": 1, "local-examples": 16}
+
+    def start(planner: str, **kwargs) -> None:
+        warnings.clear()
+        MSfusion(family.build, family.split_map, planner).start(LocalGrid(simulated_node_configs(2), config), num_rounds=1, **kwargs)
+
+    start("msfusion")
+    assert any("stays at o = 1.00" in w and "observe_validation" in w for w in warnings)
+    start("msfusion", evaluate_fn=lambda server_round, arrays: None)
+    assert not any("observe_validation" in w for w in warnings)
+    start("fedrolex")
+    assert not any("observe_validation" in w for w in warnings)

@@ -55,7 +55,7 @@ def test_spread_one_covers_every_unit_when_pr_at_least_one(k, t, p, r):
 @pytest.mark.parametrize("planner", ["msfusion", "fedrolex"])
 def test_equal_training_over_k_rounds(planner):
     k, parts = 12, [(3, 0.5), (7, 0.25), (9, 0.5)]
-    pl = make_planner(planner, schedule=OverlapSchedule("constant", start=0.2))
+    pl = make_planner(planner, schedule=OverlapSchedule("constant", start=0.2), overlap_form="spread", window_offsets="aligned")
     counts = np.zeros(k, dtype=int)
     for t in range(1, k + 1):
         for pp in pl.plan(t, parts, {"g": k}).participants.values():
@@ -97,8 +97,9 @@ def test_heterogeneous_capacities_and_heterofl_prefix():
 def test_overlap_sets_spread_and_coverage():
     gs = {"g": 40}
     parts = [(i, 0.5) for i in range(4)]
-    lo = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0)).plan(1, parts, gs)
-    hi = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.8)).plan(1, parts, gs)
+    spread = {"overlap_form": "spread", "window_offsets": "aligned"}
+    lo = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), **spread).plan(1, parts, gs)
+    hi = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.8), **spread).plan(1, parts, gs)
     assert lo.spread == 1.0 and hi.spread == pytest.approx(0.4)
     # More overlap → units shared by more participants, fewer units covered.
     assert min(lo.coverage(gs)["g"]) >= 1
@@ -219,7 +220,7 @@ def test_over_enough_rounds_every_pair_of_units_is_co_trained(overlap_form, k_a,
 
 def test_per_group_plans_are_deterministic_contiguous_and_survive_the_compact_form():
     sizes = {"a": 16, "b": 16, "c": 40}
-    make = lambda: make_planner("msfusion", window_offsets="per-group", seed=11)  # noqa: E731
+    make = lambda: make_planner("msfusion", window_offsets="per-group", overlap_form="spread", seed=11)  # noqa: E731
     first, again = make().plan(5, [(3, 0.25), (7, 0.5)], sizes), make().plan(5, [(3, 0.25), (7, 0.5)], sizes)
     for pid, plan in first.participants.items():
         assert plan.to_compact() == again.participants[pid].to_compact()

@@ -43,14 +43,16 @@ def train_round(strategy, grid, t):
 
 def test_run_learns_and_writes_the_run_directory(tmp_path):
     # 192 examples per node and round (of ~360) at lr 0.1, half the steps of whole partitions at the
-    # default lr: central accuracy still goes from 0.14 to ~0.63 in three rounds (whole: ~0.80).
+    # default lr. The default msfusion starts as the nested small model (o = 1, non-core readers at
+    # zero), which learns slower than the abstract's form: central accuracy goes from 0.14 to ~0.38
+    # in three rounds (the abstract's form: ~0.63).
     settings = Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r", fraction_evaluate=1.0, local_examples=192, lr=0.1)
     strategy = make_strategy(settings)
     result = run(make_grid(run_config=settings.to_mapping()), settings, strategy)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert all(r["accepted"] == 4 and r["rejected"] == 0 for r in rows[1:])
-    assert rows[3]["central-accuracy"] > rows[0]["central-accuracy"] + 0.3
+    assert rows[3]["central-accuracy"] > rows[0]["central-accuracy"] + 0.2
     assert {info.capacity for info in strategy.nodes.values()} == set(CAPACITIES.values())
     assert (tmp_path / "r" / "checkpoints" / "round-0003.safetensors").exists()
     assert (tmp_path / "r" / "metrics.csv").read_text().startswith("round,")

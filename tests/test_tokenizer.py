@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.experiments import EXPERIMENTS
+from benchmarks.experiments import EXPERIMENTS, METHODS
 from msfusion_app.settings import Settings
 from msfusion_core.data import load_partition, load_test, num_classes
 from msfusion_core.data import text
@@ -89,7 +89,7 @@ def test_the_data_pipeline_batches_bpe_sequences(tmp_path):
 
 
 def test_the_lm2_models_split_blocks_are_at_least_70_percent_of_its_parameters():
-    settings = Settings.from_mapping(EXPERIMENTS["LM2"].setting)
+    settings = Settings.from_mapping(EXPERIMENTS["LM2"].setting | METHODS["full"])
     from msfusion_core.models import get_family
 
     vocab = int(settings.tokenizer.split("-")[1])  # the BPE's size, without training it here

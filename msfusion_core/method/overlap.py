@@ -52,8 +52,8 @@ SCHEDULES = ("constant", "linear", "cosine", "adaptive", "plateau")
 
 @dataclass
 class OverlapSchedule:
-    kind: str = "adaptive"
-    start: float = 0.5  # o_0 (constant value, or the first value of linear/cosine/adaptive)
+    kind: str = "plateau"
+    start: float = 1.0  # o_0 (constant value, or the first value of linear/cosine/adaptive)
     end: float = 0.1  # last value of linear/cosine
     num_rounds: int = 10  # length of the linear/cosine ramp
     eta: float = 0.2  # adaptive step size η
@@ -62,7 +62,7 @@ class OverlapSchedule:
     min_overlap: float = 0.0
     max_overlap: float = 0.9
     patience: int = 30  # plateau: rounds without a validation improvement before o is lowered
-    step: float = 0.25  # plateau: how much o is lowered each time
+    step: float = 0.125  # plateau: how much o is lowered each time
     min_improvement: float = 0.01  # plateau: a relative loss decrease smaller than this is no improvement
     current: float | None = None  # adaptive and plateau state o_t
     best_loss: float | None = None  # plateau: best validation loss since o last changed
