@@ -230,3 +230,21 @@ def test_c1s_grow3_arm_is_the_apps_default_msfusion():
         assert grow3 == default
     # The abstract's form, pinned for the committed `msfusion` runs, is not the default.
     assert Settings.from_mapping(run_config(C1, "msfusion-r0.25", 0, variant)).overlap_form == "spread"
+
+
+def test_engine_agreement_compares_runs_of_the_same_name(tmp_path):
+    from benchmarks.engine_agreement import compare
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "flwr").mkdir()
+    local = [{"round": 0, "central-accuracy": 0.1}, {"round": 5}, {"round": 10, "central-accuracy": 0.5}, {"round": 20, "central-accuracy": 0.6}]
+    flwr = [{"round": 0, "central-accuracy": 0.1}, {"round": 10, "central-accuracy": 0.42}, {"round": 20, "central-accuracy": 0.61}]
+    (tmp_path / "runs" / "a-s0.jsonl").write_text("\n".join(json.dumps(r) for r in local))
+    (tmp_path / "flwr" / "a-s0.jsonl").write_text("\n".join(json.dumps(r) for r in flwr))
+    [row] = compare(tmp_path)
+    assert (row["run"], row["last_round"], row["local"], row["flwr"], row["max_diff_round"]) == ("a-s0", 20, 0.6, 0.61, 10)
+    assert row["max_diff"] == pytest.approx(0.08)
+    (tmp_path / "flwr" / "b-s0.jsonl").write_text(json.dumps({"round": 3, "central-accuracy": 0.2}))
+    (tmp_path / "runs" / "b-s0.jsonl").write_text(json.dumps({"round": 4, "central-accuracy": 0.2}))
+    with pytest.raises(ValueError, match="b-s0.jsonl: no evaluated round in common"):
+        compare(tmp_path)
