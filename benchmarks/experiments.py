@@ -404,6 +404,7 @@ EXPERIMENTS["LM2"] = Experiment(
     seeds=(0, 1),
     metric="perplexity",
     method_seeds={"fedrolex": (0,)},
+    small_of={"msfusion-default": "small", "fedrolex": "small"},
 )
 
 # SST2L (issue 16, part 4): SST-2 with pretrained MiniLM, long enough for the curves to flatten, on

@@ -219,7 +219,8 @@ def _gaps(exp: Experiment, per_seed_final: dict[str, dict[int, float]], suffix: 
     for small_arm in sorted(set(exp.small_of.values())):
         small = per_seed_final.get(small_arm, {})
         if small and full:
-            headroom[small_arm.removeprefix("small-")] = statistics.mean(full.values()) - statistics.mean(small.values())
+            key = small_arm.removeprefix("small-") if small_arm != "small" else f"r{exp.setting['split-ratio-tiers']}"
+            headroom[key] = statistics.mean(full.values()) - statistics.mean(small.values())
     for arm, small_arm in exp.small_of.items():
         small = per_seed_final.get(small_arm, {})
         mine = per_seed_final.get(arm, {})
@@ -262,6 +263,10 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
             tails[key] = {seed: s[f"tail_{exp.metric}"] for seed, s in per_seed.items()}
     summary = {"experiment": exp.name, "setting": exp.setting, "target": exp.target}
     if exp.small_of:
+        if exp.metric == "perplexity":
+            # In log-perplexity (the mean loss per token): (log ppl_small − log ppl_m) /
+            # (log ppl_small − log ppl_full), and a headroom of log ppl_small − log ppl_full.
+            finals, tails = ({m: {s: -math.log(v) for s, v in per.items()} for m, per in d.items()} for d in (finals, tails))
         gaps, tail_gaps = _gaps(exp, finals), _gaps(exp, tails, "_tail")
         summary["headroom"] = gaps["headroom"]
         summary["headroom_tail"] = tail_gaps["headroom"]
@@ -273,7 +278,8 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
                 (rounds, mine, _, _), (small_rounds, small, _, _) = curves[arm], curves[small_arm]
                 common = sorted(set(rounds) & set(small_rounds))
                 at = dict(zip(rounds, mine)), dict(zip(small_rounds, small))
-                methods[arm]["crosses_small_round"] = crossing_round(common, [at[0][t] for t in common], [at[1][t] for t in common])
+                sign = 1.0 if exp.metric == "accuracy" else -1.0  # "above small" is a lower perplexity
+                methods[arm]["crosses_small_round"] = crossing_round(common, [sign * at[0][t] for t in common], [sign * at[1][t] for t in common])
     return summary | {"methods": methods}
 
 
@@ -298,6 +304,12 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         if metrics.exists() and finished(read_jsonl(metrics), run_config(exp, method, seed, variant)["num-server-rounds"]):
             shutil.copyfile(metrics, out / "runs" / f"{name}.jsonl")
     summary = summarise(exp, out / "runs")
+    if (out / "tokens.json").exists():  # LM2: what `python -m benchmarks.lm_tokens` measured
+        tokens = json.loads((out / "tokens.json").read_text())
+        summary = {
+            "unigram_perplexity": tokens["tokenizers"][exp.setting["tokenizer"]]["unigram_test_perplexity"],
+            "blocks_param_fraction": tokens["lm2_model"]["blocks_param_fraction"],
+        } | summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(method_curves(exp, out / "runs"), out / "accuracy.png", exp.target, exp.metric, title=f"{exp.name}: mean over seeds, ±1 sd")
     lines = [
@@ -317,7 +329,11 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         *(
             [
                 "Headroom, full − small (final evaluation; mean of the last 10 % of rounds): "
-                + ", ".join(f"{k}: {v * 100:+.2f} ({summary['headroom_tail'].get(k, float('nan')) * 100:+.2f}) points" for k, v in summary["headroom"].items())
+                + ", ".join(
+                    f"{k}: {v * 100:+.2f} ({summary['headroom_tail'].get(k, float('nan')) * 100:+.2f}) points" if exp.metric == "accuracy"
+                    else f"{k}: {v:+.3f} ({summary['headroom_tail'].get(k, float('nan')):+.3f}) in log-perplexity"
+                    for k, v in summary["headroom"].items()
+                )
                 + ".",
                 "",
             ]
