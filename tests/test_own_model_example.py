@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 from benchmarks.flower_procs import flower_cleanup, flower_env, newest_run, run_cli
+from flwr.app import MessageType
+
 from server_app.local_grid import LocalGrid
 
 APP = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_model"
@@ -30,8 +32,7 @@ def test_own_model_example_trains_with_heterogeneous_nodes():
     acc = {r: m["accuracy"] for r, m in result.evaluate_metrics_serverapp.items()}
     assert acc[4] > acc[0] + 0.4, acc
     # The r = 0.25 node really received a quarter of the channels and hidden units.
-    sent = [m for m in grid.sent if m.metadata.dst_node_id == 9 and "arrays" in m.content.array_records]
-    proj = sent[0].content.array_records["arrays"]["proj.weight"]
+    proj = grid.last_sent[9, MessageType.TRAIN].content.array_records["arrays"]["proj.weight"]
     assert tuple(proj.shape) == (16, 4 * 16)
 
 
@@ -40,7 +41,7 @@ def test_simulated_nodes_get_capacities_from_tiers():
     ex = load_example()
     grid = LocalGrid({n + 1: {"partition-id": n, "num-partitions": 3} for n in range(3)}, app=ex.client)
     ex.run_server(grid, num_rounds=1)
-    sent = {m.metadata.dst_node_id: m for m in grid.sent if "arrays" in m.content.array_records}
+    sent = {n: grid.last_sent[n, MessageType.TRAIN] for n in (1, 2, 3)}
     assert [tuple(sent[n].content.array_records["arrays"]["conv.weight"].shape)[0] for n in (1, 2, 3)] == [16, 8, 4]
 
 

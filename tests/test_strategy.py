@@ -238,3 +238,27 @@ def test_disconnected_nodes_are_forgotten_and_a_restarted_node_reclaims_its_part
     msgs, replies = train_round(strategy, grid, 3)
     assert strategy.nodes[33].partition_id == 2 and len(msgs) == 3
     assert not any(r.has_error() for r in replies)
+
+
+def test_no_sub_model_outlives_its_round(tmp_path):
+    """Every message holds a sub-model: neither the grid nor the strategy may keep them across
+    rounds, or memory grows with rounds × model size (an LM2 run reached 22 GB by round 71)."""
+    import gc
+    import weakref
+
+    settings = Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r", fraction_evaluate=1.0, local_examples=32)
+    strategy = make_strategy(settings)
+    grid = make_grid(run_config=settings.to_mapping())
+    first_round: list[weakref.ref] = []
+    send = grid.send_and_receive
+
+    def watching(messages, **kwargs):
+        messages = list(messages)
+        if not first_round and messages[0].metadata.message_type == MessageType.TRAIN:
+            first_round.extend(weakref.ref(m) for m in messages)
+        return send(messages, **kwargs)
+
+    grid.send_and_receive = watching
+    run(grid, settings, strategy)
+    gc.collect()
+    assert len(first_round) == len(CAPACITIES) and all(ref() is None for ref in first_round)
