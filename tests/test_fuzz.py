@@ -184,3 +184,15 @@ def test_fuzzed_messages_get_an_error_reply(round_one, defect, data):
     reply = grid.apps[node](Message(RecordDict(content), dst_node_id=node, message_type=MessageType.TRAIN), grid.contexts[node])
     assert reply.has_error() and reply.error.reason, defect
     assert set(grid.contexts[node].state.array_records) == state_before  # nothing stored from a bad message
+
+
+def test_every_loss_the_client_reports_must_be_finite():
+    # Found by the fuzz test above: a NaN `distill-loss` (the self-distillation term's, reported by
+    # every reply) was accepted and logged, since it was not among the checked metrics.
+    from msfusion_core.method.server import ReplyError, check_train_metrics
+
+    good = {"num-examples": 32, "loss": 1.0, "flops": 1e6, "ce-loss": 1.0, "contrastive-loss": 0.0, "distill-loss": 0.0}
+    check_train_metrics(good)
+    for key in ("loss", "ce-loss", "contrastive-loss", "distill-loss"):
+        with pytest.raises(ReplyError, match=f"metric '{key}' is not finite"):
+            check_train_metrics(good | {key: float("nan")})

@@ -42,7 +42,7 @@ class Reply:
 # duration is also non-negative. Other keys are the participant's own and are passed through.
 REQUIRED_METRICS = ("num-examples", "loss", "flops")
 NON_NEGATIVE_METRICS = ("flops", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
-OPTIONAL_METRICS = ("ce-loss", "contrastive-loss", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
+OPTIONAL_METRICS = ("ce-loss", "contrastive-loss", "distill-loss", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
 
 
 def check_train_metrics(metrics: Mapping[str, Any]) -> None:
