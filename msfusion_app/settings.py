@@ -15,7 +15,7 @@ from typing import Any
 from msfusion_core.data import DATASETS
 from msfusion_core.data.text import check_tokenizer
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
-from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.method.robust import ROBUST_MODES
 from msfusion_core.local.augment import Preprocess, preprocess_for
@@ -63,7 +63,7 @@ class Settings:
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
-    overlap_schedule: str = "plateau"  # msfusion: plateau (starts as small, grows on validation plateaus) | adaptive | constant | linear | cosine
+    overlap_schedule: str = "plateau"  # msfusion: plateau (starts as small, grows on validation plateaus) | plateau-best (its first form) | adaptive | constant | linear | cosine
     overlap_start: float = 1.0
     overlap_end: float = 0.1
     overlap_eta: float = 0.2
@@ -72,7 +72,7 @@ class Settings:
     overlap_min: float = 0.0
     overlap_max: float = 0.9
     overlap_form: str = "core"  # msfusion: core (shared core + double-shifted remainder) | spread (windows spread across participants)
-    overlap_patience: int = 30  # plateau: rounds without a validation improvement before the overlap is lowered
+    overlap_patience: int = 30  # plateau: the window (rounds) whose mean validation loss is compared with the window before
     overlap_step: float = 0.125  # plateau: how much the overlap is lowered each time
     overlap_min_improvement: float = 0.01  # plateau: a smaller relative validation-loss decrease is no improvement
     validation_examples: int = 200  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
@@ -197,8 +197,8 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        if self.planner == "msfusion" and self.overlap_schedule == "plateau" and self.validation_examples == 0:
-            raise ValueError("overlap-schedule 'plateau' is driven by validation: set validation-examples > 0 (e.g. 2000)")
+        if self.planner == "msfusion" and self.overlap_schedule in VALIDATION_DRIVEN and self.validation_examples == 0:
+            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000)")
         if not 0.0 < self.regularised_fraction <= 1.0:
             raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")
         for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max", "overlap_step"):

@@ -33,6 +33,7 @@ from torch import nn
 
 from msfusion_app import protocol
 from msfusion_core.method.coverage import TrainCounts
+from msfusion_core.method.overlap import VALIDATION_DRIVEN
 from msfusion_core.method.planner import Planner, RoundPlan, check_capacity, make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.method.split_map import SplitMap
@@ -168,7 +169,7 @@ class MSfusion(Strategy):
         if initial_arrays is not None and len(initial_arrays):
             self.load_global(initial_arrays.to_torch_state_dict())
         schedule = getattr(self.planner, "schedule", None)
-        if schedule is not None and schedule.kind == "plateau" and kwargs.get("evaluate_fn") is None:
+        if schedule is not None and schedule.kind in VALIDATION_DRIVEN and kwargs.get("evaluate_fn") is None:
             log(
                 WARNING,
                 "the plateau overlap schedule lowers the overlap only when told the validation loss: without an "
