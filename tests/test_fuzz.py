@@ -196,3 +196,10 @@ def test_every_loss_the_client_reports_must_be_finite():
     for key in ("loss", "ce-loss", "contrastive-loss", "distill-loss"):
         with pytest.raises(ReplyError, match=f"metric '{key}' is not finite"):
             check_train_metrics(good | {key: float("nan")})
+    # Not a hand-kept list: any number in the record, a key the server has never heard of or a list.
+    for extra in ({"my-own-loss": float("inf")}, {"per-class-loss": [0.5, float("nan")]}):
+        with pytest.raises(ReplyError, match=f"metric '{next(iter(extra))}' is not finite"):
+            check_train_metrics(good | extra)
+    check_train_metrics(good | {"my-own-loss": 0.3, "per-class-loss": [0.5, 0.2]})
+    with pytest.raises(ReplyError, match="metric 'bytes-up' must be non-negative"):
+        check_train_metrics(good | {"bytes-up": -1})

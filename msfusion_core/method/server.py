@@ -38,11 +38,15 @@ class Reply:
     metrics: Mapping[str, Any] | None = None
 
 
-# A reply's training metrics: the keys the server reads, each a finite number; a count, a size or a
-# duration is also non-negative. Other keys are the participant's own and are passed through.
+# A reply's training metrics: the keys the server needs must be there, and every number in the
+# record must be finite (the server sums losses, bytes and seconds across replies; a single NaN
+# poisons the round's figures). A count, a size or a duration is also non-negative.
 REQUIRED_METRICS = ("num-examples", "loss", "flops")
 NON_NEGATIVE_METRICS = ("flops", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
-OPTIONAL_METRICS = ("ce-loss", "contrastive-loss", "distill-loss", "bytes-down", "bytes-up", "train-seconds", "build-seconds")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_train_metrics(metrics: Mapping[str, Any]) -> None:
@@ -50,15 +54,13 @@ def check_train_metrics(metrics: Mapping[str, Any]) -> None:
     missing = [k for k in REQUIRED_METRICS if k not in metrics]
     if missing:
         raise ReplyError(f"metrics lack {', '.join(repr(k) for k in missing)}")
-    for key in REQUIRED_METRICS + OPTIONAL_METRICS:
-        if key not in metrics:
-            continue
-        value = metrics[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    for key, value in metrics.items():
+        if key in REQUIRED_METRICS and not _is_number(value):
             raise ReplyError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
-        if not math.isfinite(value):
+        numbers = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if _is_number(v)]
+        if not all(math.isfinite(v) for v in numbers):
             raise ReplyError(f"metric {key!r} is not finite: {value!r}")
-        if key in NON_NEGATIVE_METRICS and value < 0:
+        if key in NON_NEGATIVE_METRICS and any(v < 0 for v in numbers):
             raise ReplyError(f"metric {key!r} must be non-negative, got {value!r}")
 
 
