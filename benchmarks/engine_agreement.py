@@ -5,7 +5,7 @@
 Compares every ``docs/results/<experiment>/flwr/<run>.jsonl`` (written by
 ``python -m benchmarks.run <experiment> --engine flwr --methods <arm> --seeds <seed>``, then copied
 there) with the committed in-process run of the same name in ``docs/results/<experiment>/runs/``:
-the final central accuracy of each, and the largest difference at any evaluated round. The two
+the final central metric of each (the experiment's: accuracy or perplexity), and the largest difference at any evaluated round. The two
 engines run torch with different thread counts, so trajectories part at float rounding; what this
 checks is that they part by less than the seed-to-seed spread.
 """
@@ -15,20 +15,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.experiments import EXPERIMENTS
 from benchmarks.flower_procs import REPO, read_jsonl
-
-METRIC = "central-accuracy"
-
-
-def evaluated(path: Path) -> dict[int, float]:
-    return {row["round"]: row[METRIC] for row in read_jsonl(path) if METRIC in row}
+from benchmarks.run import METRIC_KEYS
 
 
-def compare(results: Path) -> list[dict[str, float | str]]:
+def evaluated(path: Path, key: str) -> dict[int, float]:
+    return {row["round"]: row[key] for row in read_jsonl(path) if key in row}
+
+
+def compare(results: Path, metric: str = "accuracy") -> list[dict[str, float | str]]:
     """One row per run in ``results/flwr/``, against ``results/runs/`` of the same name."""
+    key = METRIC_KEYS[metric]
     rows = []
     for flwr_path in sorted((results / "flwr").glob("*.jsonl")):
-        local, flwr = evaluated(results / "runs" / flwr_path.name), evaluated(flwr_path)
+        local, flwr = evaluated(results / "runs" / flwr_path.name, key), evaluated(flwr_path, key)
         rounds = sorted(set(local) & set(flwr))
         if not rounds:
             raise ValueError(f"{flwr_path.name}: no evaluated round in common with runs/{flwr_path.name}")
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     print("| run | round | in-process | flwr run | largest difference (round) |")
     print("|---|---|---|---|---|")
-    for r in compare(REPO / "docs" / "results" / args.experiment):
+    for r in compare(REPO / "docs" / "results" / args.experiment, EXPERIMENTS[args.experiment].metric):
         print(f"| {r['run']} | {r['last_round']} | {r['local']:.4f} | {r['flwr']:.4f} | {r['max_diff']:.4f} ({r['max_diff_round']}) |")
 
 

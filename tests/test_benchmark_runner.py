@@ -252,6 +252,9 @@ def test_engine_agreement_compares_runs_of_the_same_name(tmp_path):
     (tmp_path / "runs" / "b-s0.jsonl").write_text(json.dumps({"round": 4, "central-accuracy": 0.2}))
     with pytest.raises(ValueError, match="b-s0.jsonl: no evaluated round in common"):
         compare(tmp_path)
+    # A language-model experiment is compared on its perplexity, which the accuracy runs lack.
+    with pytest.raises(ValueError, match="a-s0.jsonl: no evaluated round in common"):
+        compare(tmp_path, "perplexity")
 
 
 def test_lm2_summary_gap_closed_in_log_perplexity_and_the_token_facts(tmp_path, monkeypatch):
