@@ -414,8 +414,10 @@ class MSfusion(Strategy):
 
     # -- checkpoint state --------------------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """θ and the per-coordinate train counts: what a resumed run restores besides ``state_dict``."""
-        return self.core.state | self.train_counts.state_dict()
+        """θ, the per-coordinate train counts and, while a growth step is on trial, θ from before
+        it: what a resumed run restores besides ``state_dict``."""
+        before = {BEFORE_STEP_PREFIX + k: v for k, v in (self.core.before_step or {}).items()}
+        return self.core.state | self.train_counts.state_dict() | before
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides θ that the next rounds depend on (node sampling and the client seeds
@@ -429,6 +431,8 @@ class MSfusion(Strategy):
         """Continue after ``completed_round``: θ, the planner's state, and Flower's round numbering."""
         self.load_global(state)
         self.train_counts.load_state_dict(state)
+        before = {k[len(BEFORE_STEP_PREFIX):]: v for k, v in state.items() if k.startswith(BEFORE_STEP_PREFIX)}
+        self.core.before_step = {k: torch.as_tensor(v).clone() for k, v in before.items()} or None
         self.planner.load_state_dict(extra["planner"])
         self.round_offset = completed_round
 
@@ -442,6 +446,9 @@ class MSfusion(Strategy):
     def load_global(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes required, or under ``small`` the full-width model's)."""
         self.core.load_state(state)
+
+
+BEFORE_STEP_PREFIX = "before-step/"  # checkpoint keys of θ from before a growth step on trial
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:

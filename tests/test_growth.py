@@ -116,7 +116,7 @@ def test_the_first_plateau_rule_on_synthetic_validation_losses():
     assert sched.current == 0.5 and sched.trial_bar == 0.95 * flat
     # This time the loss stays above the bar for `patience` rounds: the step is undone, for good.
     undone = [sched.observe_validation(t, 1.5 * flat) for t in range(210, 241, 10)]
-    assert undone == [False, False, True, False] and sched.current == 0.75 and sched.settled
+    assert undone == [None, None, "undone", None] and sched.current == 0.75 and sched.settled
     for t in range(250, 600, 10):
         assert not sched.observe_validation(t, 1.5 * flat)
     assert sched.current == 0.75
@@ -140,7 +140,7 @@ def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the
     for t in range(110, 141, 10):  # flat since 100, but the window before still holds the descent
         sched.observe_validation(t, flat)
     assert sched.current == 1.0
-    sched.observe_validation(150, flat)  # (120, 150] and (90, 120] are both flat: lowered
+    assert sched.observe_validation(150, flat) == "stepped"  # (120, 150] and (90, 120] are both flat: lowered
     assert sched.current == 0.75 and sched.trial_bar == pytest.approx(flat) and sched.losses == []
     # On trial: the first window (150, 180] is for recovery; the second must beat the plateau by 1 %.
     for t, loss in zip(range(160, 211, 10), (2 * flat, 1.2 * flat, 0.95 * flat, 0.95 * flat, 0.95 * flat, 0.95 * flat)):
@@ -152,7 +152,7 @@ def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the
     assert sched.current == 0.5 and sched.trial_bar == pytest.approx(0.95 * flat)
     # Back to its bar but not below it by 1 %: the step did not pay, and is undone for good.
     undone = [sched.observe_validation(t, 0.95 * flat) for t in range(240, 301, 10)]
-    assert undone == [False] * 5 + [True, False] and sched.current == 0.75 and sched.settled
+    assert undone == [None] * 5 + ["undone", None] and sched.current == 0.75 and sched.settled
     for t in range(310, 600, 10):
         assert not sched.observe_validation(t, 0.5 * flat)
     assert sched.current == 0.75
@@ -179,7 +179,7 @@ def test_on_c1s_small_curve_the_window_test_waits_for_the_lr_decay_where_the_bes
     assert first_step("plateau") == 210  # past the first lr decay (round 150)
 
 
-def test_an_undone_step_silences_the_units_outside_the_core_again():
+def test_an_undone_step_returns_theta_to_its_copy_from_the_round_of_the_step():
     fam = get_family("digits-cnn", 10, 16)
     planner = make_planner(
         "msfusion", schedule=OverlapSchedule("plateau", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
@@ -187,13 +187,31 @@ def test_an_undone_step_silences_the_units_outside_the_core_again():
     from msfusion_core.method.server import SubmodelServer
 
     server = SubmodelServer(fam.build, fam.split_map, planner)
-    grown = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in server.state.items()}
-    server.state = dict(grown)  # as if every unit had been trained
+    at_step = {k: v.clone() for k, v in server.state.items()}
     for t in (0, 10, 20):  # (10, 20] no better than (0, 10]: o 1 -> 0.5, on trial
         server.observe_validation(t, 1.0)
-    assert planner.schedule.current == 0.5 and server.state["fc.weight"].eq(1).all()
+    assert planner.schedule.current == 0.5 and server.before_step is not None
+    server.state = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in server.state.items()}  # trained on trial
     server.observe_validation(30, 2.0)
     server.observe_validation(40, 2.0)  # (30, 40] does not beat the plateau's 1.0: undone
+    assert planner.schedule.current == 1.0 and server.before_step is None
+    assert all(torch.equal(server.state[k], at_step[k]) for k in at_step)
+
+
+def test_plateau_best_undoes_a_step_by_silencing_the_units_outside_the_core_as_its_runs_did():
+    fam = get_family("digits-cnn", 10, 16)
+    planner = make_planner(
+        "msfusion", schedule=OverlapSchedule("plateau-best", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
+    )
+    from msfusion_core.method.server import SubmodelServer
+
+    server = SubmodelServer(fam.build, fam.split_map, planner)
+    grown = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in server.state.items()}
+    server.state = dict(grown)  # as if every unit had been trained
+    server.observe_validation(0, 1.0)
+    server.observe_validation(10, 1.0)  # no gain for 10 rounds: o 1 -> 0.5, on trial
+    assert planner.schedule.current == 0.5 and server.state["fc.weight"].eq(1).all()
+    server.observe_validation(20, 2.0)  # not back to 1.0 within 10 rounds: undone
     assert planner.schedule.current == 1.0
     core = planner.core_units(server.group_sizes, 1.0)
     silenced = silence_non_core_inputs(grown, server.slicer, server.group_sizes, core)

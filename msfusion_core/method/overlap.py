@@ -45,9 +45,12 @@ level (the last window's mean before the step) by ``min_improvement``. That bar 
 to beat what the small one had settled at, not merely to return to it: ``plateau-best`` kept a step
 whose loss was back to its old best, which a model still improving on its own reaches anyway (C1's
 seeds 0 and 2 kept such a step and ended 2-3 points below ``small``). A step that fails is undone
-and the overlap stays where it was for the rest of the run (``settled``); the server then silences
-the units outside the core again (msfusion_core.method.growth), so the evaluated model is again
-exactly the one every participant trains.
+and the overlap stays where it was for the rest of the run (``settled``), and the server returns θ
+to its copy from the round of the step: the trial's rounds are lost, but on a plateau they were
+worth nothing to the model the step left. (``plateau-best`` instead silenced the units outside the
+core and kept the trial's θ; its core, whose last units most sub-models had lacked for the trial,
+was then below its plateau, and the lr was low by then: on C1 at r = 1/4, seed 0, the window rule
+with that undo fell from 0.504 before its step, at round 210, to 0.494 at round 300.)
 """
 
 from __future__ import annotations
@@ -124,35 +127,37 @@ class OverlapSchedule:
             step = self.current + self.eta * (relative_shift - self.target_shift) - pull
             self.current = min(max(step, self.min_overlap), self.max_overlap)
 
-    def observe_validation(self, server_round: int, loss: float) -> bool:
+    def observe_validation(self, server_round: int, loss: float) -> str | None:
         """Plateau rules: lower o by ``step`` on a plateau of the validation loss, and undo a step
         that does not pay (see the module docstring).
 
-        Returns True when a step was undone: the caller silences the units outside the core again."""
+        Returns "stepped" when o was lowered (the caller keeps θ as it is now, to return to) and
+        "undone" when a step was undone; None otherwise."""
         if self.kind not in VALIDATION_DRIVEN or self.settled or not math.isfinite(loss):
-            return False
+            return None
         if self.kind == "plateau-best":
             return self._observe_against_best(server_round, loss)
         self.losses.append((int(server_round), float(loss)))
         if server_round - self.changed_round < 2 * self.patience:
-            return False
+            return None
         last = [v for t, v in self.losses if t > server_round - self.patience]
         before = [v for t, v in self.losses if server_round - 2 * self.patience < t <= server_round - self.patience]
         if not last or not before:
-            return False
+            return None
         last_mean, before_mean = sum(last) / len(last), sum(before) / len(before)
         if self.trial_bar is not None:
             if last_mean > self.trial_bar * (1.0 - self.min_improvement):
                 self.current, self.trial_bar, self.settled = self.trial_from, None, True
-                return True
+                return "undone"
             self.trial_bar = None  # the grown model beat the small one's plateau: the step stays
         if last_mean > before_mean * (1.0 - self.min_improvement) and self.current > self.min_overlap:
             self.trial_bar, self.trial_round, self.trial_from = last_mean, int(server_round), self.current
             self.current = max(self.current - self.step, self.min_overlap)
             self.losses, self.changed_round = [], int(server_round)
-        return False
+            return "stepped"
+        return None
 
-    def _observe_against_best(self, server_round: int, loss: float) -> bool:
+    def _observe_against_best(self, server_round: int, loss: float) -> str | None:
         """``plateau-best``: lower o once the loss has not beaten its best by ``min_improvement`` for
         ``patience`` rounds; undo a step whose loss is not back to that best within ``patience``."""
         if self.trial_bar is not None:
@@ -160,14 +165,15 @@ class OverlapSchedule:
                 self.trial_bar = None  # the grown model has caught up: the step stays
             elif server_round - self.trial_round >= self.patience:
                 self.current, self.trial_bar, self.settled = self.trial_from, None, True
-                return True
+                return "undone"
         if self.best_loss is None or loss < self.best_loss * (1.0 - self.min_improvement):
             self.best_loss, self.best_round = float(loss), int(server_round)
         elif server_round - self.best_round >= self.patience and self.current > self.min_overlap and self.trial_bar is None:
             self.trial_bar, self.trial_round, self.trial_from = self.best_loss, int(server_round), self.current
             self.current = max(self.current - self.step, self.min_overlap)
             self.best_loss, self.best_round = None, int(server_round)  # judged afresh from the next measurement
-        return False
+            return "stepped"
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -272,6 +272,17 @@ def plan_random_subsets(
     return plans
 
 
+@dataclass(frozen=True)
+class GrowthEvent:
+    """What a validation loss did to the core form's overlap. ``stepped``: o was lowered, and the
+    server keeps θ as it is, to return to. ``undone``: the step did not pay; the server returns θ to
+    that copy, or, where ``silence`` gives units per group (``plateau-best``, as its runs were
+    made), keeps θ and silences the units outside them."""
+
+    kind: str  # "stepped" | "undone"
+    silence: dict[str, int] | None = None
+
+
 class Planner(Protocol):
     name: str
 
@@ -282,9 +293,9 @@ class Planner(Protocol):
     def observe(self, server_round: int, relative_shift: float) -> None:
         """Feed back d_t / floor, the relative model shift measured when aggregating ``server_round``."""
 
-    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> GrowthEvent | None:
         """Feed back the global model's loss on the server's held-out split after ``server_round``.
-        Returns units per group to keep, when the units outside them must be silenced again."""
+        Returns what it did to the overlap, if anything: see ``GrowthEvent``."""
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:
         """The full model's units the global model keeps (``small``: a width-r prefix), or None: all."""
@@ -341,11 +352,15 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
     def observe(self, server_round: int, relative_shift: float) -> None:
         self.schedule.update(relative_shift)
 
-    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
-        """An undone growth step (the plateau rule's trial failed) silences the units outside the core."""
-        if self.schedule.observe_validation(server_round, loss) and self.overlap_form == "core":
-            return self.core_units(group_sizes, self.schedule.overlap(server_round + 1))
-        return None
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> GrowthEvent | None:
+        """A growth step taken or undone by the plateau rule (core form only: under ``spread`` the
+        overlap moves no unit out of every window)."""
+        event = self.schedule.observe_validation(server_round, loss)
+        if event is None or self.overlap_form != "core":
+            return None
+        if event == "undone" and self.schedule.kind == "plateau-best":
+            return GrowthEvent("undone", silence=self.core_units(group_sizes, self.schedule.overlap(server_round + 1)))
+        return GrowthEvent(event)
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:
         return None
@@ -410,7 +425,7 @@ class FixedRulePlanner:
     def observe(self, server_round: int, relative_shift: float) -> None:
         pass
 
-    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> GrowthEvent | None:
         return None
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:

@@ -115,6 +115,7 @@ class SubmodelServer:
             state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
         self.last_plan: RoundPlan | None = None  # what θ was last trained under (the evaluated model's scaling)
+        self.before_step: dict[str, torch.Tensor] | None = None  # θ when a growth step on trial was taken
 
     # -- planning and slicing -------------------------------------------------------------
     def plan_round(self, server_round: int, participants: Sequence[tuple[int, float]]) -> RoundPlan:
@@ -165,11 +166,18 @@ class SubmodelServer:
 
     def observe_validation(self, server_round: int, loss: float) -> None:
         """The global model's loss on the server's held-out split, for the planner's overlap rule.
-        When it undoes a growth step, the units outside the core are silenced again, so the
-        evaluated model is the one every participant trains."""
-        keep = self.planner.observe_validation(server_round, loss, self.group_sizes)
-        if keep is not None:
-            self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, keep)
+        A growth step keeps a copy of θ; undoing the step returns θ to it, so the evaluated model is
+        again the one every participant trains, as it was before the step."""
+        event = self.planner.observe_validation(server_round, loss, self.group_sizes)
+        if event is None:
+            return
+        if event.kind == "stepped":
+            self.before_step = {k: v.clone() for k, v in self.state.items()}
+        elif event.silence is not None or self.before_step is None:
+            core = event.silence or self.planner.core_units(self.group_sizes, self.planner.schedule.overlap(server_round + 1))
+            self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, core)
+        else:
+            self.state, self.before_step = self.before_step, None
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes: a clear error otherwise). When the global model keeps only
