@@ -414,3 +414,27 @@ def test_a_plateau_strategy_without_validation_says_it_stays_the_small_model(mon
     assert not any("observe_validation" in w for w in warnings)
     start("fedrolex")
     assert not any("observe_validation" in w for w in warnings)
+
+
+def test_a_step_on_trial_survives_a_checkpoint_and_its_undo_after_a_resume_returns_theta_to_the_copy():
+    family = get_family("digits-cnn", 10, 16)
+
+    def strategy() -> MSfusion:
+        planner = make_planner(
+            "msfusion", schedule=OverlapSchedule("plateau", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
+        )
+        return MSfusion(family.build, family.split_map, planner)
+
+    before = strategy()
+    at_step = {k: v.clone() for k, v in before.core.state.items()}
+    for t in (0, 10, 20):
+        before.observe_validation(t, 1.0)  # a plateau: o 1 -> 0.5, on trial
+    before.core.state = {k: v + 1 if v.is_floating_point() else v for k, v in before.core.state.items()}  # trained on trial
+    after = strategy()  # a new process, resumed from the checkpoint after round 25
+    after.restore(25, before.checkpoint_tensors(), json.loads(json.dumps(before.state_dict())))
+    assert after.planner.schedule.current == 0.5
+    assert all(torch.equal(after.core.state[k], before.core.state[k]) for k in at_step)
+    after.observe_validation(30, 2.0)
+    after.observe_validation(40, 2.0)  # did not pay: undone
+    assert after.planner.schedule.current == 1.0
+    assert all(torch.equal(after.core.state[k], at_step[k]) for k in at_step)
