@@ -101,6 +101,7 @@ class Settings:
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_replies: int = 1
+    min_reply_fraction: float = 0.5  # a round is applied only if at least this share of its sampled nodes replied validly
     round_timeout: float = 600.0
     max_failed_rounds: int = 3  # fail the run after this many consecutive rounds without a valid reply
     bn_calibration_batches: int = 8
@@ -156,7 +157,7 @@ class Settings:
         for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies", "seq_len", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("fraction_train", "fraction_evaluate"):
+        for name in ("fraction_train", "fraction_evaluate", "min_reply_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.fraction_train == 0.0:

@@ -42,6 +42,7 @@ def make_strategy(settings: Settings) -> MSfusion:
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_replies=settings.min_replies,
+        min_reply_fraction=settings.min_reply_fraction,
         default_capacity=settings.capacity_tiers()[0],
         aggregation_weight=settings.aggregation_weight,
         robust=settings.robust_aggregation,

@@ -75,6 +75,8 @@ class MSfusion(Strategy):
     fraction_train : fraction of known nodes sampled per round (at least ``min_train_nodes``).
     fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
     min_replies : a round whose valid replies are fewer leaves the global model unchanged.
+    min_reply_fraction : so does a round in which fewer than this share of the sampled nodes
+        replied validly: a few survivors' non-IID updates, round after round, can undo a run.
     default_capacity : the capacity of a node that does not declare ``split-ratio``.
     small_capacity : for a planner given by name: the width of ``small``'s global model, and the
         width msfusion's ``core`` overlap form starts from (the smallest capacity tier).
@@ -101,6 +103,7 @@ class MSfusion(Strategy):
         fraction_evaluate: float = 0.0,
         min_train_nodes: int = 1,
         min_replies: int = 1,
+        min_reply_fraction: float = 0.5,
         default_capacity: float = 1.0,
         small_capacity: float = 0.5,
         aggregation_weight: str = "examples",
@@ -132,6 +135,9 @@ class MSfusion(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
         self.min_replies = min_replies
+        if not 0.0 <= min_reply_fraction <= 1.0:
+            raise ValueError(f"min_reply_fraction must be in [0, 1], got {min_reply_fraction}")
+        self.min_reply_fraction = min_reply_fraction
         self.default_capacity = check_capacity(default_capacity, "default_capacity")
         self.seed = seed
         self.query_timeout = query_timeout
@@ -213,7 +219,8 @@ class MSfusion(Strategy):
         record = self.rounds.setdefault(server_round, RoundLog())
         accepted = self.check_replies(server_round, replies)
         record.messages = []  # they hold every sub-model sent: keep no reference past the round
-        applied = record.plan is not None and len(accepted) >= self.min_replies
+        needed = self.min_replies if record.plan is None else max(self.min_replies, math.ceil(self.min_reply_fraction * len(record.plan.participants) - 1e-9))
+        applied = record.plan is not None and len(accepted) >= needed
         if applied:
             result = self.core.aggregate(record.plan, accepted)
             self.train_counts.add(record.plan.participants[r.node_id] for r in accepted)
@@ -226,7 +233,11 @@ class MSfusion(Strategy):
                 "coordinate-coverage-histogram": [result.coverage_histogram.get(c, 0) for c in range(max(result.coverage_histogram) + 1)],
             }
         elif record.plan is not None:
-            log(WARNING, "round %d: %d valid replies < min_replies=%d; global model unchanged", server_round, len(accepted), self.min_replies)
+            log(
+                WARNING,
+                "round %d: %d valid replies of %d sampled < %d (min_replies=%d, min_reply_fraction=%.2f); global model unchanged",
+                server_round, len(accepted), len(record.plan.participants), needed, self.min_replies, self.min_reply_fraction,
+            )
         record.seconds["aggregate"] = time.perf_counter() - started
         # Cumulative over the run so far (applied rounds only): the share of weight coordinates still
         # at their initial values, and how unevenly the others have been trained.

@@ -187,6 +187,23 @@ def test_min_replies_decides_whether_a_round_is_applied():
     assert all(torch.equal(strategy.core.state[k], v) for k, v in before.items())
 
 
+def test_a_round_that_most_sampled_nodes_fail_leaves_the_global_model_unchanged():
+    # Session 11: a run whose Ray workers failed went on aggregating one node's replies for 40
+    # rounds and lost 16 points. By default half the sampled nodes must reply validly.
+    for fraction, applied in ((0.5, 0), (0.25, 1)):
+        strategy = make_strategy(Settings(min_reply_fraction=fraction))
+        grid = make_grid()
+        before = params(strategy)
+        _, replies = train_round(strategy, grid, 1)
+        replies = list(replies)
+        assert len(replies) == 4
+        _, metrics = strategy.aggregate_train(1, replies[:1])
+        assert metrics["accepted"] == 1 and metrics["applied"] == applied
+        assert all(torch.equal(strategy.core.state[k], v) for k, v in before.items()) == (not applied)
+    with pytest.raises(ValueError, match="min-reply-fraction must be"):
+        Settings(min_reply_fraction=1.5).validate()
+
+
 def test_client_answers_a_bad_plan_with_an_error_reply():
     strategy = make_strategy(Settings())
     grid = make_grid()
