@@ -108,8 +108,8 @@ def test_the_first_plateau_rule_on_synthetic_validation_losses():
     # The grown model recovers and passes its bar (the best before the step) within `patience`
     # rounds: the step stays, and
     # recovering losses are gains from a fresh best, so it is not lowered again meanwhile.
-    for t, loss in zip(range(140, 181, 10), (2 * flat, 1.2 * flat, 0.99 * flat, 0.95 * flat, 0.95 * flat)):
-        assert not sched.observe_validation(t, loss)
+    events = [sched.observe_validation(t, loss) for t, loss in zip(range(140, 181, 10), (2 * flat, 1.2 * flat, 0.99 * flat, 0.95 * flat, 0.95 * flat))]
+    assert events == [None, None, "kept", None, None]  # never undone; kept once the loss is back to its bar
     assert sched.current == 0.75 and sched.trial_bar is None
     for t in range(190, 201, 10):  # flat again: the next step
         sched.observe_validation(t, 0.95 * flat)
@@ -143,9 +143,10 @@ def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the
     assert sched.observe_validation(150, flat) == "stepped"  # (120, 150] and (90, 120] are both flat: lowered
     assert sched.current == 0.75 and sched.trial_bar == pytest.approx(flat) and sched.losses == []
     # On trial: the first window (150, 180] is for recovery; the second must beat the plateau by 1 %.
-    for t, loss in zip(range(160, 211, 10), (2 * flat, 1.2 * flat, 0.95 * flat, 0.95 * flat, 0.95 * flat, 0.95 * flat)):
+    for t, loss in zip(range(160, 201, 10), (2 * flat, 1.2 * flat, 0.95 * flat, 0.95 * flat, 0.95 * flat)):
         assert not sched.observe_validation(t, loss)
         assert sched.current == 0.75
+    assert sched.observe_validation(210, 0.95 * flat) == "kept" and sched.current == 0.75
     assert sched.trial_bar is None  # judged at 210 and kept
     for t in range(220, 231, 10):  # flat again since 180: the next step, at 230
         sched.observe_validation(t, 0.95 * flat)

@@ -131,8 +131,9 @@ class OverlapSchedule:
         """Plateau rules: lower o by ``step`` on a plateau of the validation loss, and undo a step
         that does not pay (see the module docstring).
 
-        Returns "stepped" when o was lowered (the caller keeps θ as it is now, to return to) and
-        "undone" when a step was undone; None otherwise."""
+        Returns "stepped" when o was lowered (the caller keeps θ as it is now, to return to),
+        "kept" when a step passed its trial (the copy is no longer needed) and "undone" when a step
+        was undone; None otherwise."""
         if self.kind not in VALIDATION_DRIVEN or self.settled or not math.isfinite(loss):
             return None
         if self.kind == "plateau-best":
@@ -149,20 +150,23 @@ class OverlapSchedule:
             if last_mean > self.trial_bar * (1.0 - self.min_improvement):
                 self.current, self.trial_bar, self.settled = self.trial_from, None, True
                 return "undone"
-            self.trial_bar = None  # the grown model beat the small one's plateau: the step stays
+            self.trial_bar, event = None, "kept"  # the grown model beat the small one's plateau: the step stays
+        else:
+            event = None
         if last_mean > before_mean * (1.0 - self.min_improvement) and self.current > self.min_overlap:
             self.trial_bar, self.trial_round, self.trial_from = last_mean, int(server_round), self.current
             self.current = max(self.current - self.step, self.min_overlap)
             self.losses, self.changed_round = [], int(server_round)
             return "stepped"
-        return None
+        return event
 
     def _observe_against_best(self, server_round: int, loss: float) -> str | None:
         """``plateau-best``: lower o once the loss has not beaten its best by ``min_improvement`` for
         ``patience`` rounds; undo a step whose loss is not back to that best within ``patience``."""
+        event = None
         if self.trial_bar is not None:
             if loss <= self.trial_bar:
-                self.trial_bar = None  # the grown model has caught up: the step stays
+                self.trial_bar, event = None, "kept"  # the grown model has caught up: the step stays
             elif server_round - self.trial_round >= self.patience:
                 self.current, self.trial_bar, self.settled = self.trial_from, None, True
                 return "undone"
@@ -173,7 +177,7 @@ class OverlapSchedule:
             self.current = max(self.current - self.step, self.min_overlap)
             self.best_loss, self.best_round = None, int(server_round)  # judged afresh from the next measurement
             return "stepped"
-        return None
+        return event
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

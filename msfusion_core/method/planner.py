@@ -275,12 +275,14 @@ def plan_random_subsets(
 @dataclass(frozen=True)
 class GrowthEvent:
     """What a validation loss did to the core form's overlap. ``stepped``: o was lowered, and the
-    server keeps θ as it is, to return to. ``undone``: the step did not pay; the server returns θ to
-    that copy, or, where ``silence`` gives units per group (``plateau-best``, as its runs were
-    made), keeps θ and silences the units outside them."""
+    server keeps θ as it is, to return to. ``kept``: the step passed its trial; the copy goes.
+    ``undone``: the step did not pay, and o is back; the server returns θ to the copy where
+    ``roll_back`` says so, and otherwise (``plateau-best``, as its runs were made, or a copy lost
+    with a checkpoint from before copies were kept) silences the units outside ``core``."""
 
-    kind: str  # "stepped" | "undone"
-    silence: dict[str, int] | None = None
+    kind: str  # "stepped" | "kept" | "undone"
+    core: dict[str, int] | None = None  # undone: units per group of the core o is back to
+    roll_back: bool = True
 
 
 class Planner(Protocol):
@@ -358,8 +360,9 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
         event = self.schedule.observe_validation(server_round, loss)
         if event is None or self.overlap_form != "core":
             return None
-        if event == "undone" and self.schedule.kind == "plateau-best":
-            return GrowthEvent("undone", silence=self.core_units(group_sizes, self.schedule.overlap(server_round + 1)))
+        if event == "undone":
+            core = self.core_units(group_sizes, self.schedule.overlap(server_round + 1))
+            return GrowthEvent(event, core, roll_back=self.schedule.kind != "plateau-best")
         return GrowthEvent(event)
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:

@@ -173,11 +173,13 @@ class SubmodelServer:
             return
         if event.kind == "stepped":
             self.before_step = {k: v.clone() for k, v in self.state.items()}
-        elif event.silence is not None or self.before_step is None:
-            core = event.silence or self.planner.core_units(self.group_sizes, self.planner.schedule.overlap(server_round + 1))
-            self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, core)
-        else:
-            self.state, self.before_step = self.before_step, None
+            return
+        if event.kind == "undone":
+            if event.roll_back and self.before_step is not None:
+                self.state = self.before_step
+            else:
+                self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, event.core)
+        self.before_step = None
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes: a clear error otherwise). When the global model keeps only
