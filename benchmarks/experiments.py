@@ -285,6 +285,18 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # grow5 = grow3 with the plateau rule's window form (the app's default since grow3): window means
     # instead of the best so far, and a step stays only if its loss beats the plateau's by 1 %.
     **{f"msfusion-grow5-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "plateau"} for r in (0.5, 0.25)},
+    # span = grow5's lesson (session 12): a unit demoted from the core at r = 1/4 is in about one
+    # sub-model in 30, so the evaluated model loses it. Here the model is only s times as wide as a
+    # sub-model (active width s·r): every participant trains an r-window of it, double-shifted at
+    # o = 0 with per-group offsets, so each unit is in 1/s of the sub-models, from round 1. Does a
+    # model 1.25-1.5x as wide, trained densely by width-r windows, beat the width-r model?
+    **{
+        f"msfusion-span{s:g}-r{r:g}": _at("msfusion", r) | {
+            "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 0.0, "active-width": s * r,
+            "window-offsets": "per-group", "inclusion-scaling": True, "contrastive-mu": 0.0,
+        }
+        for s in (1.25, 1.5) for r in (0.5, 0.25)
+    },
     # The starts-as-small arms' own control: small without the 2,000 rows they hold out to validate on.
     "small-val-r0.25": _at("small", 0.25) | {"validation-examples": 2000},
     # Issue 15, part 3: does the contrastive term pay at matched FLOPs? One change each against
@@ -306,12 +318,13 @@ C1 = Experiment(
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
         "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
         "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25", "msfusion-grow5-r0.25", "msfusion-grow5-r0.5",
+        "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25",
     ),
     target=0.6,
     seeds=(0, 1, 2),
     arms=C1_ARMS,
     method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")}
-    | {"msfusion-mu0-r0.25": (0, 1), "msfusion-quarter-r0.25": (0,), "msfusion-distill-r0.25": (0,)},
+    | {"msfusion-mu0-r0.25": (0, 1), "msfusion-quarter-r0.25": (0,), "msfusion-distill-r0.25": (0,), "msfusion-span1.25-r0.25": (0,)},
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1

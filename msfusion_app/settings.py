@@ -78,6 +78,7 @@ class Settings:
     validation_examples: int = 200  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
     shift_step: int = 1
     inclusion_scaling: bool = True  # core form: the evaluated model scales each unit's readers by its expected share of sub-models
+    active_width: float = 1.0  # core form: remainder windows cycle within this share of each group (units past it stay silenced)
     window_offsets: str = "per-group"  # msfusion: per-group (an independent offset per group and round) | aligned
     contrastive_mu: float = 0.0  # MOON's weight; 0 since C1 and E1 measured no gain for its 1.7x FLOPs (docs/results.md)
     contrastive_tau: float = 0.5
@@ -216,6 +217,10 @@ class Settings:
         self.lr_milestones()
         self.capacity_tiers()
         self.schedule()
+        if not max(self.capacity_tiers()) <= self.active_width <= 1.0:
+            raise ValueError(f"active-width must be in [largest split-ratio tier, 1] = [{max(self.capacity_tiers())}, 1], got {self.active_width}")
+        if self.active_width < 1.0 and (self.planner != "msfusion" or self.overlap_form != "core"):
+            raise ValueError(f"active-width {self.active_width} < 1 is msfusion's core form only (planner {self.planner!r}, overlap-form {self.overlap_form!r})")
 
     def capacity_tiers(self) -> list[float]:
         try:
@@ -270,6 +275,7 @@ class Settings:
             overlap_form=self.overlap_form,
             small_capacity=min(self.capacity_tiers()),
             inclusion_scaling=self.inclusion_scaling,
+            active_width=self.active_width,
         )
 
     def family(self) -> ModelFamily:

@@ -23,6 +23,12 @@ window over the K − c units after the core, evenly spaced across participants 
 
 o = 1 is the width-r ``small`` model embedded in the full one (with the non-core units silenced at
 initialisation: msfusion_core.method.growth); o = 0 is pure double shifting.
+
+An active width a < 1 keeps the remainder windows inside the first S = max(m, round(a·K)) units:
+K − c becomes S − c above, and units S … K − 1 are never trained (and stay silenced). At r = 1/4
+over the whole group a unit past the core is in about one sub-model in K/(m − c) ≈ 30 at o = 0.875;
+within S = 1.5·m it is in (m − c)/(S − c) of them, so the model the participants grow is one they
+can train densely.
 """
 
 from __future__ import annotations
@@ -55,25 +61,31 @@ def check_capacity(capacity: float, who: object = "participant") -> float:
 @dataclass(frozen=True)
 class Window:
     """The first ``core`` units of a group of ``size``, then a cyclic window of ``length − core``
-    units starting at ``start`` in the ``size − core`` units after the core (core 0: a plain cyclic
-    window of ``length`` units)."""
+    units starting at ``start`` in the ``reach − core`` units after the core (core 0: a plain cyclic
+    window of ``length`` units). ``span``: the units the window cycles within (None: all ``size``)."""
 
     start: int
     length: int
     size: int
     core: int = 0
+    span: int | None = None
+
+    @property
+    def reach(self) -> int:
+        return self.size if self.span is None else self.span
 
     def indices(self) -> np.ndarray:
         core = np.arange(self.core, dtype=np.int64)
         if self.length == self.core:
             return core
-        rest = self.core + (self.start + np.arange(self.length - self.core, dtype=np.int64)) % (self.size - self.core)
+        rest = self.core + (self.start + np.arange(self.length - self.core, dtype=np.int64)) % (self.reach - self.core)
         return np.concatenate([core, rest]) if self.core else rest
 
     def expected_inclusion(self) -> np.ndarray:
         """[size]: how often each unit is in this window as its start shifts round by round: 1 in
-        the core, (length − core) / (size − core) in the units after it."""
-        p = np.full(self.size, (self.length - self.core) / (self.size - self.core) if self.size > self.core else 0.0)
+        the core, (length − core) / (reach − core) in the units after it up to ``reach``, 0 past it."""
+        p = np.zeros(self.size)
+        p[self.core : self.reach] = (self.length - self.core) / (self.reach - self.core) if self.reach > self.core else 0.0
         p[: self.core] = 1.0
         return p
 
@@ -94,9 +106,11 @@ class ParticipantPlan:
         return {g: self.indices(g) for g in self.groups}
 
     def to_compact(self) -> dict[str, Any]:
-        """JSON-able form: (start, length, K[, core]) per windowed group; an index list only for subsets."""
+        """JSON-able form: (start, length, K[, core[, span]]) per windowed group; an index list only for subsets."""
         windows = {
-            g: [w.start, w.length, w.size] + ([w.core] if w.core else []) for g, w in self.groups.items() if isinstance(w, Window)
+            g: [w.start, w.length, w.size] + ([w.core] if w.core or w.span is not None else []) + ([w.span] if w.span is not None else [])
+            for g, w in self.groups.items()
+            if isinstance(w, Window)
         }
         subsets = {g: [int(i) for i in s] for g, s in self.groups.items() if not isinstance(s, Window)}
         return {"node_id": self.node_id, "capacity": self.capacity, "windows": windows, "subsets": subsets}
@@ -121,20 +135,21 @@ class ParticipantPlan:
             )
         groups: dict[str, Window | np.ndarray] = {}
         for g, window in windows.items():
-            if not isinstance(window, (list, tuple)) or len(window) not in (3, 4):
-                raise ValueError(f"plan window for group {g!r} must be [start, length, K] or [start, length, K, core], got {window!r}")
-            start, length, size, core = (*window, 0)[:4]
+            if not isinstance(window, (list, tuple)) or len(window) not in (3, 4, 5):
+                raise ValueError(f"plan window for group {g!r} must be [start, length, K[, core[, span]]], got {window!r}")
+            start, length, size, core, span = (*window, 0, None)[:5] if len(window) == 3 else (*window, None)[:5]
+            reach = size if span is None else span
             k = group_sizes[g]
             if (
                 not (1 <= size <= k)
-                or not (0 <= core <= length <= size)
+                or not (0 <= core <= length <= reach <= size)
                 or not (1 <= length)
-                or not (0 <= start < max(size - core, 1))
+                or not (0 <= start < max(reach - core, 1))
             ):
                 raise ValueError(
-                    f"plan window for group {g!r} is (start={start}, length={length}, K={size}, core={core}); model K={k}"
+                    f"plan window for group {g!r} is (start={start}, length={length}, K={size}, core={core}, span={span}); model K={k}"
                 )
-            groups[g] = Window(int(start), int(length), int(size), int(core))
+            groups[g] = Window(int(start), int(length), int(size), int(core), None if span is None else int(span))
         for g, idx in subsets.items():
             arr = np.asarray(idx, dtype=np.int64)
             k = group_sizes[g]
@@ -208,6 +223,11 @@ def core_length(overlap: float, window: int) -> int:
     return min(round(overlap * window), window)
 
 
+def active_span(active_width: float, window: int, size: int) -> int | None:
+    """S = max(m, round(a·K)): the units the remainder windows cycle within (None at a = 1: all K)."""
+    return None if active_width >= 1.0 else min(max(window, round(active_width * size)), size)
+
+
 def plan_core_and_remainder(
     server_round: int,
     participants: Sequence[tuple[int, float]],
@@ -215,11 +235,14 @@ def plan_core_and_remainder(
     overlap: float,
     shift_step: int = 1,
     group_offsets: Mapping[str, int] | None = None,
+    active_width: float = 1.0,
 ) -> dict[int, ParticipantPlan]:
     """A shared core of round(o·m) units, the same prefix for everyone, plus a remainder window over
-    the units after it, evenly spaced across participants and shifted by ``shift_step`` per round."""
+    the units after it (up to the active width), evenly spaced across participants and shifted by
+    ``shift_step`` per round."""
     if not 0.0 <= overlap <= 1.0:
         raise ValueError(f"overlap must be in [0, 1], got {overlap}")
+    check_capacity(active_width, "the active width")
     ordered = _sorted_participants(participants)
     num = len(ordered)
     plans = {}
@@ -228,9 +251,10 @@ def plan_core_and_remainder(
         for g, k in group_sizes.items():
             m = window_length(capacity, k)
             core = core_length(overlap, m)
-            rest = k - core
+            span = active_span(active_width, m, k)
+            rest = (k if span is None else span) - core
             start = (slot * rest // num - server_round * shift_step + (group_offsets or {}).get(g, 0)) % rest if m > core else 0
-            groups[g] = Window(start, m, k, core)
+            groups[g] = Window(start, m, k, core, span)
         plans[node_id] = ParticipantPlan(node_id, capacity, groups)
     return plans
 
@@ -328,9 +352,13 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
     overlap_form: str = "core"  # or "spread": see plan_core_and_remainder
     core_capacity: float = 0.5  # the core form starts as the model of this width (the smallest tier)
     inclusion_scaling: bool = True  # core form: evaluate with readers scaled by expected inclusion (see inclusion)
+    active_width: float = 1.0  # core form: the remainder windows cycle within this share of each group
 
     def __post_init__(self) -> None:
         check_capacity(self.core_capacity, "the core form's starting width")
+        check_capacity(self.active_width, "the active width")
+        if self.active_width < 1.0 and self.overlap_form != "core":
+            raise ValueError(f"active-width {self.active_width} < 1 needs overlap-form 'core' (the spread form windows the whole group)")
         if self.window_offsets not in WINDOW_OFFSETS:
             raise ValueError(f"window offsets must be one of {', '.join(WINDOW_OFFSETS)}; got {self.window_offsets!r}")
         if self.overlap_form not in OVERLAP_FORMS:
@@ -345,7 +373,7 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
         overlap = self.schedule.overlap(server_round)
         offsets = per_group_offsets(self.seed, server_round, group_sizes) if self.window_offsets == "per-group" else None
         if self.overlap_form == "core":
-            plans = plan_core_and_remainder(server_round, participants, group_sizes, overlap, self.shift_step, offsets)
+            plans = plan_core_and_remainder(server_round, participants, group_sizes, overlap, self.shift_step, offsets, self.active_width)
             return RoundPlan(server_round, plans, overlap, 1.0)
         spread = self.spread_for(overlap, _sorted_participants(participants))
         plans = plan_double_shift(server_round, participants, group_sizes, spread, self.shift_step, offsets)
@@ -370,10 +398,16 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
 
     def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
         """Under the core form the global model starts as the width-r model: units past the core
-        the first round would have (o_1 · m) are silenced until remainder windows reach them."""
+        the first round would have (o_1 · m) are silenced until remainder windows reach them. Below
+        an active width, the first round's remainders reach the span at once (o_1 < 1), and only
+        units past it are silenced."""
         if self.overlap_form != "core":
             return None
-        return self.core_units(group_sizes, self.schedule.overlap(1))
+        core = self.core_units(group_sizes, self.schedule.overlap(1))
+        if self.active_width >= 1.0:
+            return core
+        reach = {g: active_span(self.active_width, window_length(self.core_capacity, k), k) for g, k in group_sizes.items()}
+        return {g: c if c == window_length(self.core_capacity, group_sizes[g]) else reach[g] for g, c in core.items()}
 
     def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
         """Dropout's weight-scaling rule for the core form. A remainder unit is in only
@@ -476,14 +510,16 @@ def make_planner(
     overlap_form: str = "core",
     small_capacity: float = 0.5,
     inclusion_scaling: bool = True,
+    active_width: float = 1.0,
 ) -> Planner:
-    """Build a planner by name (run config ``planner``). ``window_offsets``, ``overlap_form`` and
-    ``inclusion_scaling`` are msfusion's only; ``small_capacity`` (the smallest capacity tier) is the width of ``small``'s
-    global model and the width msfusion's core form starts from."""
+    """Build a planner by name (run config ``planner``). ``window_offsets``, ``overlap_form``,
+    ``inclusion_scaling`` and ``active_width`` are msfusion's only; ``small_capacity`` (the smallest
+    capacity tier) is the width of ``small``'s global model and the width msfusion's core form starts from."""
     if name == "msfusion":
         return DoubleShiftPlanner(
             schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed,
             overlap_form=overlap_form, core_capacity=small_capacity, inclusion_scaling=inclusion_scaling,
+            active_width=active_width,
         )
     if name == "small":
         return SmallModelPlanner(seed=seed, shift_step=shift_step, capacity=small_capacity)
