@@ -76,6 +76,61 @@ def test_core_plans_are_deterministic_and_the_compact_form_checks_the_core():
         ParticipantPlan.from_compact(bad, sizes)
 
 
+@given(
+    k=st.integers(1, 64),
+    r=st.floats(0.01, 1.0),
+    a=st.floats(0.01, 1.0),
+    o=st.floats(0.0, 1.0),
+    num=st.integers(1, 9),
+    t=st.integers(0, 300),
+)
+def test_below_an_active_width_every_window_stays_inside_its_span(k, r, a, o, num, t):
+    a = max(a, r)
+    plans = plan_core_and_remainder(t, [(i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": 7 * t}, active_width=a)
+    m = window_length(r, k)
+    span = min(max(m, round(a * k)), k) if a < 1 else k
+    for plan in plans.values():
+        idx = plan.indices("g")
+        assert len(idx) == m and np.unique(idx).size == m and idx.max() < span
+        assert ParticipantPlan.from_compact(plan.to_compact(), {"g": k}).indices("g").tolist() == idx.tolist()
+        p = plan.groups["g"].expected_inclusion()
+        assert p[span:].sum() == 0 and p.sum() == pytest.approx(m)  # the inclusion shares are the window's m units
+
+
+def test_an_active_width_trains_every_pair_of_units_inside_it_and_none_outside():
+    """C1's span arm (r = 1/4, a = 0.375, o = 0): over 40 rounds of 10 participants every (input,
+    output) unit pair of two groups inside their spans is co-trained, each unit about equally often,
+    and the units past the span are never sent; the global model starts with them silenced."""
+    sizes = {"a": 32, "b": 64}
+    planner = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), overlap_form="core", small_capacity=0.25, active_width=0.375, seed=3)
+    together = np.zeros((32, 64), dtype=np.int64)
+    trained = {g: np.zeros(k, dtype=np.int64) for g, k in sizes.items()}
+    for t in range(1, 41):
+        for pp in planner.plan(t, [(n, 0.25) for n in range(10)], sizes).participants.values():
+            together[np.ix_(pp.indices("a"), pp.indices("b"))] += 1
+            for g in sizes:
+                trained[g][pp.indices(g)] += 1
+    assert together[:12, :24].min() > 0 and together[12:].sum() == 0 and together[:, 24:].sum() == 0
+    for g, span in (("a", 12), ("b", 24)):
+        assert trained[g][span:].sum() == 0
+        inside = trained[g][:span]
+        assert inside.std() / inside.mean() < 0.1 and inside.mean() == pytest.approx(40 * 10 * 2 / 3, rel=0.05)
+    assert planner.initial_core(sizes) == {"a": 12, "b": 24}  # o_1 = 0: everything in the span is live
+    starts_small = make_planner("msfusion", schedule=OverlapSchedule("plateau"), overlap_form="core", small_capacity=0.25, active_width=0.375)
+    assert starts_small.initial_core(sizes) == {"a": 8, "b": 16}  # o_1 = 1: the width-r model, as without a span
+
+
+def test_an_active_width_is_the_core_forms_and_at_least_every_tier():
+    base = {"planner": "msfusion", "split-ratio-tiers": "0.25", "overlap-schedule": "constant", "overlap-start": 0.0}
+    assert Settings.from_mapping(base | {"active-width": 0.375}).make_planner().active_width == 0.375
+    with pytest.raises(ValueError, match=r"active-width must be in \[largest split-ratio tier, 1\]"):
+        Settings.from_mapping(base | {"active-width": 0.2})
+    with pytest.raises(ValueError, match="active-width 0.5 < 1 is msfusion's core form only"):
+        Settings.from_mapping(base | {"active-width": 0.5, "overlap-form": "spread"})
+    with pytest.raises(ValueError, match="active-width 0.5 < 1 is msfusion's core form only"):
+        Settings.from_mapping(base | {"active-width": 0.5, "planner": "fedrolex"})
+
+
 def test_silenced_full_model_computes_what_its_width_r_core_does():
     fam = get_family("cifar-cnn", 10, 16)
     torch.manual_seed(0)
