@@ -444,14 +444,16 @@ EXPERIMENTS["SST2L"] = Experiment(
 # C1L (issues 14 and 15): C1 five times longer, 1,500 rounds (75 passes over the data), the lr
 # decayed at the same fractions. Partial training gives each weight about r² of the updates a
 # dense model's weight gets, so at C1's 300 rounds it may only be slow: does msfusion (μ = 0, at
-# small's FLOPs) overtake small when both have had time to converge?
+# small's FLOPs) overtake small when both have had time to converge? And the span arm, which on
+# C1 trails small by about 4 points at round 160: is that the r²-fewer updates per weight, which
+# 5x the rounds makes up, or capacity it cannot use?
 EXPERIMENTS["C1L"] = Experiment(
     "C1L",
     C1.description.replace("every 10 rounds", "every 50 rounds").replace("after rounds 150 and 225", "after rounds 750 and 1125")
     + " 1,500 rounds.",
     C1_SETTING | {"num-server-rounds": 1500, "eval-every": 50},
-    ("small-r0.25", "msfusion-mu0-r0.25", "full"),
+    ("small-r0.25", "msfusion-mu0-r0.25", "full", "msfusion-span1.5-r0.25"),
     target=0.6,
     arms=C1_ARMS,
-    small_of={"msfusion-mu0-r0.25": "small-r0.25"},
+    small_of={"msfusion-mu0-r0.25": "small-r0.25", "msfusion-span1.5-r0.25": "small-r0.25"},
 )
