@@ -121,11 +121,46 @@ def run_grid(
 
 
 # -- summarising ------------------------------------------------------------------------------
-METRIC_KEYS = {"accuracy": "central-accuracy", "perplexity": "central-perplexity"}
+@dataclass(frozen=True)
+class Metric:
+    """How an experiment's headline number reads. Every comparison goes through ``score``, which
+    is higher-better: accuracy itself, or minus log-perplexity (the mean loss per token), so that
+    gaps closed and headroom of a language model are taken in log-perplexity. A change of score Δ
+    is reported as Δ for accuracy (points) and as the relative perplexity improvement 1 − e^(−Δ)."""
+
+    name: str
+    key: str  # the column of metrics.jsonl
+    value_format: str
+    extra: tuple[tuple[str, str], ...] = ()  # (summary key, metrics column) read at the last evaluation
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.name == "accuracy"
+
+    def score(self, value: float) -> float:
+        return value if self.higher_is_better else -math.log(value)
+
+    def change(self, score_delta: float) -> float:
+        return score_delta if self.higher_is_better else 1.0 - math.exp(-score_delta)
+
+    def headroom_text(self, value: float, tail: float) -> str:
+        if self.higher_is_better:
+            return f"{value * 100:+.2f} ({tail * 100:+.2f}) points"
+        return f"{value:+.3f} ({tail:+.3f}) in log-perplexity"
+
+    def target_text(self, target: float) -> str:
+        return f"Target accuracy: {target:.0%}." if self.higher_is_better else f"Target test perplexity: {target:g}."
+
+
+METRICS = {
+    "accuracy": Metric("accuracy", "central-accuracy", "{:.4f}"),
+    "perplexity": Metric("perplexity", "central-perplexity", "{:.1f}", (("final_valid_perplexity", "central-valid-perplexity"),)),
+}
+METRIC_KEYS = {name: m.key for name, m in METRICS.items()}
 
 
 def reaches(metric: str, value: float, target: float) -> bool:
-    return value >= target if metric == "accuracy" else value <= target  # perplexity: lower is better
+    return METRICS[metric].score(value) >= METRICS[metric].score(target)
 
 
 def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> dict[str, Any]:
@@ -133,27 +168,28 @@ def summarise_run(rows: list[dict], target: float, metric: str = "accuracy") -> 
     if rounds != sorted(set(rounds)):
         # Seen once: a SuperExec that started one run twice, both writing the same metrics file.
         raise ValueError(f"metrics rounds must be unique and increasing, got {rounds}")
+    kind = METRICS[metric]
     trained = [r for r in rows if r["round"] >= 1]
-    evaluated = [r for r in trained if METRIC_KEYS[metric] in r]  # with eval-every > 1, not every round
-    values = [float(r[METRIC_KEYS[metric]]) for r in evaluated]
-    best = max(values) if metric == "accuracy" else min(values)
+    evaluated = [r for r in trained if kind.key in r]  # with eval-every > 1, not every round
+    values = [float(r[kind.key]) for r in evaluated]
+    best = max(values, key=kind.score)
     flops = [float(r.get("flops-per-participant") or 0.0) for r in trained]
     cumulative_at = dict(zip((r["round"] for r in trained), itertools.accumulate(flops)))
     reached = next((i for i, v in enumerate(values) if reaches(metric, v, target)), None)
     down = [float(r.get("bytes-down-per-participant") or 0.0) for r in trained]
     up = [float(r.get("bytes-up-per-participant") or 0.0) for r in trained]
-    extra = {"final_valid_perplexity": float(evaluated[-1]["central-valid-perplexity"])} if metric == "perplexity" else {}
-    # The gain over the last 20 % of rounds: the metric at the last round minus at the last
+    extra = {name: float(evaluated[-1][column]) for name, column in kind.extra}
+    # The gain over the last 20 % of rounds: the metric at the last round against the last
     # evaluated round at or before 80 % of the run (0 gain = a flat curve); for perplexity the
     # relative improvement, (before − final) / before. Two single evaluations differ by a point or
     # two on a non-IID run, so the trend (least squares over every evaluation of the last fifth,
     # times its length) is the steadier reading of the same quantity.
     last = evaluated[-1]["round"]
     before = [v for r, v in zip(evaluated, values) if r["round"] <= 0.8 * last] or values[:1]
-    gain = values[-1] - before[-1] if metric == "accuracy" else (before[-1] - values[-1]) / before[-1]
-    fifth = [(r["round"], v if metric == "accuracy" else math.log(v)) for r, v in zip(evaluated, values) if r["round"] >= 0.8 * last]
+    gain = kind.change(kind.score(values[-1]) - kind.score(before[-1]))
+    fifth = [(r["round"], kind.score(v)) for r, v in zip(evaluated, values) if r["round"] >= 0.8 * last]
     slope = statistics.linear_regression(*zip(*fifth)).slope if len(fifth) > 1 else 0.0
-    trend = slope * 0.2 * last if metric == "accuracy" else 1.0 - math.exp(slope * 0.2 * last)
+    trend = kind.change(slope * 0.2 * last)
     never = trained[-1].get("never-trained-fraction")
     # Round-to-round swings of a non-IID run are a point or two: the mean over the last 10 % of
     # rounds' evaluations is the steadier reading of where a run ended.
@@ -263,10 +299,9 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
             tails[key] = {seed: s[f"tail_{exp.metric}"] for seed, s in per_seed.items()}
     summary = {"experiment": exp.name, "setting": exp.setting, "target": exp.target}
     if exp.small_of:
-        if exp.metric == "perplexity":
-            # In log-perplexity (the mean loss per token): (log ppl_small − log ppl_m) /
-            # (log ppl_small − log ppl_full), and a headroom of log ppl_small − log ppl_full.
-            finals, tails = ({m: {s: -math.log(v) for s, v in per.items()} for m, per in d.items()} for d in (finals, tails))
+        # On the metric's score: for perplexity (log ppl_small − log ppl_m) / (log ppl_small − log ppl_full).
+        kind = METRICS[exp.metric]
+        finals, tails = ({m: {s: kind.score(v) for s, v in per.items()} for m, per in d.items()} for d in (finals, tails))
         gaps, tail_gaps = _gaps(exp, finals), _gaps(exp, tails, "_tail")
         summary["headroom"] = gaps["headroom"]
         summary["headroom_tail"] = tail_gaps["headroom"]
@@ -278,8 +313,9 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
                 (rounds, mine, _, _), (small_rounds, small, _, _) = curves[arm], curves[small_arm]
                 common = sorted(set(rounds) & set(small_rounds))
                 at = dict(zip(rounds, mine)), dict(zip(small_rounds, small))
-                sign = 1.0 if exp.metric == "accuracy" else -1.0  # "above small" is a lower perplexity
-                methods[arm]["crosses_small_round"] = crossing_round(common, [sign * at[0][t] for t in common], [sign * at[1][t] for t in common])
+                methods[arm]["crosses_small_round"] = crossing_round(
+                    common, [kind.score(at[0][t]) for t in common], [kind.score(at[1][t]) for t in common]
+                )
     return summary | {"methods": methods}
 
 
@@ -312,13 +348,13 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         } | summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(method_curves(exp, out / "runs"), out / "accuracy.png", exp.target, exp.metric, title=f"{exp.name}: mean over seeds, ±1 sd")
+    kind = METRICS[exp.metric]
     lines = [
         f"# {exp.name}",
         "",
         exp.description,
         "",
-        (f"Target accuracy: {exp.target:.0%}." if exp.metric == "accuracy" else f"Target test perplexity: {exp.target:g}.")
-        + " Setting (run config shared by all methods):",
+        kind.target_text(exp.target) + " Setting (run config shared by all methods):",
         "",
         "```toml",
         *(f"{k} = {toml_value(v)}" for k, v in exp.setting.items()),
@@ -329,11 +365,7 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         *(
             [
                 "Headroom, full − small (final evaluation; mean of the last 10 % of rounds): "
-                + ", ".join(
-                    f"{k}: {v * 100:+.2f} ({summary['headroom_tail'].get(k, float('nan')) * 100:+.2f}) points" if exp.metric == "accuracy"
-                    else f"{k}: {v:+.3f} ({summary['headroom_tail'].get(k, float('nan')):+.3f}) in log-perplexity"
-                    for k, v in summary["headroom"].items()
-                )
+                + ", ".join(f"{k}: {kind.headroom_text(v, summary['headroom_tail'].get(k, float('nan')))}" for k, v in summary["headroom"].items())
                 + ".",
                 "",
             ]
@@ -344,7 +376,7 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         f"| best {exp.metric} | last-fifth gain | last-fifth trend | never trained | train-count CV | rounds to target | FLOPs/participant/round | bytes/participant/round | wall s | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    value = "{:.4f}" if exp.metric == "accuracy" else "{:.1f}"
+    value = kind.value_format
     for name, m in summary["methods"].items():
         final, sd = m[f"final_{exp.metric}"], m[f"final_{exp.metric}_sd"]
         tail, tail_sd = m[f"tail_{exp.metric}"], m[f"tail_{exp.metric}_sd"]
@@ -394,7 +426,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 def mean_curve(runs: list[list[dict]], metric: str = "accuracy") -> tuple[list[int], list[float], list[float], list[float]]:
     """(rounds, mean, sd, mean cumulative per-participant FLOPs) over seeds, at the rounds every seed evaluated."""
-    key = METRIC_KEYS[metric]
+    key = METRICS[metric].key
     per_run = []
     for rows in runs:
         flops = itertools.accumulate(float(r.get("flops-per-participant") or 0.0) for r in rows)
@@ -439,8 +471,8 @@ def _plot(curves: dict[str, list[list[dict]]], path: Path, target: float, metric
         ax.axhline(target, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
         ax.set_ylabel(f"central {metric}")
-        if metric == "perplexity":
-            ax.set_yscale("log")
+        if not METRICS[metric].higher_is_better:
+            ax.set_yscale("log")  # perplexity
     ax1.set_xlabel("round")
     ax1.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_xlabel("cumulative FLOPs per participant")
