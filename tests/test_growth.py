@@ -27,25 +27,30 @@ from server_app.strategy import MSfusion
 @given(
     k=st.integers(1, 64),
     r=st.floats(0.01, 1.0),
+    a=st.one_of(st.just(1.0), st.floats(0.01, 1.0)),
     o=st.floats(0.0, 1.0),
     num=st.integers(1, 9),
     t=st.integers(0, 300),
     offset=st.integers(0, 1000),
 )
-def test_core_and_remainder_are_disjoint_have_the_right_sizes_and_survive_the_compact_form(k, r, o, num, t, offset):
-    plans = plan_core_and_remainder(t, [(10 + i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": offset})
+def test_core_and_remainder_are_disjoint_have_the_right_sizes_stay_in_their_span_and_survive_the_compact_form(k, r, a, o, num, t, offset):
+    a = max(a, r)  # an active width is at least every capacity (Settings checks it)
+    plans = plan_core_and_remainder(t, [(10 + i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": offset}, active_width=a)
     m = window_length(r, k)
     core = min(round(o * m), m)
+    span = min(max(m, round(a * k)), k) if a < 1 else k
     for plan in plans.values():
         w = plan.groups["g"]
         idx = plan.indices("g")
         assert len(idx) == m and np.unique(idx).size == m  # m distinct units
         assert idx[:core].tolist() == list(range(core))  # the shared core: the same prefix for everyone
         rest = idx[core:]
-        assert np.all(rest >= core)  # the remainder is outside the core
-        assert np.all(np.diff(rest - core) % (k - core) == 1) or rest.size <= 1  # contiguous modulo K − c
+        assert np.all(rest >= core) and np.all(rest < span)  # the remainder is after the core, inside the span
+        assert np.all(np.diff(rest - core) % (span - core) == 1) or rest.size <= 1  # contiguous modulo S − c
         assert ParticipantPlan.from_compact(plan.to_compact(), {"g": k}).indices("g").tolist() == idx.tolist()
         assert isinstance(w, Window)
+        p = w.expected_inclusion()
+        assert p[span:].sum() == 0 and p.sum() == pytest.approx(m)  # the inclusion shares are the window's m units
 
 
 def test_overlap_one_is_exactly_the_small_models_units_and_zero_is_double_shifting():
@@ -74,27 +79,6 @@ def test_core_plans_are_deterministic_and_the_compact_form_checks_the_core():
     bad["windows"]["a"][3] = 9  # a core longer than the window
     with pytest.raises(ValueError, match="plan window for group 'a'.*core=9"):
         ParticipantPlan.from_compact(bad, sizes)
-
-
-@given(
-    k=st.integers(1, 64),
-    r=st.floats(0.01, 1.0),
-    a=st.floats(0.01, 1.0),
-    o=st.floats(0.0, 1.0),
-    num=st.integers(1, 9),
-    t=st.integers(0, 300),
-)
-def test_below_an_active_width_every_window_stays_inside_its_span(k, r, a, o, num, t):
-    a = max(a, r)
-    plans = plan_core_and_remainder(t, [(i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": 7 * t}, active_width=a)
-    m = window_length(r, k)
-    span = min(max(m, round(a * k)), k) if a < 1 else k
-    for plan in plans.values():
-        idx = plan.indices("g")
-        assert len(idx) == m and np.unique(idx).size == m and idx.max() < span
-        assert ParticipantPlan.from_compact(plan.to_compact(), {"g": k}).indices("g").tolist() == idx.tolist()
-        p = plan.groups["g"].expected_inclusion()
-        assert p[span:].sum() == 0 and p.sum() == pytest.approx(m)  # the inclusion shares are the window's m units
 
 
 def test_an_active_width_trains_every_pair_of_units_inside_it_and_none_outside():
