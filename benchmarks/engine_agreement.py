@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.experiments import EXPERIMENTS
 from benchmarks.flower_procs import REPO, read_jsonl
-from benchmarks.run import METRIC_KEYS
+from benchmarks.run import METRICS
 
 
 def evaluated(path: Path, key: str) -> dict[int, float]:
@@ -26,7 +26,7 @@ def evaluated(path: Path, key: str) -> dict[int, float]:
 
 def compare(results: Path, metric: str = "accuracy") -> list[dict[str, float | str]]:
     """One row per run in ``results/flwr/``, against ``results/runs/`` of the same name."""
-    key = METRIC_KEYS[metric]
+    key = METRICS[metric].key
     rows = []
     for flwr_path in sorted((results / "flwr").glob("*.jsonl")):
         local, flwr = evaluated(results / "runs" / flwr_path.name, key), evaluated(flwr_path, key)

@@ -295,7 +295,7 @@ C1_ARMS: dict[str, dict[str, Any]] = {
             "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 0.0, "active-width": s * r,
             "window-offsets": "per-group", "inclusion-scaling": True, "contrastive-mu": 0.0,
         }
-        for s in (1.25, 1.5) for r in (0.5, 0.25)
+        for s in (1.25, 1.5) for r in (0.25,)
     },
     # The starts-as-small arms' own control: small without the 2,000 rows they hold out to validate on.
     "small-val-r0.25": _at("small", 0.25) | {"validation-examples": 2000},

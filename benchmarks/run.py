@@ -130,12 +130,9 @@ class Metric:
 
     name: str
     key: str  # the column of metrics.jsonl
+    higher_is_better: bool
     value_format: str
     extra: tuple[tuple[str, str], ...] = ()  # (summary key, metrics column) read at the last evaluation
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.name == "accuracy"
 
     def score(self, value: float) -> float:
         return value if self.higher_is_better else -math.log(value)
@@ -153,10 +150,9 @@ class Metric:
 
 
 METRICS = {
-    "accuracy": Metric("accuracy", "central-accuracy", "{:.4f}"),
-    "perplexity": Metric("perplexity", "central-perplexity", "{:.1f}", (("final_valid_perplexity", "central-valid-perplexity"),)),
+    "accuracy": Metric("accuracy", "central-accuracy", True, "{:.4f}"),
+    "perplexity": Metric("perplexity", "central-perplexity", False, "{:.1f}", (("final_valid_perplexity", "central-valid-perplexity"),)),
 }
-METRIC_KEYS = {name: m.key for name, m in METRICS.items()}
 
 
 def reaches(metric: str, value: float, target: float) -> bool:

@@ -137,7 +137,9 @@ class ParticipantPlan:
         for g, window in windows.items():
             if not isinstance(window, (list, tuple)) or len(window) not in (3, 4, 5):
                 raise ValueError(f"plan window for group {g!r} must be [start, length, K[, core[, span]]], got {window!r}")
-            start, length, size, core, span = (*window, 0, None)[:5] if len(window) == 3 else (*window, None)[:5]
+            start, length, size = window[:3]
+            core = window[3] if len(window) > 3 else 0
+            span = window[4] if len(window) > 4 else None
             reach = size if span is None else span
             k = group_sizes[g]
             if (
@@ -252,7 +254,7 @@ def plan_core_and_remainder(
             m = window_length(capacity, k)
             core = core_length(overlap, m)
             span = active_span(active_width, m, k)
-            rest = (k if span is None else span) - core
+            rest = (span or k) - core
             start = (slot * rest // num - server_round * shift_step + (group_offsets or {}).get(g, 0)) % rest if m > core else 0
             groups[g] = Window(start, m, k, core, span)
         plans[node_id] = ParticipantPlan(node_id, capacity, groups)
@@ -406,8 +408,8 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
         core = self.core_units(group_sizes, self.schedule.overlap(1))
         if self.active_width >= 1.0:
             return core
-        reach = {g: active_span(self.active_width, window_length(self.core_capacity, k), k) for g, k in group_sizes.items()}
-        return {g: c if c == window_length(self.core_capacity, group_sizes[g]) else reach[g] for g, c in core.items()}
+        windows = {g: window_length(self.core_capacity, k) for g, k in group_sizes.items()}
+        return {g: c if c == windows[g] else active_span(self.active_width, windows[g], group_sizes[g]) for g, c in core.items()}
 
     def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
         """Dropout's weight-scaling rule for the core form. A remainder unit is in only
