@@ -254,6 +254,9 @@ def _at(method: str, r: float) -> dict[str, Any]:
 C1_ARMS: dict[str, dict[str, Any]] = {
     "small-r0.5": _at("small", 0.5),
     "small-r0.25": _at("small", 0.25),
+    # r = 1/8 (conv 4-8-16): C1L showed r = 1/4 is compute-bound on C1 (small at 1,500 rounds beats
+    # full at 300); a model this narrow should be flat at its capacity well below full's 0.57.
+    "small-r0.125": _at("small", 0.125),
     "msfusion-r0.5": _at("msfusion", 0.5),
     "msfusion-r0.25": _at("msfusion", 0.25),
     "fedrolex-r0.25": _at("fedrolex", 0.25),
@@ -318,7 +321,7 @@ C1 = Experiment(
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
         "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
         "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25", "msfusion-grow5-r0.25", "msfusion-grow5-r0.5",
-        "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25",
+        "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25", "small-r0.125",
     ),
     target=0.6,
     seeds=(0, 1, 2),
