@@ -288,6 +288,10 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # grow5 = grow3 with the plateau rule's window form (the app's default since grow3): window means
     # instead of the best so far, and a step stays only if its loss beats the plateau's by 1 %.
     **{f"msfusion-grow5-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "plateau"} for r in (0.5, 0.25)},
+    # grow6 = grow5's settings under the plateau rule's trial barriers (a step waits while its trial
+    # would span an lr change or the run's end, overlap.py). grow5's runs predate the barriers: all
+    # six stepped at round 150 or 200-210, and each trial was judged across an lr decay.
+    **{f"msfusion-grow6-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "plateau"} for r in (0.5, 0.25, 0.125)},
     # span = grow5's lesson (session 12): a unit demoted from the core at r = 1/4 is in about one
     # sub-model in 30, so the evaluated model loses it. Here the model is only s times as wide as a
     # sub-model (active width s·r): every participant trains an r-window of it, double-shifted at
@@ -322,6 +326,7 @@ C1 = Experiment(
         "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
         "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25", "msfusion-grow5-r0.25", "msfusion-grow5-r0.5",
         "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25", "small-r0.125",
+        "msfusion-grow6-r0.5", "msfusion-grow6-r0.25", "msfusion-grow6-r0.125",
     ),
     target=0.6,
     seeds=(0, 1, 2),

@@ -263,7 +263,13 @@ class Settings:
             patience=self.overlap_patience,
             step=self.overlap_step,
             min_improvement=self.overlap_min_improvement,
+            trial_barriers=self.trial_barriers(),
         )
+
+    def trial_barriers(self) -> tuple[int, ...]:
+        """The last round at each lr, and the run's last round: no growth trial may span one."""
+        n = self.num_server_rounds
+        return tuple(sorted({math.floor(m * n) for m in self.lr_milestones()} | {n}))
 
     def make_planner(self) -> Planner:
         return make_planner(

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.experiments import C1_SETTING
 from msfusion_app.settings import Settings
 from msfusion_core.data import holdout_rows, load_holdout, load_partition, load_test
 from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
@@ -207,8 +208,8 @@ def test_on_c1s_small_curve_the_window_test_waits_for_the_lr_decay_where_the_bes
     rows = [json.loads(line) for line in open(Path(__file__).parents[1] / "docs/results/C1/runs/small-val-r0.25-s0.jsonl")]
     losses = [(r["round"], r["validation-loss"]) for r in rows if r.get("validation-loss") is not None]
 
-    def first_step(kind: str) -> int | None:
-        sched = OverlapSchedule(kind, start=1.0, patience=30, step=0.125, min_improvement=0.01)
+    def first_step(kind: str, trial_barriers: tuple[int, ...] = ()) -> int | None:
+        sched = OverlapSchedule(kind, start=1.0, patience=30, step=0.125, min_improvement=0.01, trial_barriers=trial_barriers)
         for t, loss in losses:
             sched.observe_validation(t, loss)
             if sched.current < 1.0:
@@ -217,6 +218,32 @@ def test_on_c1s_small_curve_the_window_test_waits_for_the_lr_decay_where_the_bes
 
     assert first_step("plateau-best") == 80
     assert first_step("plateau") == 210  # past the first lr decay (round 150)
+    # ... and 15 rounds before the second (225), which would then judge its trial. With C1's barriers
+    # the step waits for round 230, whose trial (231-290) runs at one lr and ends before the run does.
+    c1 = Settings.from_mapping(C1_SETTING | {"validation-examples": 2000})
+    assert c1.trial_barriers() == (150, 225, 300)
+    assert first_step("plateau", c1.trial_barriers()) == 230
+
+
+def test_a_plateau_waits_while_its_trial_would_span_an_lr_change_or_the_end_of_the_run():
+    sched = OverlapSchedule("plateau", start=1.0, patience=10, step=0.25, trial_barriers=(50, 100))
+    assert [sched.trial_would_span_barrier(t) for t in (29, 30, 31, 50, 51, 80, 81, 100, 101)] == [
+        False, False, True, True, False, False, True, True, False
+    ]
+    unguarded = OverlapSchedule("plateau", start=1.0, patience=10, step=0.25)
+
+    def loss(t: int) -> float:  # improving to round 30, flat, and 10 % lower 10 rounds after a step
+        return 0.95 ** min(t, 30) * (0.9 if sched.current < 1.0 and t > sched.trial_round + 10 else 1.0)
+
+    events = {t: sched.observe_validation(t, loss(t)) for t in range(0, 101)}
+    first_unguarded = next(t for t in range(0, 101) if unguarded.observe_validation(t, 0.95 ** min(t, 30)) == "stepped")
+    # Flat from round 31: the window test sees the plateau within the 20 rounds before the lr change
+    # after round 50 and waits; the step comes at 51 and its trial, all at the new lr, keeps it at 71.
+    # The loss is flat again by 81, but a trial from then on would outlast the run (round 100).
+    assert first_unguarded < 50
+    assert {t: e for t, e in events.items() if e} == {51: "stepped", 71: "kept"} and sched.current == 0.75
+    assert Settings.from_mapping({"num-server-rounds": 40}).trial_barriers() == (40,)
+    assert Settings.from_mapping({"num-server-rounds": 301, "lr-decay-at": "0.5,0.75"}).trial_barriers() == (150, 225, 301)
 
 
 def test_an_undone_step_returns_theta_to_its_copy_from_the_round_of_the_step():

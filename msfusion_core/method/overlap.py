@@ -51,6 +51,13 @@ worth nothing to the model the step left. (``plateau-best`` instead silenced the
 core and kept the trial's θ; its core, whose last units most sub-models had lacked for the trial,
 was then below its plateau, and the lr was low by then: on C1 at r = 1/4, seed 0, the window rule
 with that undo fell from 0.504 before its step, at round 210, to 0.494 at round 300.)
+
+A trial must not span a change of the lr, nor the end of the run. The lr decay lowers the loss by
+itself, so a trial across it passes whatever the step did: on C1 at r = 1/2, seed 2, a step at round
+150 (the last round at the first lr) passed its trial at round 210 and kept o = 0.875, and the run
+ended 1.3 points below ``small``; the steps of the other five grow5 runs (rounds 200-210) were
+judged across the decay at round 225. And a step too close to the end is never judged. So a
+plateau within 2·``patience`` rounds before an lr change or the last round waits (``trial_barriers``).
 """
 
 from __future__ import annotations
@@ -87,6 +94,9 @@ class OverlapSchedule:
     trial_round: int = 0  # plateau: the round of that step
     trial_from: float = 1.0  # plateau: the overlap before it
     settled: bool = False  # plateau: a step was undone; o stays
+    # plateau: rounds no trial may span, the last round before each lr change and the run's last
+    # round (Settings fills them in). A step at round t waits while some barrier b has t <= b < t + 2·patience.
+    trial_barriers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -153,12 +163,17 @@ class OverlapSchedule:
             self.trial_bar, event = None, "kept"  # the grown model beat the small one's plateau: the step stays
         else:
             event = None
-        if last_mean > before_mean * (1.0 - self.min_improvement) and self.current > self.min_overlap:
+        plateau = last_mean > before_mean * (1.0 - self.min_improvement)
+        if plateau and self.current > self.min_overlap and not self.trial_would_span_barrier(server_round):
             self.trial_bar, self.trial_round, self.trial_from = last_mean, int(server_round), self.current
             self.current = max(self.current - self.step, self.min_overlap)
             self.losses, self.changed_round = [], int(server_round)
             return "stepped"
         return event
+
+    def trial_would_span_barrier(self, server_round: int) -> bool:
+        """Would a step now be judged across an lr change, or after the run has ended?"""
+        return any(server_round <= b < server_round + 2 * self.patience for b in self.trial_barriers)
 
     def _observe_against_best(self, server_round: int, loss: float) -> str | None:
         """``plateau-best``: lower o once the loss has not beaten its best by ``min_improvement`` for
@@ -184,4 +199,8 @@ class OverlapSchedule:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, [tuple(x) for x in value] if key == "losses" else value)
+            if key == "losses":
+                value = [tuple(x) for x in value]
+            elif key == "trial_barriers":
+                value = tuple(value)
+            setattr(self, key, value)
