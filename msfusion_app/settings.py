@@ -19,7 +19,7 @@ from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.method.robust import ROBUST_MODES
 from msfusion_core.local.augment import Preprocess, preprocess_for
-from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
+from msfusion_core.local.training import OPTIMIZERS, TrainConfig, last_rounds_at_each_lr, step_decay
 
 
 # Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)
@@ -268,8 +268,7 @@ class Settings:
 
     def trial_barriers(self) -> tuple[int, ...]:
         """The last round at each lr, and the run's last round: no growth trial may span one."""
-        n = self.num_server_rounds
-        return tuple(sorted({math.floor(m * n) for m in self.lr_milestones()} | {n}))
+        return (*last_rounds_at_each_lr(self.num_server_rounds, self.lr_milestones()), self.num_server_rounds)
 
     def make_planner(self) -> Planner:
         return make_planner(

@@ -14,6 +14,8 @@ evaluating party's training data.
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -53,6 +55,11 @@ def step_decay(run_round: int, num_rounds: int, milestones: Sequence[float], fac
     """The learning-rate multiplier of round ``run_round`` (1-based) under a step schedule: × ``factor``
     after each milestone, a fraction of ``num_rounds`` (milestone 0.5 of 300 rounds: rounds 151 on)."""
     return factor ** sum(run_round > m * num_rounds for m in milestones)
+
+
+def last_rounds_at_each_lr(num_rounds: int, milestones: Sequence[float]) -> tuple[int, ...]:
+    """The last round before each of ``step_decay``'s changes (milestone 0.5 of 300: round 150)."""
+    return tuple(sorted({math.floor(m * num_rounds) for m in milestones}))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
