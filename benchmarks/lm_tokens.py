@@ -1,10 +1,11 @@
-"""LM2's data and model, measured: tokens per split and the unigram perplexity of the test split
-under each tokenizer, and the split blocks' share of the parameters and the FLOPs per token of the
-LM2 model.
+"""An LM experiment's data and model, measured: tokens per split and the unigram perplexity of the
+test split under each tokenizer, and the split blocks' share of the parameters and the FLOPs per
+token of the experiment's model.
 
-    python -m benchmarks.lm_tokens
+    python -m benchmarks.lm_tokens [LM2 | LM2v1]
 
-Writes ``docs/results/LM2/tokens.json`` and prints a table. The unigram model is the train split's
+Writes ``docs/results/<experiment>/tokens.json`` (which ``benchmarks.run`` reads into the summary)
+and prints a table. The unigram model is the train split's
 token frequencies with add-one smoothing; its test perplexity is the bar an LM must clear by far
 (issue 16: end at or below a third of it).
 """
@@ -16,14 +17,14 @@ import math
 
 import torch
 
-from benchmarks.experiments import EXPERIMENTS
+from benchmarks.experiments import EXPERIMENTS, METHODS
 from benchmarks.flower_procs import REPO
 from msfusion_app.settings import Settings
 from msfusion_core.data.text import encode_lines, wikitext_lines, wikitext_vocab_size
 from msfusion_core.local.measure import count_flops, num_parameters
 from msfusion_core.method.split_map import normalize_split_map
 
-TOKENIZERS = ("word", "bpe-8192", "bpe-4096")
+TOKENIZERS = ("word", "bpe-8192", "bpe-4096", "bpe-2048")
 
 
 def unigram_perplexity(train: torch.Tensor, test: torch.Tensor, vocab: int) -> float:
@@ -60,15 +61,15 @@ def model_shares(settings: Settings) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    setting = EXPERIMENTS["LM2"].setting
+def main(experiment: str = "LM2") -> None:
+    setting = EXPERIMENTS[experiment].setting
     path = setting["data-path"]
     rows = {tok: tokens(path, tok) for tok in TOKENIZERS}
-    lm2 = Settings.from_mapping(setting)
+    lm2 = Settings.from_mapping(setting | METHODS["full"])  # the full-width model the methods share
     out = {"setting": {k: setting[k] for k in ("tokenizer", "model-width", "model-layers", "seq-len")}, "tokenizers": rows}
     out["lm2_model"] = model_shares(lm2)
-    out["lm_word_model"] = model_shares(Settings.from_mapping(EXPERIMENTS["LM"].setting))
-    folder = REPO / "docs" / "results" / "LM2"
+    out["lm_word_model"] = model_shares(Settings.from_mapping(EXPERIMENTS["LM"].setting | METHODS["full"]))
+    folder = REPO / "docs" / "results" / experiment
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokens.json").write_text(json.dumps(out, indent=2))
     print("| tokenizer | vocabulary | train tokens | valid tokens | test tokens | unigram test ppl |")
@@ -81,4 +82,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(*sys.argv[1:2])

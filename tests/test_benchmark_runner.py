@@ -265,26 +265,26 @@ def test_lm2_summary_gap_closed_in_log_perplexity_and_the_token_facts(tmp_path, 
 
     monkeypatch.setattr(runner, "_plot", lambda *args, **kwargs: None)
     exp = EXPERIMENTS["LM2"]
-    rounds = exp.setting["num-server-rounds"]
-    finals = {"full": 100.0, "small": 400.0, "msfusion-default": 200.0, "fedrolex": 800.0}
+    rounds, every = exp.setting["num-server-rounds"], exp.setting["eval-every"]
+    finals = {"full": 100.0, "small": 400.0, "msfusion-default-p5": 200.0, "fedrolex": 800.0}
     work = tmp_path / "work"
     for arm, ppl in finals.items():
         for seed in exp.seeds_of(arm):
             rows = [{"round": 0, "central-perplexity": 8000.0, "central-valid-perplexity": 8000.0}]
             rows += [{"round": t, "flops-per-participant": 1e9, "bytes-down-per-participant": 4.0, "bytes-up-per-participant": 4.0,
-                      **({"central-perplexity": ppl, "central-valid-perplexity": ppl} if t % 10 == 0 else {})} for t in range(1, rounds + 1)]
+                      **({"central-perplexity": ppl, "central-valid-perplexity": ppl} if t % every == 0 else {})} for t in range(1, rounds + 1)]
             (work / "runs" / f"{arm}-s{seed}").mkdir(parents=True)
             (work / "runs" / f"{arm}-s{seed}" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "results" / "LM2"
     out.mkdir(parents=True)
-    tokens = {"tokenizers": {"bpe-8192": {"unigram_test_perplexity": 727.0}}, "lm2_model": {"blocks_param_fraction": 0.75}}
+    tokens = {"tokenizers": {"bpe-2048": {"unigram_test_perplexity": 727.0}}, "lm2_model": {"blocks_param_fraction": 0.75}}
     (out / "tokens.json").write_text(json.dumps(tokens))
     runner.write_results(exp, work, tmp_path / "results", "cmd")
     s = json.loads((out / "summary.json").read_text())
     assert s["unigram_perplexity"] == 727.0 and s["blocks_param_fraction"] == 0.75
     assert s["headroom"] == pytest.approx({"r0.5": math.log(4.0)})  # log ppl_small − log ppl_full
-    m = s["methods"]["msfusion-default"]
+    m = s["methods"]["msfusion-default-p5"]
     assert m["final_perplexity"] == 200.0 and m["seeds"] == 2 and m["gap_closed"] == pytest.approx(0.5)  # halfway in log ppl
-    assert m["crosses_small_round"] == 10  # lower than small's perplexity from the first evaluation
+    assert m["crosses_small_round"] == every  # lower than small's perplexity from the first evaluation
     assert s["methods"]["fedrolex"]["gap_closed"] == pytest.approx(-0.5) and s["methods"]["fedrolex"]["crosses_small_round"] is None
     assert {"final_perplexity_sd", "last_fifth_gain", "flops_per_participant_round", "bytes_per_participant_round"} <= set(m)
