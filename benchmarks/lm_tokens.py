@@ -5,9 +5,9 @@ token of the experiment's model.
     python -m benchmarks.lm_tokens [LM2 | LM2v1]
 
 Writes ``docs/results/<experiment>/tokens.json`` (which ``benchmarks.run`` reads into the summary)
-and prints a table. The unigram model is the train split's
-token frequencies with add-one smoothing; its test perplexity is the bar an LM must clear by far
-(issue 16: end at or below a third of it).
+and prints a table. The unigram model is the train split's token frequencies with add-one
+smoothing; its test perplexity is the bar an LM must clear by far (issue 16: end at or below a
+third of it). The experiment's model is stored under ``lm2_model``, the key ``benchmarks.run`` reads.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def main(experiment: str = "LM2") -> None:
     setting = EXPERIMENTS[experiment].setting
     path = setting["data-path"]
     rows = {tok: tokens(path, tok) for tok in TOKENIZERS}
-    lm2 = Settings.from_mapping(setting | METHODS["full"])  # the full-width model the methods share
+    settings = Settings.from_mapping(setting | METHODS["full"])  # the full-width model the methods share
     out = {"setting": {k: setting[k] for k in ("tokenizer", "model-width", "model-layers", "seq-len")}, "tokenizers": rows}
-    out["lm2_model"] = model_shares(lm2)
+    out["lm2_model"] = model_shares(settings)
     out["lm_word_model"] = model_shares(Settings.from_mapping(EXPERIMENTS["LM"].setting | METHODS["full"]))
     folder = REPO / "docs" / "results" / experiment
     folder.mkdir(parents=True, exist_ok=True)
