@@ -481,6 +481,7 @@ EXPERIMENTS["SST2L"] = Experiment(
     ("full", "small", "msfusion-default-p4"),
     target=0.8,
     num_supernodes=8,
+    seeds=(0, 1, 2),
     arms={"msfusion-default-p4": METHODS["msfusion-default"] | {"overlap-patience": 4}},
     small_of={"msfusion-default-p4": "small"},
 )

@@ -85,6 +85,20 @@ def finished(rows: list[dict], rounds: int) -> bool:
     return bool(rows) and rows[-1].get("round") == rounds
 
 
+def check_selection(exp: Experiment, methods: set[str] | None, seeds: set[int] | None, variants: set[str] | None) -> None:
+    """Refuse a selection outside the experiment's grid, which would otherwise run nothing and still
+    report results (a seed not in ``exp.seeds`` is one to add there, not a run to make on the side)."""
+    grid = exp.grid()
+    for what, asked, known in (
+        ("method", methods, {m for m, _, _ in grid}),
+        ("seed", seeds, {s for _, s, _ in grid}),
+        ("variant", variants, {v.name for _, _, v in grid}),
+    ):
+        if asked and asked - known:
+            raise ValueError(f"{exp.name} has no {what} {', '.join(map(str, sorted(asked - known)))}; "
+                             f"its {what}s are {', '.join(map(str, sorted(known)))}")
+
+
 def run_grid(
     exp: Experiment,
     work: Path,
@@ -527,6 +541,10 @@ def main() -> None:
     methods = set(args.methods.split(",")) if args.methods else None
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     variants = set(args.variants.split(",")) if args.variants else None
+    try:
+        check_selection(exp, methods, seeds, variants)
+    except ValueError as e:
+        parser.error(str(e))
     if not args.summarise_only:
         run_grid(exp, work, methods, seeds, args.timeout, results, variants, args.engine or exp.engine)
     out = write_results(exp, work, results, f"python -m benchmarks.run {exp.name}")

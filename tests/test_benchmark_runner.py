@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from benchmarks.experiments import EXPERIMENTS
-from benchmarks.run import run_grid, write_results
+from benchmarks.run import check_selection, run_grid, write_results
 
 KEYS = {
     "final_accuracy",
@@ -167,6 +167,18 @@ def test_perplexity_gains_are_relative_improvements():
     s = summarise_run(rows, target=100.0, metric="perplexity")
     assert s["last_fifth_gain"] == pytest.approx(1 - q * q)  # (before − final) / before
     assert s["last_fifth_trend"] == pytest.approx(1 - q * q)
+
+
+def test_a_selection_outside_the_grid_is_refused_by_name():
+    c1p = EXPERIMENTS["C1P"]
+    check_selection(c1p, {"small"}, {0}, {"P8"})  # in the grid: accepted
+    for methods, seeds, variants, named in (
+        ({"smal"}, None, None, "no method smal"),
+        (None, {0, 7}, None, "no seed 7"),
+        (None, None, {"P8", "P3"}, "no variant P3; its variants are P16, P4, P8"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            check_selection(c1p, methods, seeds, variants)
 
 
 def test_settings_overrides_for_a_smoke_run():
