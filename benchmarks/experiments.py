@@ -247,6 +247,12 @@ GROW: dict[str, Any] = {
 }
 
 
+def default_msfusion_for(rounds: int) -> dict[str, Any]:
+    """The app's default msfusion with its plateau window scaled to a run of ``rounds`` as C1's is
+    (30 of 300 rounds), so that a short run gets as many chances to step as C1 did."""
+    return METHODS["msfusion-default"] | {"overlap-patience": round(rounds * GROW["overlap-patience"] / C1_SETTING["num-server-rounds"])}
+
+
 def _at(method: str, r: float) -> dict[str, Any]:
     return METHODS[method] | {"split-ratio-tiers": str(r)}
 
@@ -461,7 +467,7 @@ EXPERIMENTS["LM2"] = Experiment(
     metric="perplexity",
     # The app's default msfusion (starts as small, plateau rule, 200 validation sequences held out),
     # with its plateau window scaled to the run as C1's is: 5 of 48 rounds (C1: 30 of 300).
-    arms={"msfusion-default-p5": METHODS["msfusion-default"] | {"overlap-patience": 5}},
+    arms={"msfusion-default-p5": default_msfusion_for(LM2_SETTING["num-server-rounds"])},
     method_seeds={"fedrolex": (0,)},
     small_of={"msfusion-default-p5": "small", "fedrolex": "small"},
 )
@@ -474,17 +480,18 @@ EXPERIMENTS["LM2"] = Experiment(
 # 4 of 40 rounds. msfusion-no-contrastive, the abstract's form at small's FLOPs (every unit trained
 # from round 1, the pretrained readers kept), is what the starts-as-small schedule is measured
 # against.
+SST2L_SETTING = SST2_SETTING | {"num-server-rounds": 40, "eval-every": 4, "lr-decay-at": "0.5,0.75", "lr-decay-factor": 0.1}
 EXPERIMENTS["SST2L"] = Experiment(
     "SST2L",
     "SST-2 fine-tuning of pretrained all-MiniLM-L6-v2 as SST2, 40 rounds (lr 5e-4 divided by 10 after rounds 20 and "
     "30), accuracy on the 872 validation sentences every 4 rounds; msfusion-default-p4 is the app's default msfusion "
     "(starts as small, plateau rule on 200 held-out train sentences) with a plateau window of 4 rounds; msfusion-no-contrastive is the abstract's form with mu = 0.",
-    SST2_SETTING | {"num-server-rounds": 40, "eval-every": 4, "lr-decay-at": "0.5,0.75", "lr-decay-factor": 0.1},
+    SST2L_SETTING,
     ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive"),
     target=0.8,
     num_supernodes=8,
     seeds=(0, 1, 2),
-    arms={"msfusion-default-p4": METHODS["msfusion-default"] | {"overlap-patience": 4}},
+    arms={"msfusion-default-p4": default_msfusion_for(SST2L_SETTING["num-server-rounds"])},
     small_of={"msfusion-default-p4": "small", "msfusion-no-contrastive": "small"},
 )
 
