@@ -490,7 +490,7 @@ EXPERIMENTS["SST2L"] = Experiment(
     ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive"),
     target=0.8,
     num_supernodes=8,
-    seeds=(0, 1),
+    seeds=(0, 1, 2),
     arms={"msfusion-default-p4": default_msfusion_for(SST2L_SETTING["num-server-rounds"])},
     small_of={"msfusion-default-p4": "small", "msfusion-no-contrastive": "small"},
 )
