@@ -7,7 +7,8 @@ token of the experiment's model.
 Writes ``docs/results/<experiment>/tokens.json`` (which ``benchmarks.run`` reads into the summary)
 and prints a table. The unigram model is the train split's token frequencies with add-one
 smoothing; its test perplexity is the bar an LM must clear by far (issue 16: end at or below a
-third of it). The experiment's model is stored under ``lm2_model``, the key ``benchmarks.run`` reads.
+third of it). The experiment's model is stored under ``model`` (the key ``benchmarks.run`` reads), LM's word-level
+one under ``word_model``, for comparison.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def main(experiment: str = "LM2") -> None:
     rows = {tok: tokens(path, tok) for tok in TOKENIZERS}
     settings = Settings.from_mapping(setting | METHODS["full"])  # the full-width model the methods share
     out = {"setting": {k: setting[k] for k in ("tokenizer", "model-width", "model-layers", "seq-len")}, "tokenizers": rows}
-    out["lm2_model"] = model_shares(settings)
-    out["lm_word_model"] = model_shares(Settings.from_mapping(EXPERIMENTS["LM"].setting | METHODS["full"]))
+    out["model"] = model_shares(settings)
+    out["word_model"] = model_shares(Settings.from_mapping(EXPERIMENTS["LM"].setting | METHODS["full"]))
     folder = REPO / "docs" / "results" / experiment
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokens.json").write_text(json.dumps(out, indent=2))
@@ -76,7 +77,7 @@ def main(experiment: str = "LM2") -> None:
     print("|---|---|---|---|---|---|")
     for tok, r in rows.items():
         print(f"| {tok} | {r['vocab']:,} | {r['tokens_train']:,} | {r['tokens_validation']:,} | {r['tokens_test']:,} | {r['unigram_test_perplexity']:.0f} |")
-    for name in ("lm2_model", "lm_word_model"):
+    for name in ("model", "word_model"):
         m = out[name]
         print(f"{name}: {m['parameters']:,} parameters, blocks {m['blocks_param_fraction']:.1%}, {m['train_flops_per_token'] / 1e6:.1f} MFLOPs/token (train)")
 

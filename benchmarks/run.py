@@ -354,7 +354,7 @@ def write_results(exp: Experiment, work: Path, out_root: Path, command: str) -> 
         tokens = json.loads((out / "tokens.json").read_text())
         summary = {
             "unigram_perplexity": tokens["tokenizers"][exp.setting["tokenizer"]]["unigram_test_perplexity"],
-            "blocks_param_fraction": tokens["lm2_model"]["blocks_param_fraction"],
+            "blocks_param_fraction": tokens["model"]["blocks_param_fraction"],
         } | summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(method_curves(exp, out / "runs"), out / "accuracy.png", exp.target, exp.metric, title=f"{exp.name}: mean over seeds, ±1 sd")

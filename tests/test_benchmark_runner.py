@@ -289,7 +289,7 @@ def test_lm2_summary_gap_closed_in_log_perplexity_and_the_token_facts(tmp_path, 
             (work / "runs" / f"{arm}-s{seed}" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "results" / "LM2"
     out.mkdir(parents=True)
-    tokens = {"tokenizers": {"bpe-2048": {"unigram_test_perplexity": 727.0}}, "lm2_model": {"blocks_param_fraction": 0.75}}
+    tokens = {"tokenizers": {"bpe-2048": {"unigram_test_perplexity": 727.0}}, "model": {"blocks_param_fraction": 0.75}}
     (out / "tokens.json").write_text(json.dumps(tokens))
     runner.write_results(exp, work, tmp_path / "results", "cmd")
     s = json.loads((out / "summary.json").read_text())
