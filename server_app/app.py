@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -80,6 +81,12 @@ class CentralEvaluation:
         self.validation = load_holdout(settings.dataset, path, holdout, settings.seed, seq_len=seq, tokenizer=tok) if holdout else None
         self.last = time.perf_counter()
 
+    def evaluated_model(self) -> torch.nn.Module:
+        model = self.strategy.global_model().to(self.settings.torch_device())
+        if self.calibration is not None:
+            calibrate_batchnorm(model, self.calibration, self.preprocess, num_batches=self.settings.bn_calibration_batches)
+        return model
+
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         started = time.perf_counter()
         round_seconds = started - self.last
@@ -90,15 +97,17 @@ class CentralEvaluation:
         row: dict = {"round": server_round}
         evaluated = server_round % self.settings.eval_every == 0 or server_round == self.settings.num_server_rounds
         if evaluated:
-            model = self.strategy.global_model().to(self.settings.torch_device())
-            if self.calibration is not None:
-                calibrate_batchnorm(model, self.calibration, self.preprocess, num_batches=self.settings.bn_calibration_batches)
-            loss, accuracy = evaluate(model, self.test, self.preprocess)
-            row |= {"central-accuracy": accuracy, "central-loss": loss}
+            model = self.evaluated_model()
+            # Validation first: when the overlap rule undoes a step there, θ returns to its copy,
+            # and the test metrics (the run's result at its last round) are of the model the round
+            # ends with, not of the step that was undone.
             if self.validation is not None:
                 val_loss, val_accuracy = evaluate(model, self.validation, self.preprocess)
                 row |= {"validation-loss": val_loss, "validation-accuracy": val_accuracy}
-                self.strategy.observe_validation(server_round, val_loss)
+                if self.strategy.observe_validation(server_round, val_loss):
+                    model = self.evaluated_model()
+            loss, accuracy = evaluate(model, self.test, self.preprocess)
+            row |= {"central-accuracy": accuracy, "central-loss": loss}
             if self.valid is not None:
                 valid_loss, _ = evaluate(model, self.valid, self.preprocess)
                 row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}

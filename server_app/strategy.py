@@ -292,13 +292,15 @@ class MSfusion(Strategy):
         self.load_global(given)
         log(INFO, "the arrays for this round differ from the last aggregate (changed by a wrapper?): training from them")
 
-    def observe_validation(self, server_round: int, loss: float) -> None:
+    def observe_validation(self, server_round: int, loss: float) -> bool:
         """Report the global model's loss on a held-out split the server owns, after ``server_round``:
         the ``plateau`` overlap schedule lowers the overlap when it stops improving. Call it from the
-        ``evaluate_fn`` (the project's ServerApp does, with ``validation-examples`` train rows)."""
-        # θ may change here (a growth step undone). ``last_arrays`` stays what Flower holds, so the
-        # next configure_train takes Flower's arrays as unchanged and trains from θ as it is now.
-        self.core.observe_validation(server_round, loss)
+        ``evaluate_fn`` (the project's ServerApp does, with ``validation-examples`` train rows)
+        before testing the model: it returns True when θ changed (a growth step undone), and the
+        model to test is then ``global_model()`` anew."""
+        # ``last_arrays`` stays what Flower holds, so the next configure_train takes Flower's arrays
+        # as unchanged and trains from θ as it is now.
+        return self.core.observe_validation(server_round, loss)
 
     def check_progress(self, server_round: int, record: RoundLog, accepted: list[Reply]) -> None:
         """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply (a round

@@ -505,3 +505,28 @@ def test_a_step_on_trial_survives_a_checkpoint_and_its_undo_after_a_resume_retur
     after.observe_validation(40, 2.0)  # did not pay: undone
     assert after.planner.schedule.current == 1.0
     assert all(torch.equal(after.core.state[k], at_step[k]) for k in at_step)
+
+
+def test_a_step_undone_at_the_last_round_leaves_the_runs_result_the_model_it_returns_to(tmp_path):
+    """The trial of a step taken 2·patience rounds before the end is judged at the last round. When
+    it is undone there, θ returns to its copy, and the run's final test metrics must be of that
+    model (the one the run ends with and checkpoints), not of the step that was undone."""
+    cfg = {
+        "num-server-rounds": 4,
+        "planner": "msfusion",
+        "overlap-form": "core",
+        "overlap-schedule": "plateau",
+        "overlap-start": 1.0,
+        "overlap-patience": 1,
+        "overlap-min-improvement": 0.99,  # stepped after round 2, undone after round 4 (as above)
+        "overlap-step": 0.5,
+        "validation-examples": 300,
+        "local-examples": 32,
+        "output-dir": str(tmp_path),
+        "run-name": "undone",
+    }
+    run_local(cfg, 2, num_threads=1)
+    rows = [json.loads(line) for line in open(tmp_path / "undone" / "metrics.jsonl")]
+    assert [r["overlap"] for r in rows[1:]] == [1.0, 1.0, 0.5, 0.5]
+    assert rows[4]["validation-loss"] != rows[2]["validation-loss"]  # the trial's model was judged...
+    assert (rows[4]["central-loss"], rows[4]["central-accuracy"]) == (rows[2]["central-loss"], rows[2]["central-accuracy"])  # ...and undone

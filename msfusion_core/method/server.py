@@ -164,22 +164,28 @@ class SubmodelServer:
             self.planner.observe(plan.server_round, result.relative_shift)
         return result
 
-    def observe_validation(self, server_round: int, loss: float) -> None:
+    def observe_validation(self, server_round: int, loss: float) -> bool:
         """The global model's loss on the server's held-out split, for the planner's overlap rule.
         A growth step keeps a copy of θ; undoing the step returns θ to it, so the evaluated model is
-        again the one every participant trains, as it was before the step."""
+        again the one every participant trains, as it was before the step. Returns whether θ
+        changed (a step undone), so that the caller evaluates the model the round ends with."""
         event = self.planner.observe_validation(server_round, loss, self.group_sizes)
         if event is None:
-            return
+            return False
         if event.kind == "stepped":
             self.before_step = {k: v.clone() for k, v in self.state.items()}
-            return
-        if event.kind == "undone":
+            return False
+        undone = event.kind == "undone"
+        if undone:
             if event.roll_back and self.before_step is not None:
                 self.state = self.before_step
             else:
                 self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, event.core)
+            if self.last_plan is not None:  # the evaluated model's scaling is that of the overlap returned to
+                participants = [(p.node_id, p.capacity) for p in self.last_plan.participants.values()]
+                self.last_plan = self.planner.plan(self.last_plan.server_round, participants, self.group_sizes)
         self.before_step = None
+        return undone
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes: a clear error otherwise). When the global model keeps only
