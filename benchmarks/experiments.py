@@ -320,6 +320,8 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     "msfusion-mu0-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0},
     "msfusion-quarter-r0.25": _at("msfusion", 0.25) | {"regularised-fraction": 0.25},
     "msfusion-distill-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0, "distill-weight": 1.0},
+    # ... and a sharper contrastive temperature (τ 0.1 for 0.5): does the term matter at all?
+    "msfusion-tau0.1-r0.25": _at("msfusion", 0.25) | {"contrastive-tau": 0.1},
 }
 C1 = Experiment(
     "C1",
@@ -330,7 +332,7 @@ C1 = Experiment(
     (
         "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
         "small-r0.5-flops", "small-r0.25-flops", "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
-        "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
+        "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-tau0.1-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
         "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25", "msfusion-grow5-r0.25", "msfusion-grow5-r0.5",
         "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25", "small-r0.125",
         "msfusion-grow6-r0.5", "msfusion-grow6-r0.25", "msfusion-grow6-r0.125", "msfusion-span1.5-r0.125",
@@ -339,7 +341,7 @@ C1 = Experiment(
     seeds=(0, 1, 2),
     arms=C1_ARMS,
     method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")}
-    | {"msfusion-mu0-r0.25": (0, 1), "msfusion-quarter-r0.25": (0,), "msfusion-distill-r0.25": (0,), "msfusion-span1.25-r0.25": (0,)},
+    | {"msfusion-mu0-r0.25": (0, 1), "msfusion-quarter-r0.25": (0,), "msfusion-distill-r0.25": (0,), "msfusion-tau0.1-r0.25": (0,), "msfusion-span1.25-r0.25": (0,)},
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1
