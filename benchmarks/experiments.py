@@ -15,20 +15,32 @@ from msfusion_app.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# `msfusion` is the abstract's method as first built: windows spread across participants at the
-# same relative place in every group, the adaptive overlap rule from o = 0.5, and the contrastive
-# term on (μ = 1). The app's default is now the starts-as-small form (`msfusion-default`: core form,
-# plateau rule, per-group offsets, inclusion scaling, μ = 0), which C1 measured 8-10 points better
-# at r = 1/4; the old one is pinned here so that every committed msfusion run reproduces.
-MSFUSION = {
-    "planner": "msfusion", "contrastive-mu": 1.0, "overlap-form": "spread", "overlap-schedule": "adaptive",
-    "overlap-start": 0.5, "window-offsets": "aligned", "inclusion-scaling": False,
+# Every msfusion arm pins its form key by key, so that a committed run reproduces whatever the
+# app's defaults become. `msfusion-shipped` is the app's default since the "MSfusion as shipped"
+# issue: the abstract's method (windows spread across participants, an independent offset per group
+# and round, the adaptive overlap rule from o = 0.5, MOON's contrastive term on a quarter of the
+# batches) evaluated by the expectation of its sub-models.
+SHIPPED = {
+    "planner": "msfusion", "overlap-form": "spread", "overlap-schedule": "adaptive", "overlap-start": 0.5,
+    "window-offsets": "per-group", "inclusion-scaling": True, "contrastive-mu": 1.0, "regularised-fraction": 0.25,
 }
-# Runs from before the new default held no rows out; the starts-as-small arms set their own.
+# `msfusion` is the abstract's method as first built: windows at the same relative place in every
+# group, θ evaluated as it is, and the contrastive term on every batch.
+MSFUSION = SHIPPED | {"window-offsets": "aligned", "inclusion-scaling": False, "regularised-fraction": 1.0}
+# The starts-as-small variant (core form from o = 1, grown on validation plateaus), which was the
+# app's default from grow5 (C1) until the "MSfusion as shipped" issue; its runs held out 200 rows
+# unless their experiment says otherwise.
+STARTS_AS_SMALL = {
+    "planner": "msfusion", "overlap-form": "core", "overlap-schedule": "grow", "overlap-start": 1.0,
+    "window-offsets": "per-group", "inclusion-scaling": True, "contrastive-mu": 0.0, "regularised-fraction": 1.0,
+    "validation-examples": 200,
+}
+# Runs from before the starts-as-small variant held no rows out; its arms set their own.
 NO_HOLDOUT = {"validation-examples": 0}
 METHODS: dict[str, dict[str, Any]] = {
     "msfusion": MSFUSION,
-    "msfusion-default": {"planner": "msfusion", "validation-examples": Settings.validation_examples},  # the app's defaults
+    "msfusion-shipped": SHIPPED,
+    "msfusion-default": STARTS_AS_SMALL,  # named for when it was the app's default
     "msfusion-no-contrastive": MSFUSION | {"contrastive-mu": 0.0},
     "msfusion-constant-overlap": MSFUSION | {"overlap-schedule": "constant"},
     "fedrolex": {"planner": "fedrolex", "contrastive-mu": 0.0},
@@ -237,18 +249,19 @@ C1_SETTING: dict[str, Any] = C1V1_SETTING | {"lr-decay-at": "0.5,0.75", "lr-deca
 
 GROW: dict[str, Any] = {
     "overlap-form": "core",
-    "overlap-schedule": "plateau-best",  # grow2-4 ran with the plateau rule's first form
+    "overlap-schedule": "plateau-best",  # grow2-4 ran with the grow rule's first form
     "overlap-start": 1.0,
     "overlap-patience": 30,
     "overlap-step": 0.125,
     "window-offsets": "per-group",
     "validation-examples": 2000,
     "contrastive-mu": 0.0,
+    "inclusion-scaling": False,  # grow3 onwards turn it on
 }
 
 
 def default_msfusion_for(rounds: int) -> dict[str, Any]:
-    """The app's default msfusion with its plateau window scaled to a run of ``rounds`` as C1's is
+    """The starts-as-small variant with its plateau window scaled to a run of ``rounds`` as C1's is
     (30 of 300 rounds), so that a short run gets as many chances to step as C1 did."""
     return METHODS["msfusion-default"] | {"overlap-patience": round(rounds * GROW["overlap-patience"] / C1_SETTING["num-server-rounds"])}
 
@@ -293,11 +306,11 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     **{f"msfusion-grow4-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-patience": 10} for r in (0.5, 0.25)},
     # grow5 = grow3 with the plateau rule's window form (the app's default since grow3): window means
     # instead of the best so far, and a step stays only if its loss beats the plateau's by 1 %.
-    **{f"msfusion-grow5-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "plateau"} for r in (0.5, 0.25)},
+    **{f"msfusion-grow5-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "grow"} for r in (0.5, 0.25)},
     # grow6 = grow5's settings under the plateau rule's trial barriers (a step waits while its trial
     # would span an lr change or the run's end, overlap.py). grow5's runs predate the barriers: all
     # six stepped at round 150 or 200-210, and each trial was judged across an lr decay.
-    **{f"msfusion-grow6-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "plateau"} for r in (0.5, 0.25, 0.125)},
+    **{f"msfusion-grow6-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "grow"} for r in (0.5, 0.25, 0.125)},
     # span = grow5's lesson (session 12): a unit demoted from the core at r = 1/4 is in about one
     # sub-model in 30, so the evaluated model loses it. Here the model is only s times as wide as a
     # sub-model (active width s·r): every participant trains an r-window of it, double-shifted at
@@ -322,6 +335,9 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     "msfusion-distill-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0, "distill-weight": 1.0},
     # ... and a sharper contrastive temperature (τ 0.1 for 0.5): does the term matter at all?
     "msfusion-tau0.1-r0.25": _at("msfusion", 0.25) | {"contrastive-tau": 0.1},
+    # "MSfusion as shipped": the app's default, the abstract's method evaluated by the expectation
+    # of its sub-models, with MOON's term on a quarter of the batches (1.17x small's FLOPs on C1).
+    **{f"msfusion-shipped-r{r:g}": _at("msfusion-shipped", r) for r in (0.5, 0.25)},
 }
 C1 = Experiment(
     "C1",
@@ -336,6 +352,7 @@ C1 = Experiment(
         "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25", "msfusion-grow5-r0.25", "msfusion-grow5-r0.5",
         "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25", "small-r0.125",
         "msfusion-grow6-r0.5", "msfusion-grow6-r0.25", "msfusion-grow6-r0.125", "msfusion-span1.5-r0.125",
+        "msfusion-shipped-r0.5", "msfusion-shipped-r0.25",
     ),
     target=0.6,
     seeds=(0, 1, 2),
@@ -489,12 +506,12 @@ EXPERIMENTS["SST2L"] = Experiment(
     "30), accuracy on the 872 validation sentences every 4 rounds; msfusion-default-p4 is the app's default msfusion "
     "(starts as small, plateau rule on 200 held-out train sentences) with a plateau window of 4 rounds; msfusion-no-contrastive is the abstract's form with mu = 0.",
     SST2L_SETTING,
-    ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive"),
+    ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive", "msfusion-shipped"),
     target=0.8,
     num_supernodes=8,
     seeds=(0, 1, 2),
     arms={"msfusion-default-p4": default_msfusion_for(SST2L_SETTING["num-server-rounds"])},
-    small_of={"msfusion-default-p4": "small", "msfusion-no-contrastive": "small"},
+    small_of={"msfusion-default-p4": "small", "msfusion-no-contrastive": "small", "msfusion-shipped": "small"},
 )
 
 # C1L (issues 14 and 15): C1 five times longer, 1,500 rounds (75 passes over the data), the lr

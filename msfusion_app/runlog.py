@@ -3,10 +3,12 @@
     <run dir>/config.json
     <run dir>/metrics.jsonl       one object per round (round 0: the initial model)
     <run dir>/metrics.csv         the same rows, scalar columns only
-    <run dir>/checkpoints/round-0007.safetensors   the global model after round 7 (the last few kept)
+    <run dir>/checkpoints/round-0007.safetensors   the evaluated model after round 7 under its own keys, and
+                                                   θ (resume/theta/...) with what else a resumed run needs
     <run dir>/checkpoints/round-0007.json          the strategy's state after round 7 (written last:
                                                    its presence marks the checkpoint complete)
     <run dir>/accuracy.png        central accuracy vs round and vs cumulative per-participant FLOPs
+    <run dir>/model.safetensors   the run's result: the evaluated global model after the last round
     <run dir>/FAILED              only if the run failed: why (a resumed run removes it)
 """
 
@@ -111,6 +113,14 @@ class RunLog:
         for old in sorted((self.dir / "checkpoints").glob("round-*.safetensors"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
+        return path
+
+    def save_model(self, state: Mapping[str, torch.Tensor]) -> Path:
+        """The run's result, ``model.safetensors``: load it with ``model.load_state_dict``."""
+        path = self.dir / "model.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, path)
         return path
 
     def plot(self) -> Path | None:

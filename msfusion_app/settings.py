@@ -19,7 +19,7 @@ from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
 from msfusion_core.method.robust import ROBUST_MODES
 from msfusion_core.local.augment import Preprocess, preprocess_for
-from msfusion_core.local.training import OPTIMIZERS, TrainConfig, last_rounds_at_each_lr, step_decay
+from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
 
 
 # Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)
@@ -63,27 +63,27 @@ class Settings:
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
-    overlap_schedule: str = "plateau"  # msfusion: plateau (starts as small, grows on validation plateaus) | plateau-best (its first form) | adaptive | constant | linear | cosine
-    overlap_start: float = 1.0
+    overlap_schedule: str = "adaptive"  # msfusion: adaptive (the abstract's) | constant | linear | cosine | grow (starts as small, grows on validation plateaus; core form) | plateau-best (grow's first form)
+    overlap_start: float = 0.5
     overlap_end: float = 0.1
     overlap_eta: float = 0.2
     overlap_target_shift: float = 1.0
     overlap_leak: float = 0.2
     overlap_min: float = 0.0
     overlap_max: float = 0.9
-    overlap_form: str = "core"  # msfusion: core (shared core + double-shifted remainder) | spread (windows spread across participants)
-    overlap_patience: int = 30  # plateau: the window (rounds) whose mean validation loss is compared with the window before
-    overlap_step: float = 0.125  # plateau: how much the overlap is lowered each time
-    overlap_min_improvement: float = 0.01  # plateau: a smaller relative validation-loss decrease is no improvement
-    validation_examples: int = 200  # train rows the server holds out (no node trains on them) to validate on; WikiText-2: validation sequences
+    overlap_form: str = "spread"  # msfusion: spread (windows spread across participants) | core (shared core + double-shifted remainder)
+    overlap_patience: int = 30  # grow: the window (rounds) whose mean validation loss is compared with the window before
+    overlap_step: float = 0.125  # grow: how much the overlap is lowered each time
+    overlap_min_improvement: float = 0.01  # grow: a smaller relative validation-loss decrease is no improvement
+    validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on (grow needs them); WikiText-2: validation sequences
     shift_step: int = 1
-    inclusion_scaling: bool = True  # core form: the evaluated model scales each unit's readers by its expected share of sub-models
+    inclusion_scaling: bool = True  # msfusion: the evaluated model scales each unit's readers by its expected share of sub-models
     active_width: float = 1.0  # core form: remainder windows cycle within this share of each group (units past it stay silenced)
     window_offsets: str = "per-group"  # msfusion: per-group (an independent offset per group and round) | aligned
-    contrastive_mu: float = 0.0  # MOON's weight; 0 since C1 and E1 measured no gain for its 1.7x FLOPs (docs/results.md)
+    contrastive_mu: float = 1.0  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
     contrastive_tau: float = 0.5
     distill_weight: float = 0.0  # self-distillation toward the received sub-model's predictions (KL, T = 1)
-    regularised_fraction: float = 1.0  # share of local batches carrying the contrastive/distillation terms and their frozen forwards
+    regularised_fraction: float = 0.25  # share of local batches carrying the contrastive/distillation terms and their frozen forwards
     aggregation_weight: str = "examples"
     robust_aggregation: str = "none"  # none | trimmed-mean | median (per coordinate, over its participants)
     trim_fraction: float = 0.2
@@ -200,7 +200,9 @@ class Settings:
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
         if self.planner == "msfusion" and self.overlap_schedule in VALIDATION_DRIVEN and self.validation_examples == 0:
-            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000)")
+            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000), the train rows the server holds out to validate on")
+        if self.planner == "msfusion" and self.overlap_schedule in VALIDATION_DRIVEN and self.overlap_form != "core":
+            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} grows the core form from the small model: set overlap-form 'core'")
         if not 0.0 < self.regularised_fraction <= 1.0:
             raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")
         for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max", "overlap_step"):
@@ -263,12 +265,7 @@ class Settings:
             patience=self.overlap_patience,
             step=self.overlap_step,
             min_improvement=self.overlap_min_improvement,
-            trial_barriers=self.trial_barriers(),
         )
-
-    def trial_barriers(self) -> tuple[int, ...]:
-        """The last round at each lr, and the run's last round: no growth trial may span one."""
-        return (*last_rounds_at_each_lr(self.num_server_rounds, self.lr_milestones()), self.num_server_rounds)
 
     def make_planner(self) -> Planner:
         return make_planner(
@@ -281,6 +278,7 @@ class Settings:
             small_capacity=min(self.capacity_tiers()),
             inclusion_scaling=self.inclusion_scaling,
             active_width=self.active_width,
+            contrastive_mu=self.contrastive_mu,
         )
 
     def family(self) -> ModelFamily:

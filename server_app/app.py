@@ -22,6 +22,7 @@ from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_holdout, load_partition, load_test
 from msfusion_app.runlog import RunLog, latest_checkpoint
 from msfusion_core.local.training import calibrate_batchnorm, evaluate
+from msfusion_core.method.submodel import build_submodel
 from server_app.strategy import MSfusion
 
 app = ServerApp()
@@ -32,8 +33,9 @@ def main(grid: Grid, context: Context) -> None:
     run(grid, Settings.from_mapping(context.run_config))
 
 
-def make_strategy(settings: Settings) -> MSfusion:
+def make_strategy(settings: Settings, data: ServerData | None = None) -> MSfusion:
     family = settings.family()
+    data = data or ServerData(settings)
     return MSfusion(
         family.build,
         family.split_map,
@@ -50,18 +52,18 @@ def make_strategy(settings: Settings) -> MSfusion:
         trim_fraction=settings.trim_fraction,
         clip_factor=settings.clip_factor,
         seed=settings.seed,
-        contrastive_mu=settings.contrastive_mu,
         max_failed_rounds=settings.max_failed_rounds,
         lr_factor=settings.lr_factor if settings.lr_milestones() else None,
+        validation_fn=data.validation_loss if data.validation is not None else None,
+        prepare_model=data.calibrate if data.calibration is not None else None,
     )
 
 
-class CentralEvaluation:
-    """``evaluate_fn`` for ``Strategy.start``: BN-calibrate and test the global model, log the round,
-    checkpoint it and print one progress line."""
+class ServerData:
+    """What the server holds: the test split, BatchNorm calibration rows and its own validation rows."""
 
-    def __init__(self, strategy: MSfusion, settings: Settings, runlog: RunLog) -> None:
-        self.strategy, self.settings, self.runlog = strategy, settings, runlog
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.preprocess = settings.preprocess()
         path = settings.data_path or None
         limit, seq = settings.central_eval_examples or None, settings.seq_len
@@ -76,16 +78,37 @@ class CentralEvaluation:
         calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq, holdout=holdout, tokenizer=tok) if keep else None
         self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
         # The server's own validation split: train rows no node trains on (WikiText-2: its validation
-        # split), never the test split.
-        # Its loss drives the plateau overlap schedule.
+        # split), never the test split. Its loss drives the grow overlap schedule.
         self.validation = load_holdout(settings.dataset, path, holdout, settings.seed, seq_len=seq, tokenizer=tok) if holdout else None
+
+    def evaluated_round(self, server_round: int) -> bool:
+        return server_round % self.settings.eval_every == 0 or server_round == self.settings.num_server_rounds
+
+    def calibrate(self, model: torch.nn.Module) -> None:
+        """BatchNorm statistics for the evaluated model, from the server's calibration rows."""
+        calibrate_batchnorm(model.to(self.settings.torch_device()), self.calibration, self.preprocess, num_batches=self.settings.bn_calibration_batches)
+        model.to("cpu")
+
+    def validation_loss(self, server_round: int, model: torch.nn.Module) -> float | None:
+        """The evaluated model's loss on the validation rows, at evaluated rounds (None otherwise)."""
+        if not self.evaluated_round(server_round):
+            return None
+        loss, _ = evaluate(model.to(self.settings.torch_device()), self.validation, self.preprocess)
+        model.to("cpu")
+        return loss
+
+
+class CentralEvaluation:
+    """``evaluate_fn`` for ``Strategy.start``: test the arrays Flower hands over (the strategy's
+    evaluated model, the run's result), log the round, checkpoint it and print one progress line."""
+
+    def __init__(self, strategy: MSfusion, settings: Settings, runlog: RunLog, data: ServerData) -> None:
+        self.strategy, self.settings, self.runlog, self.data = strategy, settings, runlog, data
+        self.family = settings.family()
         self.last = time.perf_counter()
 
-    def evaluated_model(self) -> torch.nn.Module:
-        model = self.strategy.global_model().to(self.settings.torch_device())
-        if self.calibration is not None:
-            calibrate_batchnorm(model, self.calibration, self.preprocess, num_batches=self.settings.bn_calibration_batches)
-        return model
+    def model_of(self, arrays: ArrayRecord) -> torch.nn.Module:
+        return build_submodel(self.family.build, arrays.to_torch_state_dict(), self.family.post_build).to(self.settings.torch_device())
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         started = time.perf_counter()
@@ -95,21 +118,13 @@ class CentralEvaluation:
             return None
         server_round += self.strategy.round_offset
         row: dict = {"round": server_round}
-        evaluated = server_round % self.settings.eval_every == 0 or server_round == self.settings.num_server_rounds
+        evaluated = self.data.evaluated_round(server_round)
         if evaluated:
-            model = self.evaluated_model()
-            # Validation first: when the overlap rule undoes a step there, θ returns to its copy,
-            # and the test metrics (the run's result at its last round) are of the model the round
-            # ends with, not of the step that was undone.
-            if self.validation is not None:
-                val_loss, val_accuracy = evaluate(model, self.validation, self.preprocess)
-                row |= {"validation-loss": val_loss, "validation-accuracy": val_accuracy}
-                if self.strategy.observe_validation(server_round, val_loss):
-                    model = self.evaluated_model()
-            loss, accuracy = evaluate(model, self.test, self.preprocess)
+            model = self.model_of(arrays)
+            loss, accuracy = evaluate(model, self.data.test, self.data.preprocess)
             row |= {"central-accuracy": accuracy, "central-loss": loss}
-            if self.valid is not None:
-                valid_loss, _ = evaluate(model, self.valid, self.preprocess)
+            if self.data.valid is not None:
+                valid_loss, _ = evaluate(model, self.data.valid, self.data.preprocess)
                 row |= {"central-perplexity": math.exp(loss), "central-valid-perplexity": math.exp(valid_loss)}
         record = self.strategy.rounds.get(server_round)
         row |= record.metrics if record is not None else {}
@@ -165,7 +180,8 @@ def resume(settings: Settings, strategy: MSfusion) -> RunLog:
 
 def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Result:
     """The whole server side of a run (also what tests call with a run config of their own)."""
-    strategy = strategy or make_strategy(settings)
+    data = ServerData(settings)
+    strategy = strategy or make_strategy(settings, data)
     if settings.resume_from:
         runlog = resume(settings, strategy)
     else:
@@ -179,7 +195,7 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
                 None,
                 num_rounds=max(settings.num_server_rounds - strategy.round_offset, 0),
                 timeout=settings.round_timeout,
-                evaluate_fn=CentralEvaluation(strategy, settings, runlog),
+                evaluate_fn=CentralEvaluation(strategy, settings, runlog, data),
             )
     except BaseException as exc:
         # The reason goes where a user looks: the run directory, and the last log line (Flower
@@ -191,7 +207,9 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
     finally:
         runlog.close()
     runlog.plot()
-    log(INFO, "MSfusion run finished: %s", runlog.dir.resolve())
+    if len(result.arrays):
+        runlog.save_model(result.arrays.to_torch_state_dict())
+    log(INFO, "MSfusion run finished: %s (the model: model.safetensors)", runlog.dir.resolve())
     return result
 
 
@@ -230,6 +248,7 @@ PROGRESS_FIELDS = (
     ("accuracy", "central-accuracy", "{:.4f}"),
     ("loss", "central-loss", "{:.4f}"),
     ("overlap", "overlap", "{:.3f}"),
+    ("window", "first-window-start", "{:.0f}"),
     ("shift", "model-shift", "{:.3f}"),
     ("bytes/participant down", "bytes-down-per-participant", "{:.3g}"),
     ("up", "bytes-up-per-participant", "{:.3g}"),

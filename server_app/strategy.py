@@ -4,8 +4,9 @@ Every sampled node gets its own Message: its sub-model's ArrayRecord and its pla
 checked against the plan they answer before anything touches the global model; the arithmetic is
 msfusion_core's (`SubmodelServer`). Use it in any ServerApp with any model that has a split map::
 
-    strategy = MSfusion(build=MyNet, split_map=my_split_map(MyNet()), planner="msfusion")
+    strategy = MSfusion(build=MyNet, split_map=my_split_map(MyNet()))
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(MyNet().state_dict()), num_rounds=20)
+    MyNet().load_state_dict(result.arrays.to_torch_state_dict())  # the model evaluate_fn scored last
 
 Capacities: each node is asked once (a QUERY message, again for nodes that join later) for its
 ``partition-id`` and ``split-ratio``; planning uses the partition id as the participant's id, so
@@ -33,10 +34,9 @@ from torch import nn
 
 from msfusion_app import protocol
 from msfusion_core.method.coverage import TrainCounts
-from msfusion_core.method.overlap import VALIDATION_DRIVEN
-from msfusion_core.method.planner import Planner, RoundPlan, check_capacity, make_planner
+from msfusion_core.method.planner import Planner, RoundPlan, Window, check_capacity, make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
-from msfusion_core.method.split_map import SplitMap
+from msfusion_core.method.split_map import SplitMap, model_state
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,13 @@ class RoundLog:
 
 
 class MSfusion(Strategy):
-    """Sub-model federated training with double shifting, adaptive overlap and overlap-weighted aggregation.
+    """Sub-model federated training with double shifting, adaptive overlap, overlap-weighted
+    aggregation and the contrastive loss.
 
-    msfusion's default planner starts as the small model (every node trains the same width-r core,
-    o = 1) and opens the overlap when the validation loss stalls: report that loss after each
-    evaluation with ``observe_validation`` (from the ``evaluate_fn``), or it stays the small model.
+    One global model: the arrays this strategy hands Flower each round, and so the ones
+    ``evaluate_fn`` scores and ``Result.arrays`` holds, are the evaluated model (``global_model()``:
+    θ with each unit's readers scaled by its share of the sub-models, then ``prepare_model``). θ
+    itself, which training continues from, lives in ``checkpoint_tensors`` for a resumed run.
 
     Parameters
     ----------
@@ -85,8 +87,14 @@ class MSfusion(Strategy):
         ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
     seed : seeds initialisation, node sampling and random planners; sent to nodes as ``run-seed``.
     local_keys : frozen tensors every node builds itself (pretrained embeddings): never sent.
-    contrastive_mu : the contrastive weight μ every node trains with this run, sent with each plan
-        (0: off; on C1 and E1 the term bought nothing for its 1.7x FLOPs).
+    contrastive_mu : the contrastive weight μ every node trains with, sent with each plan; None: the
+        planner's own (msfusion 1.0, its local loss; the baselines 0, as published). 0 saves its
+        extra forward passes.
+    validation_fn : ``(server_round, model) -> loss or None``, the evaluated model's loss on data the
+        server holds out. A validation-driven overlap schedule (``grow``) needs it and is told each
+        loss; ``start`` refuses to run such a planner without it.
+    prepare_model : called on the evaluated model before it is validated and handed out, e.g. to
+        calibrate BatchNorm statistics on data the server may see.
     max_failed_rounds : fail the run after this many consecutive rounds without one valid reply,
         naming what the nodes said (a ClientApp that fails every time must not end "completed").
     lr_factor : the server's learning-rate schedule: run round → multiplier of every node's lr, sent
@@ -114,9 +122,11 @@ class MSfusion(Strategy):
         query_timeout: float = 120.0,
         local_keys: Collection[str] = (),
         post_build: Callable[[nn.Module], None] | None = None,
-        contrastive_mu: float = 0.0,
+        contrastive_mu: float | None = None,
         max_failed_rounds: int = 3,
         lr_factor: Callable[[int], float] | None = None,
+        validation_fn: Callable[[int, nn.Module], float | None] | None = None,
+        prepare_model: Callable[[nn.Module], None] | None = None,
     ) -> None:
         self.planner = make_planner(planner, seed=seed, small_capacity=small_capacity) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
@@ -145,13 +155,15 @@ class MSfusion(Strategy):
             raise ValueError(f"max_failed_rounds must be at least 1, got {max_failed_rounds}")
         self.max_failed_rounds = max_failed_rounds
         self.failed_rounds = 0  # consecutive rounds, up to now, without a valid reply
-        mu = contrastive_mu
+        mu = getattr(self.planner, "contrastive_mu", 0.0) if contrastive_mu is None else contrastive_mu
         if not (mu >= 0 and math.isfinite(mu)):
             raise ValueError(f"contrastive_mu must be a finite number >= 0, got {contrastive_mu}")
         # Per-round training settings decided here, for every node, and sent with each plan.
         self.train_settings: dict[str, Any] = {"contrastive-mu": float(mu), "run-seed": int(seed)}
         self.lr_factor = lr_factor
-        self.last_arrays: ArrayRecord | None = None  # what this strategy last handed Flower
+        self.validation_fn = validation_fn
+        self.prepare_model = prepare_model
+        self.last_arrays: ArrayRecord | None = None  # the evaluated model this strategy last handed Flower
         self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
         self.rounds: dict[int, RoundLog] = {}  # by run round (Flower's round + round_offset)
         self.round_offset = 0  # rounds completed before this start() (a resumed run)
@@ -172,16 +184,17 @@ class MSfusion(Strategy):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, *args: Any, **kwargs: Any):
         """As ``Strategy.start``; ``initial_arrays`` (e.g. a pretrained model) replace θ if given."""
+        if self.planner.needs_validation and self.validation_fn is None:
+            raise ValueError(
+                f"planner {self.planner.name!r} has a validation-driven overlap schedule (grow): pass "
+                "MSfusion(..., validation_fn=fn), where fn(server_round, model) returns the model's loss on "
+                "data the server holds out (None to skip a round); without it the overlap never moves"
+            )
         if initial_arrays is not None and len(initial_arrays):
             self.load_global(initial_arrays.to_torch_state_dict())
-        schedule = getattr(self.planner, "schedule", None)
-        if schedule is not None and schedule.kind in VALIDATION_DRIVEN and kwargs.get("evaluate_fn") is None:
-            log(
-                WARNING,
-                "the plateau overlap schedule lowers the overlap only when told the validation loss: without an "
-                "evaluate_fn that calls observe_validation, msfusion stays at o = %.2f (o = 1 is the small model)",
-                schedule.overlap(1),
-            )
+        num_rounds = int(kwargs.get("num_rounds", args[0] if args else 3))
+        last_round = self.round_offset + num_rounds
+        self.planner.set_trial_barriers(last_round, last_rounds_at_each_lr(self.lr_factor, last_round))
         self.last_arrays = self.global_arrays()
         return super().start(grid, self.last_arrays, *args, **kwargs)
 
@@ -245,10 +258,25 @@ class MSfusion(Strategy):
         record.metrics |= {"never-trained-fraction": never, "train-count-cv": cv}
         record.metrics |= self.round_metrics(record, accepted, applied)
         self.check_progress(server_round, record, accepted)
-        if not applied:  # Flower keeps the arrays it has, which are still θ
+        if not applied:  # Flower keeps the arrays it has, which are still the evaluated model
             return None, MetricRecord(_scalars(record.metrics))
-        self.last_arrays = self.global_arrays()
+        model = self.global_model()
+        if self.validation_fn is not None and self.validate(server_round, record, model):
+            model = self.global_model()
+        self.last_arrays = ArrayRecord(model_state(model))
         return self.last_arrays, MetricRecord(_scalars(record.metrics))
+
+    def validate(self, server_round: int, record: RoundLog, model: nn.Module) -> bool:
+        """Score the evaluated model with ``validation_fn`` and tell the planner. Returns whether θ
+        changed (a growth step undone returns θ to its copy): the model to hand out is then rebuilt,
+        so that what is evaluated and returned is the model the round ends with."""
+        loss = self.validation_fn(server_round, model)
+        if loss is None:
+            return False
+        record.metrics["validation-loss"] = float(loss)
+        undone = self.core.observe_validation(server_round, float(loss))
+        record.metrics["growth-undone"] = int(undone)
+        return undone
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Federated evaluation: sampled nodes evaluate the sub-model they can hold (their window of
@@ -283,24 +311,19 @@ class MSfusion(Strategy):
 
     def adopt(self, arrays: ArrayRecord | None) -> None:
         """Train from the arrays Flower hands over: a wrapper (server-side DP, say) may have changed
-        what this strategy returned. Unchanged arrays, the usual case, cost one identity check."""
+        what this strategy returned. Their change to the evaluated model is applied to θ. Unchanged
+        arrays, the usual case, cost one identity check."""
         if arrays is None or arrays is self.last_arrays or not len(arrays):
             return
         given = arrays.to_torch_state_dict()
-        if given.keys() == self.core.state.keys() and all(torch.equal(given[k], t) for k, t in self.core.state.items()):
+        handed = self.last_arrays.to_torch_state_dict() if self.last_arrays is not None else self.core.state
+        if given.keys() == handed.keys() and all(torch.equal(given[k], t) for k, t in handed.items()):
             return
-        self.load_global(given)
-        log(INFO, "the arrays for this round differ from the last aggregate (changed by a wrapper?): training from them")
-
-    def observe_validation(self, server_round: int, loss: float) -> bool:
-        """Report the global model's loss on a held-out split the server owns, after ``server_round``:
-        the ``plateau`` overlap schedule lowers the overlap when it stops improving. Call it from the
-        ``evaluate_fn`` (the project's ServerApp does, with ``validation-examples`` train rows)
-        before testing the model: it returns True when θ changed (a growth step undone), and the
-        model to test is then ``global_model()`` anew."""
-        # ``last_arrays`` stays what Flower holds, so the next configure_train takes Flower's arrays
-        # as unchanged and trains from θ as it is now.
-        return self.core.observe_validation(server_round, loss)
+        if given.keys() != handed.keys() or any(given[k].shape != t.shape for k, t in handed.items()):
+            self.load_global(given)  # not a change of what was handed out: a model to train from
+        else:
+            self.load_global({k: t + (given[k] - handed[k]).to(t.dtype) if k in handed else t for k, t in self.core.state.items()})
+        log(INFO, "the arrays for this round differ from the evaluated model handed out (changed by a wrapper?): training from them")
 
     def check_progress(self, server_round: int, record: RoundLog, accepted: list[Reply]) -> None:
         """Fail the run after ``max_failed_rounds`` consecutive rounds without a valid reply (a round
@@ -409,6 +432,9 @@ class MSfusion(Strategy):
             "num-examples": n,
             "train-loss": sum(float(r.metrics["loss"]) * r.num_examples for r in accepted) / n if n else float("nan"),
             "overlap": plan.overlap if plan else float("nan"),
+            # Where the lowest-id participant's window of the first group starts: it moves every
+            # round under double shifting, and stays put under a fixed prefix (HeteroFL, o = 1).
+            "first-window-start": first_window_start(plan) if plan else float("nan"),
             "spread": plan.spread if plan else float("nan"),
             "flops-per-participant": mean("flops"),
             "flops-per-participant-max": max((float(r.metrics["flops"]) for r in accepted), default=float("nan")),
@@ -427,10 +453,13 @@ class MSfusion(Strategy):
 
     # -- checkpoint state --------------------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """θ, the per-coordinate train counts and, while a growth step is on trial, θ from before
-        it: what a resumed run restores besides ``state_dict``."""
+        """The evaluated model under its own keys (what a user loads), and what a resumed run
+        restores besides ``state_dict``: θ, the per-coordinate train counts and, while a growth step
+        is on trial, θ from before it, each under a prefix that says so."""
+        model = self.last_arrays.to_torch_state_dict() if self.last_arrays is not None else self.global_arrays().to_torch_state_dict()
+        theta = {THETA_PREFIX + k: v for k, v in self.core.state.items()}
         before = {BEFORE_STEP_PREFIX + k: v for k, v in (self.core.before_step or {}).items()}
-        return self.core.state | self.train_counts.state_dict() | before
+        return model | theta | self.train_counts.state_dict() | before
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides θ that the next rounds depend on (node sampling and the client seeds
@@ -442,7 +471,8 @@ class MSfusion(Strategy):
 
     def restore(self, completed_round: int, state: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
         """Continue after ``completed_round``: θ, the planner's state, and Flower's round numbering."""
-        self.load_global(state)
+        theta = {k[len(THETA_PREFIX):]: v for k, v in state.items() if k.startswith(THETA_PREFIX)}
+        self.load_global(theta or state)  # a checkpoint from before the prefix held θ under its own keys
         self.train_counts.load_state_dict(state)
         before = {k[len(BEFORE_STEP_PREFIX):]: v for k, v in state.items() if k.startswith(BEFORE_STEP_PREFIX)}
         self.core.before_step = {k: torch.as_tensor(v).clone() for k, v in before.items()} or None
@@ -451,17 +481,36 @@ class MSfusion(Strategy):
 
     # -- global model ----------------------------------------------------------------------
     def global_arrays(self) -> ArrayRecord:
-        return ArrayRecord(self.core.state)
+        """The evaluated model's arrays (what Flower holds, evaluates and returns as ``Result.arrays``)."""
+        return ArrayRecord(model_state(self.global_model()))
 
     def global_model(self) -> nn.Module:
-        return self.core.global_model()
+        """The evaluated model: θ scaled by the planner's inclusion rule, then ``prepare_model``."""
+        model = self.core.global_model()
+        if self.prepare_model is not None:
+            self.prepare_model(model)
+        return model
 
     def load_global(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes required, or under ``small`` the full-width model's)."""
         self.core.load_state(state)
 
 
+THETA_PREFIX = "resume/theta/"  # checkpoint keys of θ, the state training continues from
 BEFORE_STEP_PREFIX = "before-step/"  # checkpoint keys of θ from before a growth step on trial
+
+
+def last_rounds_at_each_lr(lr_factor: Callable[[int], float] | None, last_round: int) -> tuple[int, ...]:
+    """The last round at each lr of ``lr_factor`` before ``last_round``: a growth trial must not span one."""
+    if lr_factor is None:
+        return ()
+    return tuple(t for t in range(1, last_round) if lr_factor(t) != lr_factor(t + 1))
+
+
+def first_window_start(plan: RoundPlan) -> float:
+    first = plan.participants[min(plan.participants)]
+    window = next(iter(first.groups.values()))
+    return float(window.start) if isinstance(window, Window) else float("nan")
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -123,8 +123,9 @@ def test_small_takes_the_full_models_arrays_and_reports_the_full_models_bytes():
 
 
 def test_the_server_decides_mu_and_nodes_without_a_seed_draw_different_batches():
-    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion").train_settings["contrastive-mu"] == 0.0  # off by default
-    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion", contrastive_mu=1.0).train_settings["contrastive-mu"] == 1.0
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion").train_settings["contrastive-mu"] == 1.0  # the method's
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="fedrolex").train_settings["contrastive-mu"] == 0.0  # as published
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion", contrastive_mu=0.0).train_settings["contrastive-mu"] == 0.0
     seen = {}
 
     def setup(ctx: Context) -> NodeSetup:

@@ -2,7 +2,6 @@
 remainder, function-preserving growth, and the plateau rule that opens the overlap up."""
 
 import json
-from logging import WARNING
 from pathlib import Path
 
 import datasets
@@ -21,8 +20,8 @@ from msfusion_core.method.overlap import OverlapSchedule
 from msfusion_core.method.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes, model_shapes
-from server_app.local_grid import LocalGrid, run_local, simulated_node_configs
-from server_app.strategy import MSfusion
+from server_app.local_grid import run_local
+from server_app.strategy import MSfusion, last_rounds_at_each_lr
 
 
 @given(
@@ -101,12 +100,12 @@ def test_an_active_width_trains_every_pair_of_units_inside_it_and_none_outside()
         inside = trained[g][:span]
         assert inside.std() / inside.mean() < 0.1 and inside.mean() == pytest.approx(40 * 10 * 2 / 3, rel=0.05)
     assert planner.initial_core(sizes) == {"a": 12, "b": 24}  # o_1 = 0: everything in the span is live
-    starts_small = make_planner("msfusion", schedule=OverlapSchedule("plateau"), overlap_form="core", small_capacity=0.25, active_width=0.375)
+    starts_small = make_planner("msfusion", schedule=OverlapSchedule("grow"), overlap_form="core", small_capacity=0.25, active_width=0.375)
     assert starts_small.initial_core(sizes) == {"a": 8, "b": 16}  # o_1 = 1: the width-r model, as without a span
 
 
 def test_an_active_width_is_the_core_forms_and_at_least_every_tier():
-    base = {"planner": "msfusion", "split-ratio-tiers": "0.25", "overlap-schedule": "constant", "overlap-start": 0.0}
+    base = {"planner": "msfusion", "split-ratio-tiers": "0.25", "overlap-schedule": "constant", "overlap-start": 0.0, "overlap-form": "core"}
     assert Settings.from_mapping(base | {"active-width": 0.375}).make_planner().active_width == 0.375
     with pytest.raises(ValueError, match=r"active-width must be in \[largest split-ratio tier, 1\]"):
         Settings.from_mapping(base | {"active-width": 0.2})
@@ -160,7 +159,7 @@ def test_the_first_plateau_rule_on_synthetic_validation_losses():
     for t in range(250, 600, 10):
         assert not sched.observe_validation(t, 1.5 * flat)
     assert sched.current == 0.75
-    fresh = OverlapSchedule("plateau", start=1.0)
+    fresh = OverlapSchedule("grow", start=1.0)
     fresh.observe_validation(10, float("nan"))  # a NaN loss is ignored
     assert fresh.best_loss is None
     adaptive = OverlapSchedule("adaptive", start=0.5)
@@ -172,7 +171,7 @@ def test_the_first_plateau_rule_on_synthetic_validation_losses():
 
 
 def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the_plateau():
-    sched = OverlapSchedule("plateau", start=1.0, patience=30, step=0.25, min_improvement=0.01)
+    sched = OverlapSchedule("grow", start=1.0, patience=30, step=0.25, min_improvement=0.01)
     assert sched.overlap(1) == 1.0
     for t in range(0, 101, 10):  # improving 5 % every 10 rounds: no change
         assert not sched.observe_validation(t, 2.0 * 0.95 ** (t / 10))
@@ -197,7 +196,7 @@ def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the
     for t in range(310, 600, 10):
         assert not sched.observe_validation(t, 0.5 * flat)
     assert sched.current == 0.75
-    restored = OverlapSchedule("plateau", start=1.0)
+    restored = OverlapSchedule("grow", start=1.0)
     restored.load_state_dict(json.loads(json.dumps(sched.state_dict())))  # as a checkpoint stores it
     assert restored.state_dict() == sched.state_dict()
 
@@ -217,20 +216,21 @@ def test_on_c1s_small_curve_the_window_test_waits_for_the_lr_decay_where_the_bes
         return None
 
     assert first_step("plateau-best") == 80
-    assert first_step("plateau") == 210  # past the first lr decay (round 150)
+    assert first_step("grow") == 210  # past the first lr decay (round 150)
     # ... and 15 rounds before the second (225), which would then judge its trial. With C1's barriers
     # the step waits for round 230, whose trial (231-290) runs at one lr and ends before the run does.
     c1 = Settings.from_mapping(C1_SETTING | {"validation-examples": 2000})
-    assert c1.trial_barriers() == (150, 225, 300)
-    assert first_step("plateau", c1.trial_barriers()) == 230
+    barriers = (*last_rounds_at_each_lr(c1.lr_factor, 300), 300)
+    assert barriers == (150, 225, 300)
+    assert first_step("grow", barriers) == 230
 
 
 def test_a_plateau_waits_while_its_trial_would_span_an_lr_change_or_the_end_of_the_run():
-    sched = OverlapSchedule("plateau", start=1.0, patience=10, step=0.25, trial_barriers=(50, 100))
+    sched = OverlapSchedule("grow", start=1.0, patience=10, step=0.25, trial_barriers=(50, 100))
     assert [sched.trial_would_span_barrier(t) for t in (29, 30, 31, 50, 51, 80, 81, 100, 101)] == [
         False, False, True, True, False, False, True, True, False
     ]
-    unguarded = OverlapSchedule("plateau", start=1.0, patience=10, step=0.25)
+    unguarded = OverlapSchedule("grow", start=1.0, patience=10, step=0.25)
 
     def loss(t: int) -> float:  # improving to round 30, flat, and 10 % lower 10 rounds after a step
         return 0.95 ** min(t, 30) * (0.9 if sched.current < 1.0 and t > sched.trial_round + 10 else 1.0)
@@ -242,14 +242,14 @@ def test_a_plateau_waits_while_its_trial_would_span_an_lr_change_or_the_end_of_t
     # The loss is flat again by 81, but a trial from then on would outlast the run (round 100).
     assert first_unguarded < 50
     assert {t: e for t, e in events.items() if e} == {51: "stepped", 71: "kept"} and sched.current == 0.75
-    assert Settings.from_mapping({"num-server-rounds": 40}).trial_barriers() == (40,)
-    assert Settings.from_mapping({"num-server-rounds": 301, "lr-decay-at": "0.5,0.75"}).trial_barriers() == (150, 225, 301)
+    assert last_rounds_at_each_lr(Settings.from_mapping({"num-server-rounds": 40}).lr_factor, 40) == ()
+    assert last_rounds_at_each_lr(Settings.from_mapping({"num-server-rounds": 301, "lr-decay-at": "0.5,0.75"}).lr_factor, 301) == (150, 225)
 
 
 def test_an_undone_step_returns_theta_to_its_copy_from_the_round_of_the_step():
     fam = get_family("digits-cnn", 10, 16)
     planner = make_planner(
-        "msfusion", schedule=OverlapSchedule("plateau", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
+        "msfusion", schedule=OverlapSchedule("grow", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
     )
     from msfusion_core.method.server import SubmodelServer
 
@@ -286,11 +286,11 @@ def test_plateau_best_undoes_a_step_by_silencing_the_units_outside_the_core_as_i
     assert not torch.equal(server.state["fc.weight"], grown["fc.weight"])  # readers of units 8.. are zero again
 
 
-def test_the_plateau_rule_needs_a_validation_split():
-    with pytest.raises(ValueError, match="plateau.*validation-examples > 0"):
-        Settings.from_mapping({"overlap-schedule": "plateau", "overlap-start": 1.0, "validation-examples": 0})
+def test_the_grow_rule_needs_a_validation_split():
+    with pytest.raises(ValueError, match="grow.*validation-examples > 0"):
+        Settings.from_mapping({"overlap-schedule": "grow", "overlap-start": 1.0, "validation-examples": 0})
     # Only msfusion reads the overlap: a baseline needs no validation split.
-    assert Settings.from_mapping({"planner": "fedrolex", "validation-examples": 0}).overlap_schedule == "plateau"
+    assert Settings.from_mapping({"planner": "fedrolex", "overlap-schedule": "grow", "validation-examples": 0}).planner == "fedrolex"
     with pytest.raises(ValueError, match="overlap-form must be one of spread, core"):
         Settings.from_mapping({"overlap-form": "ring"})
 
@@ -308,6 +308,8 @@ def test_held_out_rows_are_in_no_partition_and_are_the_servers_validation_split(
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The starts-as-small variant: the core form at o = 1, lowered on plateaus of the validation loss.
+GROW_VARIANT = {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "grow", "overlap-start": 1.0}
 
 
 def test_text_validation_splits_are_never_trained_on(tmp_path):
@@ -333,13 +335,16 @@ def test_text_validation_splits_are_never_trained_on(tmp_path):
 
 def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatch):
     """For the same seed the core form at o = 1 is `small`: the full model's test curve is small's,
-    up to float noise, and so is the app's default msfusion while its overlap is still 1. Without
-    the silenced non-core units it is not."""
-    base = {"num-server-rounds": 3, "split-ratio-tiers": "0.5", "contrastive-mu": 0.0, "local-examples": 48, "output-dir": str(tmp_path), "seed": 3}
+    up to float noise, and so is the grow variant while its overlap is still 1. Without the
+    silenced non-core units it is not."""
+    base = {
+        "num-server-rounds": 3, "split-ratio-tiers": "0.5", "contrastive-mu": 0.0, "local-examples": 48, "output-dir": str(tmp_path), "seed": 3,
+        "validation-examples": 200,
+    }
     arms = {
         "small": {"planner": "small"},
         "core": {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 1.0, "inclusion-scaling": False},
-        "default": {"planner": "msfusion"},
+        "default": GROW_VARIANT,
     }
 
     def central_loss(name: str, cfg: dict) -> list[float]:
@@ -354,7 +359,7 @@ def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatc
     assert loss["core"][1:] != pytest.approx(loss["unsilenced"][1:], rel=1e-3)
 
 
-def test_on_the_llama_family_too_the_default_at_overlap_one_trains_small(tmp_path):
+def test_on_the_llama_family_too_the_grow_variant_at_overlap_one_trains_small(tmp_path):
     """Heads and FFN units split, d_model kept whole: the core is still exactly the width-r model.
     (LM2's default and small agree to 1e-8 in train loss up to round 12; from there AdamW amplifies
     float rounding, and their curves part like two seeds'.)"""
@@ -369,7 +374,7 @@ def test_on_the_llama_family_too_the_default_at_overlap_one_trains_small(tmp_pat
         run_local(base | cfg | {"run-name": name}, 2, num_threads=1)
         return [json.loads(line)["central-loss"] for line in open(tmp_path / name / "metrics.jsonl")]
 
-    small, default = central_loss("small", {"planner": "small"}), central_loss("default", {"planner": "msfusion"})
+    small, default = central_loss("small", {"planner": "small"}), central_loss("default", GROW_VARIANT)
     assert len(small) == 4 and small[-1] < small[0]
     np.testing.assert_allclose(default, small, rtol=1e-5)
 
@@ -379,7 +384,7 @@ def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path)
         "num-server-rounds": 6,
         "planner": "msfusion",
         "overlap-form": "core",
-        "overlap-schedule": "plateau",
+        "overlap-schedule": "grow",
         "overlap-start": 1.0,
         "overlap-patience": 1,
         "overlap-min-improvement": 0.99,  # nothing counts as a gain: lowered after every validation
@@ -393,8 +398,8 @@ def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path)
     }
     run_local(cfg, 2, num_threads=1)
     rows = [json.loads(line) for line in open(tmp_path / "plateau" / "metrics.jsonl")]
-    assert all("validation-loss" in r for r in rows)
-    # Validated after round 0 and after every round; no loss counts as a gain, so o is lowered once
+    assert all("validation-loss" in r for r in rows[1:])
+    # Validated after every round; no loss counts as a gain, so o is lowered once
     # two windows of one round have passed (after round 2), and the step, which cannot beat its bar
     # by 99 %, is undone after round 4: the last rounds are the small model again.
     assert [r["overlap"] for r in rows[1:]] == [1.0, 1.0, 0.5, 0.5, 1.0, 1.0]
@@ -427,7 +432,7 @@ def test_scaled_readers_give_the_mean_of_the_sub_models_over_the_remainders_shif
     assert scaled["fc.bias"] is state["fc.bias"]
 
 
-def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_only_for_the_core_form():
+def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_m_over_k_for_spread_windows():
     fam = get_family("digits-cnn")
     sizes = group_sizes(model_shapes(fam.build()), fam.split_map)
     sched = OverlapSchedule("constant", start=1.0)
@@ -443,7 +448,9 @@ def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_only_for_th
     scaled = scale_inputs(state, Slicer(fam.split_map), factors)
     assert all(torch.equal(scaled[k], silenced[k]) for k in state)
     spread = make_planner("msfusion", schedule=sched, overlap_form="spread", inclusion_scaling=True)
-    assert spread.inclusion(spread.plan(1, [(0, 0.25)], sizes)) is None  # the spread form evaluates θ itself
+    shares = spread.inclusion(spread.plan(1, [(0, 0.25), (1, 0.5)], sizes))  # each window's m/K, averaged over participants
+    for g, k in sizes.items():
+        np.testing.assert_allclose(shares[g], np.full(k, (window_length(0.25, k) + window_length(0.5, k)) / (2 * k)))
     off = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25, inclusion_scaling=False)
     assert off.inclusion(plan) is None
 
@@ -463,46 +470,26 @@ def test_the_server_evaluates_the_scaled_model_and_keeps_theta_as_trained():
     assert not torch.equal(evaluated["fc.weight"], server.state["fc.weight"])  # θ itself is what nodes get
 
 
-def test_a_plateau_strategy_without_validation_says_it_stays_the_small_model(monkeypatch):
-    """A user's own ServerApp that gives no evaluate_fn never reports a validation loss: the
-    strategy says so at start instead of silently training the small model for the whole run."""
-    family = get_family("digits-cnn")
-    warnings: list[str] = []
-    monkeypatch.setattr("server_app.strategy.log", lambda level, msg, *args: warnings.append(msg % args) if level == WARNING else None)
-    config = {"num-server-rounds": 1, "local-examples": 16}
-
-    def start(planner: str, **kwargs) -> None:
-        warnings.clear()
-        MSfusion(family.build, family.split_map, planner).start(LocalGrid(simulated_node_configs(2), config), num_rounds=1, **kwargs)
-
-    start("msfusion")
-    assert any("stays at o = 1.00" in w and "observe_validation" in w for w in warnings)
-    start("msfusion", evaluate_fn=lambda server_round, arrays: None)
-    assert not any("observe_validation" in w for w in warnings)
-    start("fedrolex")
-    assert not any("observe_validation" in w for w in warnings)
-
-
 def test_a_step_on_trial_survives_a_checkpoint_and_its_undo_after_a_resume_returns_theta_to_the_copy():
     family = get_family("digits-cnn", 10, 16)
 
     def strategy() -> MSfusion:
         planner = make_planner(
-            "msfusion", schedule=OverlapSchedule("plateau", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
+            "msfusion", schedule=OverlapSchedule("grow", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
         )
         return MSfusion(family.build, family.split_map, planner)
 
     before = strategy()
     at_step = {k: v.clone() for k, v in before.core.state.items()}
     for t in (0, 10, 20):
-        before.observe_validation(t, 1.0)  # a plateau: o 1 -> 0.5, on trial
+        before.core.observe_validation(t, 1.0)  # a plateau: o 1 -> 0.5, on trial
     before.core.state = {k: v + 1 if v.is_floating_point() else v for k, v in before.core.state.items()}  # trained on trial
     after = strategy()  # a new process, resumed from the checkpoint after round 25
     after.restore(25, before.checkpoint_tensors(), json.loads(json.dumps(before.state_dict())))
     assert after.planner.schedule.current == 0.5
     assert all(torch.equal(after.core.state[k], before.core.state[k]) for k in at_step)
-    after.observe_validation(30, 2.0)
-    after.observe_validation(40, 2.0)  # did not pay: undone
+    after.core.observe_validation(30, 2.0)
+    after.core.observe_validation(40, 2.0)  # did not pay: undone
     assert after.planner.schedule.current == 1.0
     assert all(torch.equal(after.core.state[k], at_step[k]) for k in at_step)
 
@@ -515,7 +502,7 @@ def test_a_step_undone_at_the_last_round_leaves_the_runs_result_the_model_it_ret
         "num-server-rounds": 4,
         "planner": "msfusion",
         "overlap-form": "core",
-        "overlap-schedule": "plateau",
+        "overlap-schedule": "grow",
         "overlap-start": 1.0,
         "overlap-patience": 1,
         "overlap-min-improvement": 0.99,  # stepped after round 2, undone after round 4 (as above)

@@ -70,7 +70,7 @@ def _train(data, **cfg):
     model = copy.deepcopy(received)
     prev = copy.deepcopy(received)
     result = train_submodel(
-        model, data, TrainConfig(batch_size=16, lr=0.1, **cfg),
+        model, data, TrainConfig(batch_size=16, lr=0.1, **({"regularised_fraction": 1.0} | cfg)),  # every batch unless said
         representation_layer=fam.representation_layer, global_model=received, prev_model=prev, seed=1,
     )
     with torch.no_grad():

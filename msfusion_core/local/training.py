@@ -14,8 +14,6 @@ evaluating party's training data.
 
 from __future__ import annotations
 
-import math
-
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -43,7 +41,7 @@ class TrainConfig:
     mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
     tau: float = 0.5
     distill: float = 0.0  # self-distillation weight λ; 0 turns it off
-    regularised_fraction: float = 1.0  # share of batches that carry the contrastive and distillation terms
+    regularised_fraction: float = 0.25  # share of batches that carry the contrastive and distillation terms (C1: a quarter cost 1.17x small's FLOPs and measured no worse than every batch at 1.73x)
     optimizer: str = "sgd"  # sgd (with momentum) | adamw; fresh every round (no optimizer state is sent)
     device: str = "cpu"  # where local training runs ("cuda", "cuda:1", ...); the reply comes back on the CPU
 
@@ -55,11 +53,6 @@ def step_decay(run_round: int, num_rounds: int, milestones: Sequence[float], fac
     """The learning-rate multiplier of round ``run_round`` (1-based) under a step schedule: × ``factor``
     after each milestone, a fraction of ``num_rounds`` (milestone 0.5 of 300 rounds: rounds 151 on)."""
     return factor ** sum(run_round > m * num_rounds for m in milestones)
-
-
-def last_rounds_at_each_lr(num_rounds: int, milestones: Sequence[float]) -> tuple[int, ...]:
-    """The last round before each of ``step_decay``'s changes (milestone 0.5 of 300: round 150)."""
-    return tuple(sorted({math.floor(m * num_rounds) for m in milestones}))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ defaults, not to the bound. Measured there: 0.163 final accuracy with the integr
 leak, and 0.297 with o held at 0.5, so this rule does not yet beat the constant schedule anywhere
 we measured (docs/results.md, E2).
 
-``plateau`` (the starts-as-small rule, issue 15) is driven by validation instead: o starts at 1, so
+``grow`` (the starts-as-small variant) is driven by validation instead: o starts at 1, so
 with ``overlap-form = "core"`` every participant trains the width-r model, and it is lowered by
 ``step`` once the global model's loss on the server's held-out split has stopped improving. Small
 first, then grow, as gradual-restoration and successive-training methods find.
@@ -67,14 +67,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEDULES = ("constant", "linear", "cosine", "adaptive", "plateau", "plateau-best")
-VALIDATION_DRIVEN = ("plateau", "plateau-best")  # the schedules that read the server's validation loss
+SCHEDULES = ("adaptive", "constant", "linear", "cosine", "grow", "plateau-best")
+VALIDATION_DRIVEN = ("grow", "plateau-best")  # the schedules that read the server's validation loss
 
 
 @dataclass
 class OverlapSchedule:
-    kind: str = "plateau"
-    start: float = 1.0  # o_0 (constant value, or the first value of linear/cosine/adaptive)
+    kind: str = "adaptive"
+    start: float = 0.5  # o_0 (constant value, or the first value of linear/cosine/adaptive)
     end: float = 0.1  # last value of linear/cosine
     num_rounds: int = 10  # length of the linear/cosine ramp
     eta: float = 0.2  # adaptive step size η
@@ -82,20 +82,20 @@ class OverlapSchedule:
     leak: float = 0.2  # adaptive λ: pull toward `start` per round, so a biased ρ_t cannot wind o up
     min_overlap: float = 0.0
     max_overlap: float = 0.9
-    patience: int = 30  # plateau: the window, in rounds, whose mean loss is compared with the window before
-    step: float = 0.125  # plateau: how much o is lowered each time
-    min_improvement: float = 0.01  # plateau: a relative loss decrease smaller than this is no improvement
-    current: float | None = None  # adaptive and plateau state o_t
-    losses: list[tuple[int, float]] = field(default_factory=list)  # plateau: (round, loss) since o last changed
-    changed_round: int = 0  # plateau: the round o last changed
+    patience: int = 30  # grow: the window, in rounds, whose mean loss is compared with the window before
+    step: float = 0.125  # grow: how much o is lowered each time
+    min_improvement: float = 0.01  # grow: a relative loss decrease smaller than this is no improvement
+    current: float | None = None  # adaptive and grow state o_t
+    losses: list[tuple[int, float]] = field(default_factory=list)  # grow: (round, loss) since o last changed
+    changed_round: int = 0  # grow: the round o last changed
     best_loss: float | None = None  # plateau-best: best validation loss since o last changed
     best_round: int = 0  # plateau-best: the round it was measured
     trial_bar: float | None = None  # the loss a step on trial must beat (None: no trial)
-    trial_round: int = 0  # plateau: the round of that step
-    trial_from: float = 1.0  # plateau: the overlap before it
-    settled: bool = False  # plateau: a step was undone; o stays
-    # plateau: rounds no trial may span, the last round before each lr change and the run's last
-    # round (Settings fills them in). A step at round t waits while some barrier b has t <= b < t + 2·patience.
+    trial_round: int = 0  # grow: the round of that step
+    trial_from: float = 1.0  # grow: the overlap before it
+    settled: bool = False  # grow: a step was undone; o stays
+    # grow: rounds no trial may span, the last round before each lr change and the run's last
+    # round (the strategy sets them when a run starts: ``set_trial_barriers``). A step at round t waits while some barrier b has t <= b < t + 2·patience.
     trial_barriers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -107,7 +107,7 @@ class OverlapSchedule:
                 raise ValueError(f"overlap {name} must be in [0, 1], got {value}")
         if self.patience < 1 or not 0.0 < self.step <= 1.0 or not 0.0 <= self.min_improvement < 1.0:
             raise ValueError(
-                f"plateau overlap needs patience >= 1, step in (0, 1] and min_improvement in [0, 1); "
+                f"grow overlap needs patience >= 1, step in (0, 1] and min_improvement in [0, 1); "
                 f"got {self.patience}, {self.step}, {self.min_improvement}"
             )
         if self.min_overlap > self.max_overlap:
@@ -116,8 +116,8 @@ class OverlapSchedule:
             raise ValueError(f"overlap eta and target_shift must be >= 0, got {self.eta} and {self.target_shift}")
         if not 0.0 <= self.leak <= 1.0:
             raise ValueError(f"overlap leak must be in [0, 1], got {self.leak}")
-        if self.current is None:
-            self.current = self.start
+        if self.current is None:  # grow starts as the small model, whatever ``start`` says
+            self.current = 1.0 if self.kind in VALIDATION_DRIVEN else self.start
 
     def overlap(self, server_round: int) -> float:
         """o_t for round ``server_round`` (1-based, as Flower counts)."""
@@ -138,7 +138,7 @@ class OverlapSchedule:
             self.current = min(max(step, self.min_overlap), self.max_overlap)
 
     def observe_validation(self, server_round: int, loss: float) -> str | None:
-        """Plateau rules: lower o by ``step`` on a plateau of the validation loss, and undo a step
+        """Validation-driven rules: lower o by ``step`` on a plateau of the validation loss, and undo a step
         that does not pay (see the module docstring).
 
         Returns "stepped" when o was lowered (the caller keeps θ as it is now, to return to),
@@ -194,13 +194,19 @@ class OverlapSchedule:
             return "stepped"
         return event
 
+    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+        """The rounds no growth trial may span: the last round at each lr and the run's last round."""
+        self.trial_barriers = tuple(sorted({*lr_changes, int(last_round)}))
+
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the run-time state. The barriers are not restored: they depend on the run's
+        length, which a resumed run may change, and the strategy sets them anew when it starts."""
         for key, value in state.items():
             if key == "losses":
                 value = [tuple(x) for x in value]
             elif key == "trial_barriers":
-                value = tuple(value)
+                continue
             setattr(self, key, value)

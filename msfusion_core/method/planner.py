@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
 
 PLANNER_NAMES = ("msfusion", "fedrolex", "heterofl", "fd", "full", "small")
 
@@ -335,6 +335,14 @@ class Planner(Protocol):
         """Per group [K], each unit's expected share of sub-models under ``plan``'s rule, by which the
         evaluated model scales the weights that read the unit; or None: evaluate θ as it is."""
 
+    @property
+    def needs_validation(self) -> bool:
+        """Whether ``observe_validation`` drives the plan: a strategy must then have a validation function."""
+
+    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+        """Rounds a validation-driven rule must not judge a trial across (the last round at each lr,
+        and the run's last), set when a run starts."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
@@ -342,21 +350,27 @@ class Planner(Protocol):
 
 @dataclass
 class DoubleShiftPlanner:
-    """MSfusion: double shifting with an overlap schedule. By default it starts as the small model
-(core form at o = 1, lowered on validation plateaus) with an independent offset per group: on C1
-this beat the abstract's spread form with its adaptive rule by 8-10 points at r = 1/4."""
+    """MSfusion: double shifting with an overlap schedule. By default the abstract's method: windows
+    spread across participants and shifted every round, an independent offset per group, and the
+    adaptive overlap rule; the evaluated model is the sub-models' expectation (``inclusion``).
+    ``overlap_form = "core"`` with the ``grow`` schedule is the starts-as-small variant."""
 
     schedule: OverlapSchedule = field(default_factory=OverlapSchedule)
     shift_step: int = 1
     name: str = "msfusion"
     window_offsets: str = "per-group"  # or "aligned": see per_group_offsets
     seed: int = 0
-    overlap_form: str = "core"  # or "spread": see plan_core_and_remainder
+    overlap_form: str = "spread"  # or "core": see plan_core_and_remainder
     core_capacity: float = 0.5  # the core form starts as the model of this width (the smallest tier)
-    inclusion_scaling: bool = True  # core form: evaluate with readers scaled by expected inclusion (see inclusion)
+    inclusion_scaling: bool = True  # evaluate with readers scaled by expected inclusion (see inclusion)
     active_width: float = 1.0  # core form: the remainder windows cycle within this share of each group
+    # The method's local loss: every participant trains with MOON's contrastive term at this weight
+    # (sent with each plan). 0 saves its frozen forward passes.
+    contrastive_mu: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (self.contrastive_mu >= 0 and math.isfinite(self.contrastive_mu)):
+            raise ValueError(f"contrastive mu must be a finite number >= 0, got {self.contrastive_mu}")
         check_capacity(self.core_capacity, "the core form's starting width")
         check_capacity(self.active_width, "the active width")
         if self.active_width < 1.0 and self.overlap_form != "core":
@@ -365,6 +379,8 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
             raise ValueError(f"window offsets must be one of {', '.join(WINDOW_OFFSETS)}; got {self.window_offsets!r}")
         if self.overlap_form not in OVERLAP_FORMS:
             raise ValueError(f"overlap form must be one of {', '.join(OVERLAP_FORMS)}; got {self.overlap_form!r}")
+        if self.schedule.kind in VALIDATION_DRIVEN and self.overlap_form != "core":
+            raise ValueError(f"overlap schedule {self.schedule.kind!r} grows the core form from the small model: it needs overlap form 'core', got {self.overlap_form!r}")
 
     def spread_for(self, overlap: float, participants: Sequence[tuple[int, float]]) -> float:
         """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o (mean r)."""
@@ -412,16 +428,26 @@ this beat the abstract's spread form with its adaptive rule by 8-10 points at r 
         return {g: c if c == windows[g] else active_span(self.active_width, windows[g], group_sizes[g]) for g, c in core.items()}
 
     def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
-        """Dropout's weight-scaling rule for the core form. A remainder unit is in only
-        (m − c)/(K − c) of the sub-models, which are trained without it the rest of the time; the
-        full model sums every unit at full weight and so overshoots what any sub-model learned to
-        expect (C1v1: every growth step collapsed accuracy by 12-20 points). Scaling each unit's
-        readers by its expected inclusion makes the evaluated model the sub-models' expectation;
-        at o = 1 it is exactly the silencing of the units outside the core."""
-        if not self.inclusion_scaling or self.overlap_form != "core" or not plan.participants:
+        """Dropout's weight-scaling rule. Each unit is in only some of the sub-models, which are
+        trained without it the rest of the time; the full model sums every unit at full weight and
+        so overshoots what any sub-model learned to expect (C1v1: every growth step of the core form
+        collapsed accuracy by 12-20 points; the spread form rose, then fell, round after round).
+        Scaling each unit's readers by its expected share of sub-models (over the shifts of every
+        participant's window: m/K for a spread window, 1 in a core and (m − c)/(K − c) after it)
+        makes the evaluated model the sub-models' expectation. At o = 1 under the core form it is
+        exactly the silencing of the units outside the core."""
+        if not self.inclusion_scaling or not plan.participants:
             return None
         windows = [pp.groups for pp in plan.participants.values()]
         return {g: np.mean([w[g].expected_inclusion() for w in windows], axis=0) for g in windows[0]}
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the schedule is driven by the server's validation loss (``grow``)."""
+        return self.schedule.kind in VALIDATION_DRIVEN
+
+    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+        self.schedule.set_trial_barriers(last_round, lr_changes)
 
     def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
         """The shared core at ``overlap``, in units per group, for the smallest capacity."""
@@ -448,6 +474,7 @@ class FixedRulePlanner:
     name: str
     seed: int = 0
     shift_step: int = 1
+    contrastive_mu = 0.0  # the baselines train as published, without MSfusion's contrastive term
 
     def plan(self, server_round, participants, group_sizes) -> RoundPlan:
         if self.name == "fedrolex":
@@ -475,6 +502,11 @@ class FixedRulePlanner:
 
     def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
         return None
+
+    needs_validation = False
+
+    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "shift_step": self.shift_step}
@@ -509,19 +541,20 @@ def make_planner(
     shift_step: int = 1,
     seed: int = 0,
     window_offsets: str = "per-group",
-    overlap_form: str = "core",
+    overlap_form: str = "spread",
     small_capacity: float = 0.5,
     inclusion_scaling: bool = True,
     active_width: float = 1.0,
+    contrastive_mu: float = 1.0,
 ) -> Planner:
     """Build a planner by name (run config ``planner``). ``window_offsets``, ``overlap_form``,
-    ``inclusion_scaling`` and ``active_width`` are msfusion's only; ``small_capacity`` (the smallest
+    ``inclusion_scaling``, ``active_width`` and ``contrastive_mu`` are msfusion's only; ``small_capacity`` (the smallest
     capacity tier) is the width of ``small``'s global model and the width msfusion's core form starts from."""
     if name == "msfusion":
         return DoubleShiftPlanner(
             schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed,
             overlap_form=overlap_form, core_capacity=small_capacity, inclusion_scaling=inclusion_scaling,
-            active_width=active_width,
+            active_width=active_width, contrastive_mu=contrastive_mu,
         )
     if name == "small":
         return SmallModelPlanner(seed=seed, shift_step=shift_step, capacity=small_capacity)

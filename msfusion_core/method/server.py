@@ -18,7 +18,7 @@ from msfusion_core.local.measure import num_bytes
 from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan
 from msfusion_core.method.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.method.slicing import Slicer
-from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
+from msfusion_core.method.split_map import SplitMap, cross_unit_norms, group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import build_submodel
 
 AGGREGATION_WEIGHTS = ("examples", "uniform")
@@ -62,6 +62,19 @@ def check_train_metrics(metrics: Mapping[str, Any]) -> None:
             raise ReplyError(f"metric {key!r} is not finite: {value!r}")
         if key in NON_NEGATIVE_METRICS and any(v < 0 for v in numbers):
             raise ReplyError(f"metric {key!r} must be non-negative, got {value!r}")
+
+
+def check_core_form_fits(model: nn.Module, split_map: SplitMap, sizes: Mapping[str, int], core: Mapping[str, int]) -> None:
+    """The core form evaluates the small model while units outside the core are silenced; a layer
+    that normalises across a group's units still reads them, so refuse such a model up front."""
+    for layer, group in cross_unit_norms(model, split_map).items():
+        if core.get(group, sizes[group]) < sizes[group]:
+            raise ValueError(
+                f"overlap-form 'core' cannot start as the small model here: layer {layer!r} "
+                f"({type(model.get_submodule(layer)).__name__}) normalises across the units of split group "
+                f"{group!r}, so units nobody trains would still change its output; use overlap-form 'spread' "
+                f"(the default), or a split map that keeps {group!r} whole"
+            )
 
 
 class SubmodelServer:
@@ -112,6 +125,7 @@ class SubmodelServer:
             self.group_sizes = {g: len(i) for g, i in self.global_units.items()}
         core = planner.initial_core(self.group_sizes)
         if core is not None:
+            check_core_form_fits(model, split_map, self.group_sizes, core)
             state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
         self.last_plan: RoundPlan | None = None  # what θ was last trained under (the evaluated model's scaling)
@@ -209,7 +223,7 @@ class SubmodelServer:
     def global_model(self) -> nn.Module:
         """A real module holding the evaluated model: θ (at the small width for the ``small``
         planner), with the readers of each unit scaled by its expected inclusion where the planner
-        says so (the core form's ``inclusion-scaling``)."""
+        says so (msfusion's ``inclusion-scaling``)."""
         return build_submodel(self.build, self.evaluated_state(), self.post_build)
 
     def evaluated_state(self) -> dict[str, torch.Tensor]:

@@ -139,3 +139,29 @@ def layer_split_map(model: nn.Module, layers: Mapping[str, tuple[Binding, Bindin
             else:
                 raise ValueError(f"layer_split_map cannot bind {full!r} of {type(module).__name__}; give it explicitly")
     return result
+
+
+# Layers whose output for one unit depends on the other units of the same dimension. BatchNorm and
+# affine-only norms are per unit and are not listed; a class named *LayerNorm or *RMSNorm (Hugging
+# Face's LlamaRMSNorm, say) is taken to normalise across its last dimension too.
+_CROSS_UNIT_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def cross_unit_norms(model: nn.Module, split_map: SplitMap) -> dict[str, str]:
+    """{layer name: group} for every normalisation layer whose statistics span a split group's units.
+
+    Under such a layer, a unit nobody trains still shifts every other unit's output through the
+    mean and variance, so silencing its readers does not take it out of the model."""
+    bound = normalize_split_map(split_map)
+    found: dict[str, str] = {}
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if not (isinstance(module, _CROSS_UNIT_NORMS) or kind.endswith(("LayerNorm", "RMSNorm"))):
+            continue
+        for pname, _ in module.named_parameters(recurse=False):
+            dims = bound.get(f"{name}.{pname}" if name else pname, ())
+            group = next((b.group for b in dims if b is not None), None)
+            if group is not None:
+                found[name] = group
+                break
+    return found

@@ -20,7 +20,7 @@ from torch import nn
 from client_app.app import NodeSetup, make_client_app, node_capacity
 from msfusion_core.data import TensorData
 from msfusion_core.local.participant import Participant
-from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
+from msfusion_core.local.training import TrainConfig, evaluate
 from server_app.strategy import MSfusion
 
 
@@ -68,15 +68,18 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_server(grid: Grid, num_rounds: int):
-    strategy = MSfusion(TinyNet, SPLIT_MAP, planner="msfusion", default_capacity=0.5, seed=0)
+    # MSfusion as published: double shifting, adaptive overlap, overlap-weighted aggregation and the
+    # contrastive loss. With BatchNorm, pass prepare_model=lambda m: calibrate_batchnorm(m, server_rows).
+    strategy = MSfusion(TinyNet, SPLIT_MAP, default_capacity=0.5, seed=0)
     test = digits("test")
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model = strategy.global_model()
-        calibrate_batchnorm(model, test)  # no BatchNorm here: a no-op, kept for your model
+        model = TinyNet()
+        model.load_state_dict(arrays.to_torch_state_dict())  # the strategy's evaluated model
         loss, accuracy = evaluate(model, test)  # as_float: your tensors as they are (pass preprocess= for your own)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
+    # result.arrays is the model central_evaluation scored last: save it, load it, serve it.
     return strategy.start(grid, ArrayRecord(TinyNet().state_dict()), num_rounds=num_rounds, evaluate_fn=central_evaluation)
 
 
