@@ -4,7 +4,8 @@ width group read through a LayerNorm, on scikit-learn's digits (embedded, no dow
     python -m benchmarks.residual_stream
 
 8 IID nodes, every one at capacity r = 1/8, AdamW (lr 1e-2, fresh each round), 80 rounds, central
-accuracy after every round. The driver is framework-free: the real ``SubmodelServer`` (plans,
+accuracy after every round; every participant trains with its planner's contrastive weight (msfusion
+1.0 on a quarter of the batches, the baselines 0). The driver is framework-free: the real ``SubmodelServer`` (plans,
 slices, aggregation, the evaluated model) and ``Participant`` (real sub-models), no Flower.
 
 Each arm's final and best accuracy are means over a window of ``WINDOW`` consecutive rounds: on
@@ -95,9 +96,11 @@ def run(arm: str, seed: int, rounds: int = ROUNDS) -> list[float]:
     """Central accuracy after each round."""
     torch.set_num_threads(1)
     train, test = digits_split()
-    server = SubmodelServer(ResidualMLP, residual_mlp_split_map(), ARMS[arm](seed), seed=seed)
+    planner = ARMS[arm](seed)
+    server = SubmodelServer(ResidualMLP, residual_mlp_split_map(), planner, seed=seed)
     participant = Participant(ResidualMLP, residual_mlp_split_map(), "head")
-    cfg = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, mu=0.0)
+    cfg = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, mu=planner.contrastive_mu)
+    previous = {}  # each node's last sub-model, the contrastive term's negative
     shards = [TensorData(train.x[i::NODES], train.y[i::NODES]) for i in range(NODES)]
     accuracy = []
     for t in range(1, rounds + 1):
@@ -105,7 +108,7 @@ def run(arm: str, seed: int, rounds: int = ROUNDS) -> list[float]:
         replies = []
         for i, shard in enumerate(shards):
             sub = plan.participants[i]
-            update, _ = participant.train(sub, server.download(sub), shard, cfg, seed=seed * 100_000 + t * 100 + i)
+            update, previous[i] = participant.train(sub, server.download(sub), shard, cfg, previous=previous.get(i), seed=seed * 100_000 + t * 100 + i)
             replies.append(Reply(i, update.state, len(shard.y)))
         server.aggregate(plan, replies)
         accuracy.append(evaluate(server.global_model(), test)[1])
