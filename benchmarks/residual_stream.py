@@ -108,7 +108,7 @@ def run(arm: str, seed: int, rounds: int = ROUNDS) -> list[float]:
         replies = []
         for i, shard in enumerate(shards):
             sub = plan.participants[i]
-            update, previous[i] = participant.train(sub, server.download(sub), shard, cfg, previous=previous.get(i), seed=seed * 100_000 + t * 100 + i)
+            update, previous[i] = participant.train(sub, server.download(sub), shard, cfg, previous=previous.get(i), seed=seed * 100_000 + t * 100 + i, round_index=t - 1)
             replies.append(Reply(i, update.state, len(shard.y)))
         server.aggregate(plan, replies)
         accuracy.append(evaluate(server.global_model(), test)[1])

@@ -85,6 +85,7 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             previous=load_previous(context),
             scaler=node.scaler,
             seed=seed * 100_003 + server_round,
+            round_index=server_round - 1,
         )
         save_previous(context, keep)
         metrics = {

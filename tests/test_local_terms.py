@@ -59,6 +59,8 @@ def test_regularised_batches_are_spread_evenly():
     assert int(regularised_batches(0.3, 20).sum()) == 6
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
         regularised_batches(0.0, 4)
+    # Counted across rounds: 2 batches a round at f = 1/4 carry the terms on one batch every second round.
+    assert [regularised_batches(0.25, 2, first).tolist() for first in (0, 2, 4, 6)] == [[False, False], [False, True], [False, False], [False, True]]
     with pytest.raises(ValueError, match="regularised-fraction"):
         Settings.from_mapping({"regularised-fraction": 1.5})
 

@@ -107,8 +107,10 @@ class Participant:
         previous: PreviousSubmodel | None = None,
         scaler: bool = False,
         seed: int = 0,
+        round_index: int = 0,
     ) -> tuple[LocalUpdate, PreviousSubmodel]:
-        """One local round. Returns the reply and what to keep for the next round's negative."""
+        """One local round (``round_index``: server round − 1). Returns the reply and what to keep
+        for the next round's negative."""
         self.check_received(plan, received)
         units = plan.unit_indices()
         # Scale by the fraction of the *global* model's units (its K can be below the family's: `small`).
@@ -129,6 +131,7 @@ class Participant:
             global_model=global_model,
             prev_model=prev_model,
             seed=seed,
+            round_index=round_index,
         )
         model.cpu()  # trained wherever cfg.device said; the reply and what is kept live on the CPU
         params = dict(model.named_parameters())

@@ -92,12 +92,14 @@ def distill_loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Ten
     return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
 
 
-def regularised_batches(fraction: float, num_batches: int) -> torch.Tensor:
-    """Which of ``num_batches`` batches carry the frozen-model terms: ⌊f·n⌋ of them, spread evenly
-    (batch b iff ⌊(b+1)·f⌋ > ⌊b·f⌋), so f = 1 is every batch and f = 1/4 every fourth."""
+def regularised_batches(fraction: float, num_batches: int, first: int = 0) -> torch.Tensor:
+    """Which of ``num_batches`` batches, numbered from ``first`` in the participant's whole run,
+    carry the frozen-model terms: batch b iff ⌊(b+1)·f⌋ > ⌊b·f⌋, so f = 1 is every batch and f = 1/4
+    every fourth. Counting across rounds keeps the share f when a round has fewer than 1/f batches
+    (2 batches a round at f = 1/4: one batch every second round, not none)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"regularised fraction must be in (0, 1], got {fraction}")
-    b = torch.arange(num_batches, dtype=torch.float64)
+    b = torch.arange(first, first + num_batches, dtype=torch.float64)
     return torch.floor((b + 1) * fraction) > torch.floor(b * fraction)
 
 
@@ -129,8 +131,10 @@ def train_submodel(
     global_model: nn.Module | None = None,
     prev_model: nn.Module | None = None,
     seed: int = 0,
+    round_index: int = 0,
 ) -> TrainResult:
-    """Train ``model`` in place. ``global_model`` (the sub-model as received) gives the contrastive
+    """Train ``model`` in place. ``round_index``: the rounds before this one (server round − 1),
+    which numbers the batches for ``regularised_batches``. ``global_model`` (the sub-model as received) gives the contrastive
     positive and the distillation target, ``prev_model`` (the previous local sub-model mapped onto
     this round's units) the contrastive negative; both are frozen. Without ``global_model``, or
     with μ = λ = 0, only cross-entropy is used."""
@@ -182,8 +186,9 @@ def train_submodel(
     with ExitStack() as stack:
         zbox = stack.enter_context(capture_input(model, representation_layer))
         boxes = [stack.enter_context(capture_input(m, representation_layer)) for m in frozen]
-        carries = regularised_batches(cfg.regularised_fraction, -(-n // cfg.batch_size)).tolist()
-        for _epoch in range(cfg.epochs):
+        per_epoch = -(-n // cfg.batch_size)
+        for epoch in range(cfg.epochs):
+            carries = regularised_batches(cfg.regularised_fraction, per_epoch, (round_index * cfg.epochs + epoch) * per_epoch).tolist()
             totals.zero_()
             batches = regularised = 0
             perm = torch.randperm(n, generator=gen)
