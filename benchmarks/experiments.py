@@ -506,12 +506,17 @@ EXPERIMENTS["SST2L"] = Experiment(
     "30), accuracy on the 872 validation sentences every 4 rounds; msfusion-default-p4 is the app's default msfusion "
     "(starts as small, plateau rule on 200 held-out train sentences) with a plateau window of 4 rounds; msfusion-no-contrastive is the abstract's form with mu = 0.",
     SST2L_SETTING,
-    ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive", "msfusion-shipped"),
+    ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive", "msfusion-shipped", "msfusion-shipped-unscaled"),
     target=0.8,
     num_supernodes=8,
     seeds=(0, 1, 2),
-    arms={"msfusion-default-p4": default_msfusion_for(SST2L_SETTING["num-server-rounds"])},
-    small_of={"msfusion-default-p4": "small", "msfusion-no-contrastive": "small", "msfusion-shipped": "small"},
+    # msfusion-shipped-unscaled: the shipped default with θ evaluated as it is, one change against it:
+    # does the expectation rule, which halves the pretrained readers at r = 1/2, cost on a pretrained network?
+    arms={
+        "msfusion-default-p4": default_msfusion_for(SST2L_SETTING["num-server-rounds"]),
+        "msfusion-shipped-unscaled": SHIPPED | {"inclusion-scaling": False},
+    },
+    small_of={m: "small" for m in ("msfusion-default-p4", "msfusion-no-contrastive", "msfusion-shipped", "msfusion-shipped-unscaled")},
 )
 
 # C1L (issues 14 and 15): C1 five times longer, 1,500 rounds (75 passes over the data), the lr
