@@ -311,7 +311,7 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # would span an lr change or the run's end, overlap.py). grow5's runs predate the barriers: all
     # six stepped at round 150 or 200-210, and each trial was judged across an lr decay.
     **{f"msfusion-grow6-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "grow"} for r in (0.5, 0.25, 0.125)},
-    # span = grow5's lesson (session 12): a unit demoted from the core at r = 1/4 is in about one
+    # span = grow5's lesson (55913a1): a unit demoted from the core at r = 1/4 is in about one
     # sub-model in 30, so the evaluated model loses it. Here the model is only s times as wide as a
     # sub-model (active width s·r): every participant trains an r-window of it, double-shifted at
     # o = 0 with per-group offsets, so each unit is in 1/s of the sub-models, from round 1. Does a

@@ -93,8 +93,10 @@ class MSfusion(Strategy):
     validation_fn : ``(server_round, model) -> loss or None``, the evaluated model's loss on data the
         server holds out. A validation-driven overlap schedule (``grow``) needs it and is told each
         loss; ``start`` refuses to run such a planner without it.
-    prepare_model : called on the evaluated model before it is validated and handed out, e.g. to
-        calibrate BatchNorm statistics on data the server may see.
+    prepare_model : ``(server_round, model)``, called on the evaluated model before it is validated
+        and handed out, e.g. to calibrate BatchNorm statistics on data the server may see; it may
+        skip rounds nobody evaluates (the app calibrates only where it tests). ``server_round`` is
+        None outside a round (``global_model()`` called by a user).
     max_failed_rounds : fail the run after this many consecutive rounds without one valid reply,
         naming what the nodes said (a ClientApp that fails every time must not end "completed").
     lr_factor : the server's learning-rate schedule: run round → multiplier of every node's lr, sent
@@ -126,7 +128,7 @@ class MSfusion(Strategy):
         max_failed_rounds: int = 3,
         lr_factor: Callable[[int], float] | None = None,
         validation_fn: Callable[[int, nn.Module], float | None] | None = None,
-        prepare_model: Callable[[nn.Module], None] | None = None,
+        prepare_model: Callable[[int | None, nn.Module], None] | None = None,
     ) -> None:
         self.planner = make_planner(planner, seed=seed, small_capacity=small_capacity) if isinstance(planner, str) else planner
         self.core = SubmodelServer(
@@ -195,7 +197,7 @@ class MSfusion(Strategy):
         num_rounds = int(kwargs.get("num_rounds", args[0] if args else 3))
         last_round = self.round_offset + num_rounds
         self.planner.set_trial_barriers(last_round, last_rounds_at_each_lr(self.lr_factor, last_round))
-        self.last_arrays = self.global_arrays()
+        self.last_arrays = ArrayRecord(model_state(self.global_model(self.round_offset)))
         return super().start(grid, self.last_arrays, *args, **kwargs)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -260,9 +262,9 @@ class MSfusion(Strategy):
         self.check_progress(server_round, record, accepted)
         if not applied:  # Flower keeps the arrays it has, which are still the evaluated model
             return None, MetricRecord(_scalars(record.metrics))
-        model = self.global_model()
+        model = self.global_model(server_round)
         if self.validation_fn is not None and self.validate(server_round, record, model):
-            model = self.global_model()
+            model = self.global_model(server_round)
         self.last_arrays = ArrayRecord(model_state(model))
         return self.last_arrays, MetricRecord(_scalars(record.metrics))
 
@@ -484,11 +486,12 @@ class MSfusion(Strategy):
         """The evaluated model's arrays (what Flower holds, evaluates and returns as ``Result.arrays``)."""
         return ArrayRecord(model_state(self.global_model()))
 
-    def global_model(self) -> nn.Module:
-        """The evaluated model: θ scaled by the planner's inclusion rule, then ``prepare_model``."""
+    def global_model(self, server_round: int | None = None) -> nn.Module:
+        """The evaluated model: θ scaled by the planner's inclusion rule, then ``prepare_model``
+        (told ``server_round``, the run round the model ends, or None outside a round)."""
         model = self.core.global_model()
         if self.prepare_model is not None:
-            self.prepare_model(model)
+            self.prepare_model(server_round, model)
         return model
 
     def load_global(self, state: Mapping[str, torch.Tensor]) -> None:

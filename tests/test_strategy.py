@@ -188,7 +188,7 @@ def test_min_replies_decides_whether_a_round_is_applied():
 
 
 def test_a_round_that_most_sampled_nodes_fail_leaves_the_global_model_unchanged():
-    # Session 11: a run whose Ray workers failed went on aggregating one node's replies for 40
+    # Before c86186d, a run whose Ray workers failed went on aggregating one node's replies for 40
     # rounds and lost 16 points. By default half the sampled nodes must reply validly.
     for fraction, applied in ((0.5, 0), (0.25, 1)):
         strategy = make_strategy(Settings(min_reply_fraction=fraction))

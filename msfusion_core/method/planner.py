@@ -369,8 +369,6 @@ class DoubleShiftPlanner:
     contrastive_mu: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.contrastive_mu >= 0 and math.isfinite(self.contrastive_mu)):
-            raise ValueError(f"contrastive mu must be a finite number >= 0, got {self.contrastive_mu}")
         check_capacity(self.core_capacity, "the core form's starting width")
         check_capacity(self.active_width, "the active width")
         if self.active_width < 1.0 and self.overlap_form != "core":

@@ -69,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_server(grid: Grid, num_rounds: int):
     # MSfusion as published: double shifting, adaptive overlap, overlap-weighted aggregation and the
-    # contrastive loss. With BatchNorm, pass prepare_model=lambda m: calibrate_batchnorm(m, server_rows).
+    # contrastive loss. With BatchNorm, pass prepare_model=lambda t, m: calibrate_batchnorm(m, server_rows).
     strategy = MSfusion(TinyNet, SPLIT_MAP, default_capacity=0.5, seed=0)
     test = digits("test")
 
