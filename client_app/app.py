@@ -11,17 +11,24 @@ a silently wrong update.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
+from client_app import footprint
 from msfusion_app import protocol
 from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_partition, load_test
@@ -48,6 +55,7 @@ class NodeSetup:
     scaler: bool = False
     bn_calibration_batches: int = 8
     seed: int | None = None  # None: derived from the run's seed (sent by the server) and the partition id
+    memory_budget_mb: float | None = None  # declare the largest capacity <= ``capacity`` whose training fits (client_app.footprint)
 
 
 def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
@@ -55,12 +63,19 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        """Tell the server this node's partition id and capacity (`split-ratio`)."""
+        """Tell the server this node's partition id and capacity: its ``split-ratio``, or, with a
+        memory budget, the largest capacity tier whose measured training fits it."""
         try:
             node = setup(context)
-        except (ValueError, KeyError) as exc:
+            capacity = node.capacity
+            if node.memory_budget_mb is not None:
+                capacity, found = footprint.capacity_for_budget(
+                    setup, context.run_config, context.node_config, node.memory_budget_mb, cap=node.capacity
+                )
+                log(INFO, "memory budget %g MB: capacity %g (%s)", node.memory_budget_mb, capacity, footprint.describe(found))
+        except (ValueError, KeyError, RuntimeError) as exc:
             return error_reply(msg, exc)
-        return Message(protocol.capacity_reply(node.partition_id, node.capacity), reply_to=msg)
+        return Message(protocol.capacity_reply(node.partition_id, capacity), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -145,6 +160,16 @@ def node_seed(node: NodeSetup, settings: ConfigRecord) -> int:
     return int(np.random.SeedSequence([int(settings.get("run-seed", 0)), node.partition_id]).generate_state(1)[0])
 
 
+def memory_budget(context: Context) -> float | None:
+    """The node's ``memory-budget-mb``, if it declares one."""
+    if footprint.MEMORY_BUDGET_KEY not in context.node_config:
+        return None
+    budget = context.node_config[footprint.MEMORY_BUDGET_KEY]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf:
+        raise ValueError(f"{footprint.MEMORY_BUDGET_KEY} must be a positive number of MB, got {budget!r}")
+    return float(budget)
+
+
 def node_capacity(context: Context, tiers: Sequence[float] = (0.5,)) -> float:
     """This node's capacity (the fraction of every split layer it can train).
 
@@ -210,14 +235,26 @@ def setup_from_run_config(context: Context) -> NodeSetup:
         ) from exc
     if not 0 <= pid < num:
         raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
-    capacity = node_capacity(context, settings.capacity_tiers())
+    budget = memory_budget(context)
+    if budget is not None and "split-ratio" not in context.node_config:
+        capacity = 1.0  # the budget alone decides
+    else:
+        capacity = node_capacity(context, settings.capacity_tiers())
     path = settings.data_path or None
+    cache = context.node_config.get(footprint.CACHE_DIR_KEY)
 
-    def train_data() -> TensorData:
+    def load() -> TensorData:
         return load_partition(
             settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len,
             holdout=settings.validation_examples, tokenizer=settings.tokenizer,
         )
+
+    def train_data() -> TensorData:
+        if not cache:
+            return load()
+        parts = (settings.dataset, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len)
+        key = (*parts, settings.validation_examples, settings.tokenizer, data_identity(path))
+        return cached_tensors(Path(str(cache)).expanduser() / "partitions", key, load)
 
     def test_data() -> TensorData:
         test = load_test(settings.dataset, path, seq_len=settings.seq_len, tokenizer=settings.tokenizer)
@@ -237,7 +274,46 @@ def setup_from_run_config(context: Context) -> NodeSetup:
         scaler=settings.scaler,
         bn_calibration_batches=settings.bn_calibration_batches,
         seed=settings.seed,
+        memory_budget_mb=budget,
     )
+
+
+def data_identity(path: str | None) -> list:
+    """The files under a data folder (names, sizes, modification times): a cached partition is
+    stale once any of them changes. Hidden entries (the tokenizer cache written there) are skipped."""
+    if path is None:
+        return []
+    root = Path(path).expanduser().resolve()
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            stat = (Path(folder) / name).stat()
+            found.append([str((Path(folder) / name).relative_to(root)), stat.st_size, stat.st_mtime_ns])
+    return [str(root), found]
+
+
+def cached_tensors(folder: Path, key: tuple, load: Callable[[], TensorData]) -> TensorData:
+    """``load()``'s tensors, kept in ``folder`` under ``key``'s hash: a SuperNode starts a fresh
+    ClientApp process for every message, and reading its partition back costs no data library. An
+    unreadable entry is loaded again and rewritten."""
+    from safetensors.torch import load_file, save_file
+
+    file = folder / (hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:32] + ".safetensors")
+    try:
+        tensors = load_file(file)
+        return TensorData(tensors["x"], tensors["y"])
+    except (OSError, KeyError, ValueError, RuntimeError):  # absent or unreadable: load it again
+        pass
+    data = load()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"x": data.x.contiguous(), "y": data.y.contiguous()}, str(tmp))
+        tmp.replace(file)
+    except OSError as exc:
+        log(WARNING, "could not keep the partition in %s (%s): it will be loaded again next round", folder, exc)
+    return data
 
 
 app = make_client_app(setup_from_run_config)

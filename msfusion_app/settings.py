@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from msfusion_core.data import DATASETS
-from msfusion_core.data.text import check_tokenizer
+from msfusion_core.data.tensors import DATASETS, check_tokenizer
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
 from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner

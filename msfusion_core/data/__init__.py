@@ -1,16 +1,17 @@
 """Offline data sets and federated partitions, as tensors.
 
 ``images`` (digits, CIFAR-10) and ``text`` (WikiText-2, SST-2) each load and partition their own
-data; both build on ``base`` (``TensorData``, the partitioners) and neither imports the other. This
-module checks arguments and sends each call to the one that owns the data set.
+data; both build on ``base`` (the partitioners) and neither imports the other. This module checks
+arguments and sends each call to the one that owns the data set. It imports them, and with them
+``datasets`` and ``flwr_datasets``, only when data is loaded: a process that trains on tensors it
+already has (``tensors.TensorData``) never pays for them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from msfusion_core.data import images, text
-from msfusion_core.data.base import PARTITIONERS, TensorData, holdout_rows, make_partitioner
+from msfusion_core.data.tensors import DATASETS, IMAGE_DATASETS, NUM_CLASSES, PARTITIONERS, TEXT_DATASETS, TensorData, holdout_rows
 
 __all__ = [
     "DATASETS",
@@ -26,19 +27,26 @@ __all__ = [
     "num_classes",
 ]
 
-DATASETS: tuple[str, ...] = images.IMAGE_DATASETS + text.TEXT_DATASETS
-
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
 
+def make_partitioner(kind: str, num_partitions: int, alpha: float = 0.5, seed: int = 42, **kwargs):
+    """A fresh flwr-datasets partitioner (``base.make_partitioner``)."""
+    from msfusion_core.data import base
+
+    return base.make_partitioner(kind, num_partitions, alpha, seed, **kwargs)
+
+
 def load_dataset_dict(name: str, data_path: str | None = None):
     """An image data set as a Hugging Face ``DatasetDict`` (splits ``train`` and ``test``), cached."""
     _check_name(name)
-    if name not in images.IMAGE_DATASETS:
-        raise ValueError(f"load_dataset_dict serves the image data sets ({', '.join(images.IMAGE_DATASETS)}), not {name!r}")
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"load_dataset_dict serves the image data sets ({', '.join(IMAGE_DATASETS)}), not {name!r}")
+    from msfusion_core.data import images
+
     return images.load_dataset_dict(name, data_path)
 
 
@@ -67,7 +75,9 @@ def load_partition(
         raise TypeError(f"partition_id must be an int, got {partition_id!r}")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id {partition_id} out of range [0, {num_partitions})")
-    if name in text.TEXT_DATASETS:
+    from msfusion_core.data import images, text
+
+    if name in TEXT_DATASETS:
         if name == "wikitext2":
             data = text.wikitext_partition(data_path, partitioner, num_partitions, partition_id, seq_len, tokenizer)
         else:
@@ -83,6 +93,8 @@ def load_holdout(
     ``count`` held-out rows of the train split (``holdout_rows``), or, for WikiText-2, the first
     ``count`` sequences of its own validation split."""
     _check_name(name)
+    from msfusion_core.data import images, text
+
     if name == "wikitext2":
         valid = text.wikitext_split(data_path, "validation", seq_len, tokenizer)
         if not 0 < count <= int(valid.y.shape[0]):
@@ -110,7 +122,9 @@ def load_test(
     _check_name(name)
     if limit is not None and (isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit must be None or >= 0, got {limit!r}")
-    if name in text.TEXT_DATASETS:
+    from msfusion_core.data import images, text
+
+    if name in TEXT_DATASETS:
         split = split or ("validation" if name == "sst2" else "test")
         if name == "wikitext2":
             data = text.wikitext_split(data_path, split, seq_len, tokenizer)
@@ -126,8 +140,10 @@ def num_classes(name: str, data_path: str | None = None, tokenizer: str = "word"
     """Number of classes of ``name``; for ``wikitext2`` the vocabulary size (reads the train split)."""
     _check_name(name)
     if name == "wikitext2":
+        from msfusion_core.data import text
+
         return text.wikitext_vocab_size(data_path, tokenizer)
-    return 2 if name == "sst2" else images.NUM_CLASSES[name]
+    return NUM_CLASSES[name]
 
 
 def label_names(name: str, data_path: str | None = None) -> list[str]:

@@ -1,41 +1,14 @@
-"""What image and text data share: the tensors a split becomes, and the partitioners."""
+"""The partitioners image and text data share (flwr-datasets, imported only when data is loaded)."""
 
 from __future__ import annotations
 
 import math
-from functools import cache
-from typing import NamedTuple
 
 import datasets
 import numpy as np
-import torch
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet")
-
-
-class TensorData(NamedTuple):
-    """A split (or partition) as tensors.
-
-    ``x``: digits float32 ``[N, 1, 8, 8]`` in [0, 1] (pixel / 16); cifar10 uint8 ``[N, 3, 32, 32]``.
-    ``y``: int64 ``[N]``.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-@cache
-def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
-    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted
-    (read-only; cached, since a node loads its partition every round).
-
-    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
-    if not 0 <= count < num_rows:
-        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
-    rows = np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
-    rows.flags.writeable = False
-    return rows
+from msfusion_core.data.tensors import PARTITIONERS
 
 
 class SeededIidPartitioner(IidPartitioner):

@@ -21,12 +21,11 @@ import datasets
 import numpy as np
 import torch
 
-from msfusion_core.data.base import TensorData, holdout_rows, make_partitioner
+from msfusion_core.data.base import make_partitioner
+from msfusion_core.data.tensors import TensorData, holdout_rows
 
-IMAGE_DATASETS: tuple[str, ...] = ("digits", "cifar10")
 _CIFAR10_HUB_ID = "uoft-cs/cifar10"
 _IMAGE_COLUMN = {"digits": "image", "cifar10": "img"}
-NUM_CLASSES = {"digits": 10, "cifar10": 10}
 _DIGITS_TEST_SIZE = 0.2
 _DIGITS_SPLIT_SEED = 0
 _INDEX_COLUMN = "_row"
@@ -178,6 +177,7 @@ def _split_tensors(name: str, data_path: str | None, split: str, limit: int | No
 
 
 _PARTITIONS: dict[tuple[object, ...], tuple[np.ndarray, ...]] = {}
+_ROWS: dict[tuple[object, ...], TensorData] = {}  # decoded train rows of one partition
 
 
 def _partition_indices(
@@ -233,11 +233,27 @@ def image_partition(
             f"a Dirichlet(alpha={alpha}) split of {name} into {num_partitions} partitions failed ({exc}); "
             "use fewer partitions, a larger dirichlet-alpha, or partitioner 'iid'"
         ) from exc
-    full = _split_tensors(name, data_path, "train")
     rows = indices[int(partition_id)]
     if holdout:
-        rows = rows[~np.isin(rows, holdout_rows(int(full.y.shape[0]), holdout, seed))]
-    idx = torch.from_numpy(rows)
+        num_rows = _cached_dataset_dict(name, _data_key(name, data_path))["train"].num_rows
+        rows = rows[~np.isin(rows, holdout_rows(num_rows, holdout, seed))]
+    return _train_rows(name, data_path, rows)
+
+
+def _train_rows(name: str, data_path: str | None, rows: np.ndarray) -> TensorData:
+    """Rows of the train split, as fresh tensors: indexed from the whole decoded split when this
+    process has it (a simulation serving many nodes), otherwise decoded alone (a node serving one
+    partition decodes its 1/N of the images, not all of them), and cached per process."""
+    key = _data_key(name, data_path)
+    idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    with _LOCK:
+        full = _TENSORS.get((name, key, "train", None))
+        if full is None:
+            rows_key = (name, key, "train", hash(rows.tobytes()), len(rows))
+            if rows_key not in _ROWS:
+                _ROWS[rows_key] = _decode(name, _cached_dataset_dict(name, key)["train"].select(rows), None)
+            part = _ROWS[rows_key]
+            return TensorData(part.x.clone(), part.y.clone())
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 

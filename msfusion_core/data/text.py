@@ -33,9 +33,8 @@ import numpy as np
 import torch
 from flwr_datasets.partitioner import GroupedNaturalIdPartitioner, IidPartitioner
 
-from msfusion_core.data.base import TensorData, holdout_rows, make_partitioner
-
-TEXT_DATASETS: tuple[str, ...] = ("wikitext2", "sst2")
+from msfusion_core.data.base import make_partitioner
+from msfusion_core.data.tensors import TensorData, check_tokenizer, holdout_rows
 
 EOS, UNK = "<eos>", "<unk>"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
@@ -103,19 +102,6 @@ def tokenize(lines: list[str], vocab: dict[str, int]) -> torch.Tensor:
 
 def wikitext_vocab(data_path: str | None) -> dict[str, int]:
     return _cached(("wikitext-vocab", str(_folder(data_path, "wikitext2"))), lambda: build_vocab(wikitext_lines(data_path)["train"]["text"]))
-
-
-_BPE_SPEC = re.compile(r"^bpe-([1-9][0-9]*)$")
-
-
-def check_tokenizer(spec: str) -> int | None:
-    """``word`` (None) or ``bpe-<V>`` (V); ValueError otherwise."""
-    if spec == "word":
-        return None
-    match = _BPE_SPEC.match(spec)
-    if match is None or int(match.group(1)) < 260:
-        raise ValueError(f"tokenizer must be 'word' or 'bpe-<vocabulary size >= 260>' (e.g. bpe-8192), got {spec!r}")
-    return int(match.group(1))
 
 
 def _bpe_cache_dir(folder: Path | None) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from msfusion_core.data import TensorData
+from msfusion_core.data.tensors import TensorData
 from msfusion_core.method.checks import check_arrays
 from msfusion_core.method.planner import ParticipantPlan, Window
 from msfusion_core.method.slicing import Slicer, map_previous

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from msfusion_core.local.augment import Preprocess, as_float
 from msfusion_core.method.contrastive import contrastive_loss
-from msfusion_core.data import TensorData
+from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.measure import shape_signature
 
 

@@ -8,7 +8,9 @@ is family-specific; the sub-model's state-dict keys equal the full model's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -33,11 +35,39 @@ def _first_1d(module: nn.Module) -> int:
     raise ValueError(f"{type(module).__name__} has no 1-D tensor to read its size from")
 
 
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build with every parameter moved to the meta device as it is registered: buffers are
+    computed for real, and no more than one (uninitialised) parameter is ever allocated."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    with _PATCH_LOCK:
+        nn.Module.register_parameter = on_meta
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = register
+
+
+_PATCH_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=8)
 def _nonpersistent_buffers(build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
     """Buffers outside the state dict (rotary ``inv_freq``): computed in ``__init__``, so a meta build
-    lacks them. They never depend on the split, so one real build per family is enough."""
-    model = build()
+    lacks them. They never depend on the split, so one build per family is enough, and it holds no
+    weights (a node that trains an eighth of a language model never holds all of it) unless the
+    constructor loads real ones (a pretrained checkpoint), which then is built for real."""
+    try:
+        with _parameters_on_meta():
+            model = build()
+    except (ValueError, RuntimeError, NotImplementedError):  # a constructor that loads real weights (a pretrained checkpoint)
+        model = build()
     persistent = set(model.state_dict())
     return {k: v.detach() for k, v in model.named_buffers() if k not in persistent}
 
