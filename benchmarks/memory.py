@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     summary["models"] = {}
     with tempfile.TemporaryDirectory(prefix="msfusion-memory-") as cache:
         for name in args.models:
-            summary["models"][name] = model_costs(MODELS[name], args.repeats, cache)
+            summary["models"][name] = model_costs(MODELS[name], args.repeats, f"{cache}/{name}")  # each its own first load
             print(name, json.dumps(summary["models"][name]["capacities"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

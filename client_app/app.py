@@ -303,7 +303,7 @@ def cached_tensors(folder: Path, key: tuple, load: Callable[[], TensorData]) -> 
     try:
         tensors = load_file(file)
         return TensorData(tensors["x"], tensors["y"])
-    except (OSError, KeyError, ValueError, RuntimeError):  # absent or unreadable: load it again
+    except Exception:  # noqa: BLE001 - absent, truncated or not safetensors (SafetensorError): loaded again
         pass
     data = load()
     try:

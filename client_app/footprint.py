@@ -215,11 +215,27 @@ def choose_capacity(budget_mb: float, footprints: Mapping[float, Footprint | Non
     )
 
 
-def footprint_key(run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int) -> str:
-    """What a measurement depends on: the run's and the node's settings (less the budget itself)."""
-    node = {k: v for k, v in node_config.items() if k not in (MEMORY_BUDGET_KEY, "split-ratio")}
-    blob = json.dumps([sorted(run_config.items()), sorted(node.items()), float(capacity), steps], default=str)
+def footprint_key(node: Any, node_config: Mapping[str, Any], capacity: float, steps: int) -> str:
+    """What a measurement depends on: the model's shapes, the training settings, the node's own
+    config (its partition; not its budget or split-ratio), the capacity and the steps. The run's
+    other settings (rounds, planner, evaluation) do not change what a ClientApp process holds, so a
+    node measured before its first run, or for another planner, is not measured again."""
+    part, cfg = node.participant, node.train_config
+    train = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"preprocess": getattr(cfg.preprocess, "__qualname__", "")}
+    own = {k: v for k, v in node_config.items() if k not in (MEMORY_BUDGET_KEY, "split-ratio")}
+    blob = json.dumps(
+        [sorted((k, list(v)) for k, v in part.full_shapes.items()), sorted(train.items()), sorted(own.items()), node.scaler, float(capacity), steps],
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def tier_keys(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], tiers: Sequence[float], steps: int) -> dict[float, str]:
+    from flwr.app import Context, RecordDict
+
+    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config))
+    node = resolve(setup)(context)
+    return {r: footprint_key(node, node_config, r, steps) for r in tiers}
 
 
 def cache_dir(node_config: Mapping[str, Any]) -> Path:
@@ -245,8 +261,11 @@ def capacity_for_budget(
         cache = {}
     found: dict[float, Footprint | None] = {}
     primed = False
-    for r in sorted(t for t in tiers if t <= cap):
-        key = footprint_key(run_config, node_config, r, steps)
+    tiers = sorted(t for t in tiers if t <= cap)
+    # A parent handed a setup's name (the command line) stays light: the setup runs in a child.
+    keys = tier_keys(setup, run_config, node_config, tiers, steps) if callable(setup) else in_child(tier_keys, setup, dict(run_config), dict(node_config), tiers, steps)
+    for r in tiers:
+        key = keys[r]
         if key not in cache and not primed and node_config.get(CACHE_DIR_KEY):
             # Every round after the first reads the partition back from the node's cache: measure that.
             in_child(load_in_this_process, setup, dict(run_config), dict(node_config))

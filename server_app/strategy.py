@@ -56,7 +56,7 @@ class RoundLog:
     bytes_down_serialized: dict[int, int] = field(default_factory=dict)  # Flower's serialised ArrayRecord size
     seconds: dict[str, float] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (Flower node id, reason)
-    failed: list[tuple[int, str]] = field(default_factory=list)  # error replies
+    failed: list[tuple[int, str]] = field(default_factory=list)  # error replies, and nodes that sent none
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -413,6 +413,10 @@ class MSfusion(Strategy):
                 continue
             seen.add(src)
             accepted.append(reply)
+        answered = seen | {node for node, _ in record.failed + record.rejected}
+        for node in sorted(set(record.sent.values()) - answered):  # a ClientApp killed mid-round, a node that hangs
+            record.failed.append((node, "no reply before the round timed out"))
+            log(WARNING, "round %d: node %d failed: no reply before the round timed out", server_round, node)
         return accepted
 
     def round_metrics(self, record: RoundLog, accepted: list[Reply], applied: bool) -> dict[str, Any]:
