@@ -14,9 +14,10 @@ that cache, so its capacity query reads them. Two runs, same nodes:
   failed, with the nodes' reason, not "completed".
 * ``planner = "msfusion"``, capacities from the budget: completes its rounds.
 
-Records the cap, each node's chosen capacity, each node's peak memory (its processes' summed RSS,
-sampled every 0.2 s, and the cgroup's own high-water mark), the OOM kills, the rounds' times and the
-runs' status in ``docs/results/capped_federation/summary.json``. Where memory cgroups cannot be
+Records the cap, each node's chosen capacity, each node's peak memory, the OOM kills, the rounds'
+times and the runs' status in ``docs/results/capped_federation/summary.json``. A node's peak is its
+cgroup's high-water mark (every page once, page cache included); the summed RSS of its processes,
+sampled every 0.2 s, counts the libraries they share once per process, so it reads higher. Where memory cgroups cannot be
 created (no cgroup v1 memory controller, not root), it says so and exits 0.
 """
 
@@ -51,6 +52,10 @@ from benchmarks.flower_procs import (
 from benchmarks.launch import toml_value
 
 MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
+ROUND_KEYS = (
+    "round", "participants", "accepted", "failed", "applied", "round-seconds", "train-seconds-per-participant",
+    "build-seconds-per-participant", "central-accuracy", "never-trained-fraction", "failed-reasons",
+)
 OUT = REPO / "docs" / "results" / "capped_federation"
 SETTING = cifar_setting(64) | {  # ResNet-18 width 64, CIFAR-10, batch 64, SGD with momentum
     "local-examples": 128,  # two steps a round: the point is memory, not accuracy
@@ -197,8 +202,8 @@ def one_run(planner: str, rounds: int, work: Path, env: dict, procs: list, group
         "node-cgroup-high-water-mb": [g.high_water_mb() for g in groups],
         "oom-kills": [g.oom_kills() - k for g, k in zip(groups, kills)],
         "rounds": [
-            {k: r.get(k) for k in ("round", "participants", "accepted", "failed", "applied", "round-seconds", "accuracy", "failed-reasons")}
-            for r in rows
+            {k: r.get(k) for k in ROUND_KEYS}
+            for r in rows[1:]
         ],
         "output-tail": output[-1500:],
     }

@@ -254,6 +254,11 @@ def capacity_for_budget(
     """The capacity this node's budget affords, and the footprints it measured (cached per setting
     in ``<cache-dir>/footprints.json``). Tiers are measured from the smallest up, stopping at the
     first that does not fit, so a capped node never tries what is far beyond it."""
+    if callable(setup) and "<" in getattr(setup, "__qualname__", "<"):
+        raise ValueError(
+            f"{MEMORY_BUDGET_KEY} needs a module-level setup function (the measurement imports it by name in a child "
+            f"process), not {getattr(setup, '__qualname__', setup)!r}"
+        )
     path = cache_dir(node_config) / "footprints.json"
     try:
         cache = json.loads(path.read_text())

@@ -5,7 +5,7 @@ Two real SuperNodes on loopback run the project's app through a ClientApp that d
 message to ``client_app.app``, except that on the node started with ``kill-in-round=1`` it SIGKILLs
 its own process when round 1's training message arrives. Flower tells the ServerApp nothing until
 the dead task's heartbeat lapses (60 s in flwr 1.42, which then replies "ClientApp stopped
-responding."); with ``round-timeout=30`` the round closes first and the strategy counts the missing
+responding."); with ``round-timeout=20`` the round closes first and the strategy counts the missing
 reply as failed. The SuperNode stays blocked on the dead task until the lapse, so it may miss
 round 2 too; the round is applied with the other node's update either way.
 """
@@ -30,7 +30,7 @@ from benchmarks.flower_procs import (
     wait_online_nodes,
 )
 
-ROUND_TIMEOUT = 30
+ROUND_TIMEOUT = 20
 KILLER = '''
 import os
 import signal

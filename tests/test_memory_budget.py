@@ -119,6 +119,12 @@ def test_a_node_whose_budget_fits_no_tier_is_left_out_and_the_run_goes_on(tmp_pa
         assert r["participants"] == 2 and r["accepted"] == 2 and r["applied"] == 1, r
 
 
+def test_a_budget_needs_a_setup_a_child_process_can_import():
+    node = {"partition-id": 0, "num-partitions": 2}
+    with pytest.raises(ValueError, match="memory-budget-mb needs a module-level setup function .* not '.*<lambda>'"):
+        footprint.capacity_for_budget(lambda context: None, {}, node, 500.0)
+
+
 def test_measuring_a_setup_that_fails_says_why():
     node = {"partition-id": 0, "num-partitions": 2}
     with pytest.raises(RuntimeError, match="capacity 0.5 failed: ValueError: model must be one of .*; got 'nope'"):
