@@ -6,6 +6,11 @@ node has (its model family as a ``Participant``, its data, its capacity, its tra
 msfusion_core objects and back. A message that cannot be honoured (a plan that does not fit the
 model, arrays that do not match the plan, a missing key) gets an error reply that says why, never
 a silently wrong update.
+
+A node's own settings come from its node config: ``partition-id`` and ``num-partitions``,
+``split-ratio`` (its capacity), ``memory-budget-mb`` (measure which capacity fits instead:
+``client_app.footprint``) and ``cache-dir`` (where it keeps its partition and its measurements
+between the fresh processes a SuperNode starts for every message).
 """
 
 from __future__ import annotations

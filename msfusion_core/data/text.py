@@ -28,13 +28,15 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-import datasets
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from flwr_datasets.partitioner import GroupedNaturalIdPartitioner, IidPartitioner
 
-from msfusion_core.data.base import make_partitioner
 from msfusion_core.data.tensors import TensorData, check_tokenizer, holdout_rows
+
+if TYPE_CHECKING:
+    import datasets
 
 EOS, UNK = "<eos>", "<unk>"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
@@ -69,6 +71,8 @@ def _folder(data_path: str | None, name: str) -> Path | None:
 # -- WikiText-2 ------------------------------------------------------------------------------
 def wikitext_lines(data_path: str | None) -> datasets.DatasetDict:
     """Splits train/validation/test, one row per line (column ``text``)."""
+    import datasets  # here, not at the top: a node that only needs the tokenizer's vocabulary never loads it
+
     folder = _folder(data_path, "wikitext2")
 
     def load() -> datasets.DatasetDict:
@@ -184,6 +188,8 @@ def wikitext_partition(
     train = wikitext_lines(data_path)["train"]
 
     def rows() -> list[np.ndarray]:
+        from flwr_datasets.partitioner import GroupedNaturalIdPartitioner, IidPartitioner
+
         indexed = train.add_column("_row", np.arange(train.num_rows, dtype=np.int64))
         if partitioner == "iid":
             part = IidPartitioner(num_partitions)  # contiguous shards of the text
@@ -215,6 +221,8 @@ def wikitext_split(data_path: str | None, split: str, seq_len: int, tokenizer: s
 # -- SST-2 -----------------------------------------------------------------------------------
 def sst2_splits(data_path: str | None) -> datasets.DatasetDict:
     """Splits train/validation(/test), columns ``text`` and ``label``."""
+    import datasets
+
     folder = _folder(data_path, "sst2")
 
     def load() -> datasets.DatasetDict:
@@ -266,6 +274,8 @@ def sst2_partition(
     train = sst2_splits(data_path)["train"]
 
     def rows() -> list[np.ndarray]:
+        from msfusion_core.data.base import make_partitioner
+
         part = make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)
         part.dataset = train.select_columns(["label"]).add_column("_row", np.arange(train.num_rows, dtype=np.int64))
         return [np.asarray(part.load_partition(p)["_row"]) for p in range(num_partitions)]
