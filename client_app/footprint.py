@@ -78,7 +78,6 @@ def resolve(setup: Callable | str) -> Callable:
 
 def measure_in_this_process(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int) -> Footprint:
     """The measurement itself (run it in a fresh process: it reads this process's RSS)."""
-    import torch
     from flwr.app import Context, RecordDict
 
     from msfusion_core.data.tensors import TensorData

@@ -8,7 +8,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from client_app.app import NodeSetup, make_client_app, node_capacity, setup_from_run_config
+from client_app.app import setup_from_run_config
+from msfusion import NodeSetup, make_client_app, node_capacity
 from msfusion_app.settings import Settings
 from msfusion_core.data import load_partition
 from msfusion_core.local.measure import num_bytes

@@ -4,7 +4,7 @@
 import pytest
 from flwr.app import ConfigRecord
 
-from client_app.app import with_server_settings
+from client_app.client import with_server_settings
 from msfusion_app.settings import Settings
 from msfusion_core.local.training import TrainConfig, step_decay
 from msfusion_core.models import get_family

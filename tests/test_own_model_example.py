@@ -65,8 +65,7 @@ def test_a_clientapp_that_always_fails_ends_the_run_failed_with_the_nodes_reason
     (app / "broken.py").write_text(
         "import dataclasses\n"
         "import own_model\n"
-        "from client_app.app import make_client_app\n"
-        "from msfusion_core.local.participant import Participant\n\n"
+        "from msfusion import Participant, make_client_app\n\n"
         "def setup(context):\n"
         "    node = own_model.node_setup(context)\n"
         "    return dataclasses.replace(node, participant=Participant(own_model.TinyNet, own_model.SPLIT_MAP, 'nohead'))\n\n"

@@ -170,7 +170,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, capl
 def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
     from server_app.local_grid import LocalGrid
 
-    from client_app.app import make_client_app
+    from msfusion import make_client_app
     from msfusion_app.settings import Settings
     from server_app.app import run
 

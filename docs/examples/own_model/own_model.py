@@ -17,11 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from sklearn.datasets import load_digits
 from torch import nn
 
-from client_app.app import NodeSetup, make_client_app, node_capacity
-from msfusion_core.data import TensorData
-from msfusion_core.local.participant import Participant
-from msfusion_core.local.training import TrainConfig, evaluate
-from server_app.strategy import MSfusion
+from msfusion import MSfusion, NodeSetup, Participant, TensorData, TrainConfig, evaluate, make_client_app, node_capacity
 
 
 # 1. Your model: any nn.Module made of Linear / Conv / norm / Embedding leaves.
