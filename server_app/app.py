@@ -10,7 +10,9 @@ import math
 import time
 from datetime import UTC, datetime
 from logging import ERROR, INFO, WARNING
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -20,17 +22,66 @@ from flwr.serverapp.strategy import Result
 
 from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_holdout, load_partition, load_test
-from msfusion_app.runlog import RunLog, latest_checkpoint
+from msfusion_app.runlog import FAILED_MARKER, RunLog, latest_checkpoint
 from msfusion_core.local.training import calibrate_batchnorm, evaluate
 from msfusion_core.method.submodel import build_submodel
-from server_app.strategy import MSfusion
+from server_app.strategy import MSfusion, NoValidReplies
 
 app = ServerApp()
 
 
+class RunFailed(RuntimeError):
+    """A run that cannot go on for a reason its message states in full (a bad setting, nodes that
+    never reply validly): it ends with one line saying so, not a traceback."""
+
+
+class _OneLineFailure(logging.Filter):
+    """Flower logs a ServerApp's exception with its traceback, then an exit-code banner. For a
+    ``RunFailed`` our own ``MSfusion run FAILED`` line has said all of it: drop both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunFailed):
+            self.failed = True
+            return False
+        return not (self.failed and str(record.msg).startswith("Exit Code:"))
+
+
+_ONE_LINE_FAILURE = _OneLineFailure()
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run(grid, Settings.from_mapping(context.run_config))
+    logging.getLogger("flwr").addFilter(_ONE_LINE_FAILURE)  # a no-op if added before
+    try:
+        settings = Settings.from_mapping(context.run_config)
+    except ValueError as exc:
+        fail(exc, failed_run_dir(context.run_config))
+    run(grid, settings)
+
+
+def failed_run_dir(run_config: Mapping[str, Any]) -> Path | None:
+    """Where a run whose settings are refused says so: ``output-dir/run-name`` when both are usable."""
+    out, name = run_config.get("output-dir", Settings.output_dir), run_config.get("run-name")
+    if not (isinstance(out, str) and isinstance(name, str) and name):
+        return None
+    return Path(out) / name
+
+
+def fail(exc: BaseException, run_dir: Path | None, after_round: int | None = None) -> NoReturn:
+    """End the run with one line naming why, and a ``FAILED`` file in the run directory, if any."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if run_dir is not None and after_round is None:
+        with contextlib.suppress(OSError):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / FAILED_MARKER).write_text(reason + "\n")
+    when = "before round 1" if after_round is None else f"after round {after_round}"
+    where = f" (run directory {run_dir.resolve()})" if run_dir is not None else ""
+    log(ERROR, "MSfusion run FAILED %s: %s%s", when, reason, where)
+    raise RunFailed(reason) from exc
 
 
 def make_strategy(settings: Settings, data: ServerData | None = None) -> MSfusion:
@@ -182,14 +233,18 @@ def resume(settings: Settings, strategy: MSfusion) -> RunLog:
 
 
 def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Result:
-    """The whole server side of a run (also what tests call with a run config of their own)."""
-    data = ServerData(settings)
-    strategy = strategy or make_strategy(settings, data)
-    if settings.resume_from:
-        runlog = resume(settings, strategy)
-    else:
-        name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-        runlog = RunLog(Path(settings.output_dir) / name, settings.to_mapping())
+    """The whole server side of a run (also what tests call with a run config of their own).
+
+    Raises ``RunFailed`` when it cannot go on for a stated reason (a setting refused before round 1,
+    ``max-failed-rounds`` rounds without a valid reply), having said why in one line and, where a
+    run directory exists, in its ``FAILED`` file."""
+    name = settings.run_name or f"{settings.planner}-{settings.dataset}-s{settings.seed}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    try:
+        data = ServerData(settings)
+        strategy = strategy or make_strategy(settings, data)
+        runlog = resume(settings, strategy) if settings.resume_from else RunLog(Path(settings.output_dir) / name, settings.to_mapping())
+    except ValueError as exc:
+        fail(exc, Path(settings.resume_from) if settings.resume_from else failed_run_dir(settings.to_mapping()))
     log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
     try:
         with quiet_strategy_log():
@@ -203,9 +258,10 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
     except BaseException as exc:
         # The reason goes where a user looks: the run directory, and the last log line (Flower
         # records it as the run's failure details too).
-        reason = f"{type(exc).__name__}: {exc}"
-        runlog.fail(reason)
-        log(ERROR, "MSfusion run FAILED after round %d: %s (run directory %s)", len(runlog.rows) - 1, reason, runlog.dir.resolve())
+        runlog.fail(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, (ValueError, NoValidReplies)):
+            fail(exc, runlog.dir, after_round=len(runlog.rows) - 1)
+        log(ERROR, "MSfusion run FAILED after round %d: %s: %s (run directory %s)", len(runlog.rows) - 1, type(exc).__name__, exc, runlog.dir.resolve())
         raise
     finally:
         runlog.close()

@@ -60,6 +60,10 @@ class RoundLog:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+class NoValidReplies(RuntimeError):
+    """``max_failed_rounds`` consecutive rounds without one valid reply: the run cannot go on."""
+
+
 class MSfusion(Strategy):
     """Sub-model federated training with double shifting, adaptive overlap, overlap-weighted
     aggregation and the contrastive loss.
@@ -336,7 +340,7 @@ class MSfusion(Strategy):
         self.failed_rounds += 1
         if self.failed_rounds >= self.max_failed_rounds:
             said = sorted({why for _, why in record.failed + record.rejected}) or ["nothing (no replies)"]
-            raise RuntimeError(f"no valid reply for {self.failed_rounds} round{'s' if self.failed_rounds > 1 else ''} (up to round {server_round}); nodes said: {'; '.join(said)}")
+            raise NoValidReplies(f"no valid reply for {self.failed_rounds} round{'s' if self.failed_rounds > 1 else ''} (up to round {server_round}); nodes said: {'; '.join(said)}")
 
     # -- nodes -----------------------------------------------------------------------------
     def discover(self, grid: Grid) -> list[tuple[int, str]]:

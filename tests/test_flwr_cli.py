@@ -63,3 +63,22 @@ def test_the_app_bundle_carries_the_apps_and_stays_under_flowers_limit(tmp_path)
     assert fab.stat().st_size < 10 * 1024 * 1024
     assert {"server_app/app.py", "client_app/app.py", "msfusion_core/method/planner.py", "pyproject.toml"} <= set(names)
     assert not any(n.startswith(("docs/", "tests/", "benchmarks/")) for n in names)
+
+
+def test_a_bad_setting_ends_the_run_failed_in_one_line_that_names_it(tmp_path):
+    home, out = tmp_path / "flwr-home", tmp_path / "runs"
+    env = flower_env(home)
+    with flower_cleanup(home):
+        cmd = ["flwr", "run", ".", "--stream", "--run-config", f"planner='msfusoin' output-dir='{out}' run-name='bad'"]
+        rc, output = run_cli(cmd, tmp_path / "flwr-run.log", env, RUN_TIMEOUT, cwd=REPO)
+        assert rc == 0, output[-3000:]  # `--stream` exits 0 whatever the run did
+        run = newest_run(env)
+    assert run["status"] == "finished:failed", run
+    assert "msfusoin" in run["status-details"] and "planner" in run["status-details"], run
+    lines = [line for line in output.splitlines() if line.strip()]
+    failed = [i for i, line in enumerate(lines) if "MSfusion run FAILED before round 1: ValueError:" in line]
+    assert failed and "msfusoin" in lines[failed[-1]], output[-3000:]
+    after = lines[failed[-1] + 1 :]
+    assert not any(word in line for line in after for word in ("Traceback", "Exit Code", "raised an exception")), after
+    assert "Traceback" not in output, output[-3000:]
+    assert "msfusoin" in (out / "bad" / "FAILED").read_text()
