@@ -51,7 +51,7 @@ def main() -> None:
     capacity = min(settings.capacity_tiers())
     participants = [(p, capacity) for p in range(10)]
     for o in OVERLAPS:
-        planner.schedule.current = o
+        planner.schedule.state.current = o
         plan = server.plan_round(checkpoint.server_round + 1, participants)
         out["submodels"][str(o)] = [accuracy(build_submodel(fam.build, server.download(plan.participants[p]))) for p in PROBED]
         print(f"o = {o}: sub-model test accuracy before training {out['submodels'][str(o)]} (full model {out['full_model']})")

@@ -79,7 +79,6 @@ def setup_from_run_config(context: Context) -> NodeSetup:
         examples_per_round=settings.local_examples,
         scaler=settings.scaler,
         bn_calibration_batches=settings.bn_calibration_batches,
-        seed=settings.seed,
         memory_budget_mb=budget,
     )
 

@@ -295,8 +295,7 @@ class Settings:
             lr=self.lr,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
-            mu=self.contrastive_mu,
-            tau=self.contrastive_tau,
+            tau=self.contrastive_tau,  # μ is the server's: sent with every plan (MSfusion.train_settings)
             distill=self.distill_weight,
             regularised_fraction=self.regularised_fraction,
             optimizer=self.optimizer,

@@ -187,3 +187,40 @@ def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
     ok = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
     run(ok, Settings(num_server_rounds=1, resume_from=str(tmp_path / "r"), max_failed_rounds=1))
     assert not (tmp_path / "r" / "FAILED").exists() and not (tmp_path / "r" / ".lock").exists()
+
+
+def test_a_schedule_checkpoints_its_state_not_its_configuration():
+    from msfusion_core.method.overlap import OverlapSchedule
+
+    grow = OverlapSchedule("grow", patience=2)
+    grow.set_trial_barriers(100)
+    for t, loss in enumerate([1.0, 1.0, 1.0, 1.0], start=1):
+        grow.observe_validation(t, loss)
+    assert grow.current == 0.875  # a plateau: one step, on trial
+    saved = grow.state_dict()
+    assert not {"kind", "patience", "num_rounds", "trial_barriers", "start"} & set(saved), saved
+    again = OverlapSchedule("grow", patience=2)
+    again.set_trial_barriers(40)
+    again.load_state_dict(saved)
+    assert again.state == grow.state and again.trial_barriers == (40,)
+
+
+def test_resuming_with_another_run_length_recomputes_what_depends_on_it(tmp_path):
+    """A linear overlap ramp runs over the run's length: resumed with more rounds, the ramp is the
+    new run's, from the state the checkpoint holds."""
+    from server_app.app import make_strategy, run
+    from server_app.local_grid import LocalGrid, simulated_node_configs
+
+    from msfusion_app.settings import Settings
+
+    base = {"overlap_schedule": "linear", "overlap_start": 0.5, "overlap_end": 0.1, "contrastive_mu": 0.0, "local_examples": 32}
+    grid = LocalGrid(simulated_node_configs(2), Settings(**base).to_mapping())
+    run(grid, Settings(num_server_rounds=2, output_dir=str(tmp_path), run_name="r", **base))
+    resumed = Settings(num_server_rounds=5, resume_from=str(tmp_path / "r"), **base)
+    strategy = make_strategy(resumed)
+    run(LocalGrid(simulated_node_configs(2), resumed.to_mapping()), resumed, strategy)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    overlaps = {r["round"]: r["overlap"] for r in rows if r["round"]}
+    assert overlaps[1] == pytest.approx(0.5) and overlaps[2] == pytest.approx(0.1)  # the first run's 2-round ramp
+    # The resumed run's ramp is over 5 rounds (restoring the old configuration would hold 0.1).
+    assert [overlaps[t] for t in (3, 4, 5)] == pytest.approx([0.3, 0.2, 0.1])
