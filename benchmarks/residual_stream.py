@@ -29,7 +29,7 @@ from benchmarks.flower_procs import REPO
 from msfusion_core.data import TensorData
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig, evaluate
-from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.overlap import ConstantOverlap
 from msfusion_core.method.planner import Planner, make_planner
 from msfusion_core.method.server import Reply, SubmodelServer
 
@@ -83,7 +83,7 @@ def digits_split() -> tuple[TensorData, TensorData]:
 # The arms: msfusion's forms (each evaluated by the expectation rule unless said), and the controls.
 ARMS: dict[str, Callable[[int], Planner]] = {
     "msfusion": lambda seed: make_planner("msfusion", seed=seed),  # the default: spread, adaptive o from 0.5
-    "msfusion-o0": lambda seed: make_planner("msfusion", seed=seed, schedule=OverlapSchedule("constant", start=0.0)),
+    "msfusion-o0": lambda seed: make_planner("msfusion", seed=seed, schedule=ConstantOverlap(0.0)),
     "msfusion-no-expectation": lambda seed: make_planner("msfusion", seed=seed, inclusion_scaling=False),
     "fedrolex": lambda seed: make_planner("fedrolex", seed=seed),
     "fd": lambda seed: make_planner("fd", seed=seed),

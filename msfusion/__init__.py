@@ -13,19 +13,21 @@ from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.augment import as_float
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
-from msfusion_core.method.overlap import SCHEDULES, OverlapSchedule
-from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, Planner, make_planner
+from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, GrowOverlap, make_schedule
+from msfusion_core.method.planner import PLANNER_NAMES, PLANNERS, Planner, make_planner
 from msfusion_core.method.split_map import Binding, SplitMap, layer_split_map, model_state
 from server_app.strategy import MSfusion
 
 __all__ = [
-    "OVERLAP_FORMS",
+    "PLANNERS",
     "PLANNER_NAMES",
     "SCHEDULES",
+    "AdaptiveOverlap",
     "Binding",
+    "ConstantOverlap",
+    "GrowOverlap",
     "MSfusion",
     "NodeSetup",
-    "OverlapSchedule",
     "Participant",
     "Planner",
     "SplitMap",
@@ -37,6 +39,7 @@ __all__ = [
     "layer_split_map",
     "make_client_app",
     "make_planner",
+    "make_schedule",
     "memory_budget",
     "model_state",
     "node_capacity",

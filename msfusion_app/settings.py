@@ -14,8 +14,8 @@ from typing import Any
 
 from msfusion_core.data.tensors import DATASETS, check_tokenizer
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
-from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
-from msfusion_core.method.planner import OVERLAP_FORMS, PLANNER_NAMES, WINDOW_OFFSETS, Planner, check_capacity, make_planner
+from msfusion_core.method.overlap import SCHEDULES, make_schedule
+from msfusion_core.method.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
 from msfusion_core.method.robust import ROBUST_MODES
 from msfusion_core.local.augment import Preprocess, preprocess_for
 from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
@@ -62,23 +62,10 @@ class Settings:
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
-    overlap_schedule: str = "adaptive"  # msfusion: adaptive (the abstract's) | constant | linear | cosine | grow (starts as small, grows on validation plateaus; core form) | plateau-best (grow's first form)
-    overlap_start: float = 0.5
-    overlap_end: float = 0.1
-    overlap_eta: float = 0.2
-    overlap_target_shift: float = 1.0
-    overlap_leak: float = 0.2
-    overlap_min: float = 0.0
-    overlap_max: float = 0.9
-    overlap_form: str = "spread"  # msfusion: spread (windows spread across participants) | core (shared core + double-shifted remainder)
-    overlap_patience: int = 30  # grow: the window (rounds) whose mean validation loss is compared with the window before
-    overlap_step: float = 0.125  # grow: how much the overlap is lowered each time
-    overlap_min_improvement: float = 0.01  # grow: a smaller relative validation-loss decrease is no improvement
+    overlap_schedule: str = "adaptive"  # msfusion: adaptive (the abstract's) | constant | grow (starts as small, grows on validation plateaus: the core form)
+    overlap_start: float = 0.5  # o_0 of adaptive and constant (grow starts at 1)
     validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on (grow needs them); WikiText-2: validation sequences
-    shift_step: int = 1
     inclusion_scaling: bool = True  # msfusion: the evaluated model scales each unit's readers by its expected share of sub-models
-    active_width: float = 1.0  # core form: remainder windows cycle within this share of each group (units past it stay silenced)
-    window_offsets: str = "per-group"  # msfusion: per-group (an independent offset per group and round) | aligned
     contrastive_mu: float = 1.0  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
     contrastive_tau: float = 0.5
     distill_weight: float = 0.0  # self-distillation toward the received sub-model's predictions (KL, T = 1)
@@ -134,8 +121,7 @@ class Settings:
             "optimizer": OPTIMIZERS,
             "aggregation_weight": ("examples", "uniform"),
             "robust_aggregation": ROBUST_MODES,
-            "window_offsets": WINDOW_OFFSETS,
-            "overlap_form": OVERLAP_FORMS,
+            "overlap_schedule": tuple(SCHEDULES),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -178,18 +164,12 @@ class Settings:
             "weight_decay": (0.0, True, None),
             "contrastive_mu": (0.0, True, None),
             "distill_weight": (0.0, True, None),
-            "overlap_eta": (0.0, True, None),
-            "overlap_leak": (0.0, True, 1.0),
-            "shift_step": (0, True, None),
             "local_examples": (0, True, None),
             "central_eval_examples": (0, True, None),
             "bn_calibration_batches": (0, True, None),
             "model_width": (0, True, None),
             "model_layers": (0, True, None),
             "max_failed_rounds": (1, True, None),
-            "overlap_patience": (1, True, None),
-            "overlap_step": (0.0, False, None),
-            "overlap_min_improvement": (0.0, True, 1.0),
             "validation_examples": (0, True, None),
         }
         for name, (low, inclusive, high) in ranges.items():
@@ -198,15 +178,12 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        if self.planner == "msfusion" and self.overlap_schedule in VALIDATION_DRIVEN and self.validation_examples == 0:
+        if self.make_planner().needs_validation and self.validation_examples == 0:
             raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000), the train rows the server holds out to validate on")
-        if self.planner == "msfusion" and self.overlap_schedule in VALIDATION_DRIVEN and self.overlap_form != "core":
-            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} grows the core form from the small model: set overlap-form 'core'")
         if not 0.0 < self.regularised_fraction <= 1.0:
             raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")
-        for name in ("overlap_start", "overlap_end", "overlap_min", "overlap_max", "overlap_step"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.overlap_start <= 1.0:
+            raise ValueError(f"overlap-start must be in [0, 1], got {self.overlap_start}")
         wanted = MODEL_DATASETS.get(self.model)
         if wanted is not None and self.dataset not in wanted:
             raise ValueError(
@@ -217,11 +194,6 @@ class Settings:
             raise ValueError(f"lr-decay-factor must be in (0, 1], got {self.lr_decay_factor}")
         self.lr_milestones()
         self.capacity_tiers()
-        self.schedule()
-        if not max(self.capacity_tiers()) <= self.active_width <= 1.0:
-            raise ValueError(f"active-width must be in [largest split-ratio tier, 1] = [{max(self.capacity_tiers())}, 1], got {self.active_width}")
-        if self.active_width < 1.0 and (self.planner != "msfusion" or self.overlap_form != "core"):
-            raise ValueError(f"active-width {self.active_width} < 1 is msfusion's core form only (planner {self.planner!r}, overlap-form {self.overlap_form!r})")
 
     def capacity_tiers(self) -> list[float]:
         try:
@@ -250,33 +222,13 @@ class Settings:
         tiers = self.capacity_tiers()
         return tiers[partition_id % len(tiers)]
 
-    def schedule(self) -> OverlapSchedule:
-        return OverlapSchedule(
-            self.overlap_schedule,
-            start=self.overlap_start,
-            end=self.overlap_end,
-            num_rounds=self.num_server_rounds,
-            eta=self.overlap_eta,
-            target_shift=self.overlap_target_shift,
-            leak=self.overlap_leak,
-            min_overlap=self.overlap_min,
-            max_overlap=self.overlap_max,
-            patience=self.overlap_patience,
-            step=self.overlap_step,
-            min_improvement=self.overlap_min_improvement,
-        )
-
     def make_planner(self) -> Planner:
         return make_planner(
             self.planner,
-            schedule=self.schedule(),
-            shift_step=self.shift_step,
+            schedule=make_schedule(self.overlap_schedule, self.overlap_start),
             seed=self.seed,
-            window_offsets=self.window_offsets,
-            overlap_form=self.overlap_form,
             small_capacity=min(self.capacity_tiers()),
             inclusion_scaling=self.inclusion_scaling,
-            active_width=self.active_width,
             contrastive_mu=self.contrastive_mu,
         )
 

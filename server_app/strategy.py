@@ -200,7 +200,7 @@ class MSfusion(Strategy):
             self.load_global(initial_arrays.to_torch_state_dict())
         num_rounds = int(kwargs.get("num_rounds", args[0] if args else 3))
         last_round = self.round_offset + num_rounds
-        self.planner.set_trial_barriers(last_round, last_rounds_at_each_lr(self.lr_factor, last_round))
+        self.planner.set_run_length(last_round, last_rounds_at_each_lr(self.lr_factor, last_round))
         self.last_arrays = ArrayRecord(model_state(self.global_model(self.round_offset)))
         return super().start(grid, self.last_arrays, *args, **kwargs)
 

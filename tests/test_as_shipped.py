@@ -13,7 +13,7 @@ from benchmarks.residual_stream import ResidualMLP, residual_mlp_split_map, run 
 from msfusion_app.settings import Settings
 from msfusion_core.data import load_test
 from msfusion_core.local.training import evaluate
-from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.overlap import GrowOverlap
 from msfusion_core.method.planner import make_planner
 from msfusion_core.method.submodel import build_submodel
 from msfusion_core.models import get_family
@@ -33,7 +33,7 @@ def grid_of(capacities, run_config):
 
 def test_the_apps_default_is_the_abstracts_method_and_double_shifts_from_round_one(tmp_path):
     settings = Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r", local_examples=32)
-    assert (settings.planner, settings.overlap_form, settings.overlap_schedule, settings.window_offsets) == ("msfusion", "spread", "adaptive", "per-group")
+    assert (settings.planner, settings.overlap_schedule, type(settings.make_planner()).__name__) == ("msfusion", "adaptive", "SpreadPlanner")
     assert settings.contrastive_mu > 0 and settings.inclusion_scaling
     strategy = make_strategy(settings)
     run(grid_of([0.5] * 4, settings.to_mapping()), settings, strategy)
@@ -56,29 +56,27 @@ def test_a_drop_in_strategy_double_shifts_with_no_extra_wiring():
 
 
 def test_the_grow_variant_refuses_to_start_without_a_validation_function():
-    grow = make_planner("msfusion", overlap_form="core", schedule=OverlapSchedule("grow", start=1.0))
+    grow = make_planner("msfusion", schedule=GrowOverlap())
     strategy = MSfusion(DIGITS.build, DIGITS.split_map, grow)
     with pytest.raises(ValueError, match="validation_fn"):
         strategy.start(grid_of([0.5] * 2, {}), num_rounds=2)
     with pytest.raises(ValueError, match="validation-examples"):
-        Settings.from_mapping({"overlap-schedule": "grow", "overlap-form": "core"})
-    with pytest.raises(ValueError, match="set overlap-form 'core'"):
-        Settings.from_mapping({"overlap-schedule": "grow", "validation-examples": 200})
+        Settings.from_mapping({"overlap-schedule": "grow"})
 
 
-def test_the_grow_variant_takes_its_trial_barriers_from_the_run_length_when_it_starts():
-    grow = make_planner("msfusion", overlap_form="core", schedule=OverlapSchedule("grow", start=1.0))
+def test_the_grow_variant_takes_its_patience_and_trial_barriers_from_the_run_length_when_it_starts():
+    grow = make_planner("msfusion", schedule=GrowOverlap())
     lr = Settings(num_server_rounds=40, lr_decay_at="0.5,0.75").lr_factor
     strategy = MSfusion(DIGITS.build, DIGITS.split_map, grow, lr_factor=lr, validation_fn=lambda t, model: None)
     strategy.start(grid_of([0.5] * 2, {"local-examples": 8}), num_rounds=1)
-    assert grow.schedule.trial_barriers == (1,)
+    assert grow.schedule.trial_barriers == (1,) and grow.schedule.patience == 1
     strategy.round_offset = 10  # a resumed run that now goes to round 40
     strategy.start(grid_of([0.5] * 2, {"local-examples": 8}), num_rounds=30)
-    assert grow.schedule.trial_barriers == (20, 30, 40)
+    assert grow.schedule.trial_barriers == (20, 30, 40) and grow.schedule.patience == 4  # a tenth of the run
 
 
 def test_the_core_form_refuses_a_model_that_normalises_a_split_group_as_a_whole_naming_the_layer():
-    core = make_planner("msfusion", overlap_form="core", schedule=OverlapSchedule("grow", start=1.0))
+    core = make_planner("msfusion", schedule=GrowOverlap())
     with pytest.raises(ValueError, match="layer 'norm' \\(LayerNorm\\).*group 'stream'"):
         MSfusion(ResidualMLP, residual_mlp_split_map(), core)
     MSfusion(ResidualMLP, residual_mlp_split_map())  # the spread form evaluates the expectation instead

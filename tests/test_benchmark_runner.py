@@ -46,7 +46,7 @@ def test_tiny_experiment_summary(tmp_path, capsys, engine):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "tiny" and summary["target"] == exp.target
     assert summary["setting"] == exp.setting
-    assert set(summary["methods"]) == {"msfusion", "small"}
+    assert set(summary["methods"]) == {"msfusion-shipped", "small"}
     for name, m in summary["methods"].items():
         assert set(m) == KEYS, name
         assert 0.0 <= m["final_accuracy"] <= m["best_accuracy"] <= 1.0
@@ -56,10 +56,10 @@ def test_tiny_experiment_summary(tmp_path, capsys, engine):
         assert (m["rounds_to_target"] is None) == (m["flops_to_target"] is None)
     # The small model costs a quarter of the full model per participant; msfusion at r = 0.5 too.
     assert summary["methods"]["small"]["never_trained_fraction"] is None  # dense: nothing to count
-    assert 0.0 < summary["methods"]["msfusion"]["never_trained_fraction"] < 1.0
-    ratio = summary["methods"]["msfusion"]["flops_per_participant_round"] / summary["methods"]["small"]["flops_per_participant_round"]
+    assert 0.0 < summary["methods"]["msfusion-shipped"]["never_trained_fraction"] < 1.0
+    ratio = summary["methods"]["msfusion-shipped"]["flops_per_participant_round"] / summary["methods"]["small"]["flops_per_participant_round"]
     assert 0.7 < ratio < 1.6, ratio
-    assert (out / "results.md").read_text().count("| msfusion |") == 2  # the accuracy table and the server-cost table
+    assert (out / "results.md").read_text().count("| msfusion-shipped |") == 2  # the accuracy table and the server-cost table
     assert (out / "accuracy.png").stat().st_size > 1000 and len(list((out / "runs").glob("*.jsonl"))) == 2
 
     capsys.readouterr()
@@ -108,7 +108,7 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    home = work / "tiny" / "flwr-home" / "msfusion-s0"
+    home = work / "tiny" / "flwr-home" / "msfusion-shipped-s0"
     try:
         deadline = time.monotonic() + 120
         while not any("flwr-simulation" in cmdline(p) for p in descendants(runner.pid)):
@@ -229,10 +229,9 @@ def test_systems_costs_are_steady_state_medians_and_ratios_to_full(tmp_path):
     assert small["flops_vs_full"] == pytest.approx(0.25) and small["bytes_vs_full"] == pytest.approx(0.25)
 
 
-def test_c1s_shipped_arms_are_the_apps_default_msfusion_and_grow5_the_starts_as_small_variant():
+def test_c1s_shipped_arms_are_the_apps_default_msfusion_and_the_starts_as_small_arm_grows():
     """The C1 runs reported as the app's default are its defaults on C1's setting: if a default
-    moves, this says the committed runs no longer show it. grow5 is the starts-as-small variant
-    with 2,000 held-out rows, and grow3 differs from it in the grow rule only."""
+    moves, this says the committed runs no longer show it."""
     from benchmarks.experiments import C1, C1_SETTING, METHODS
     from benchmarks.run import run_config
     from msfusion_app.settings import Settings
@@ -241,13 +240,8 @@ def test_c1s_shipped_arms_are_the_apps_default_msfusion_and_grow5_the_starts_as_
     for r in ("0.5", "0.25"):
         shipped = Settings.from_mapping(run_config(C1, f"msfusion-shipped-r{r}", 0, variant))
         assert shipped == Settings.from_mapping(C1_SETTING | {"split-ratio-tiers": r, "seed": 0})
-        grow5 = Settings.from_mapping(run_config(C1, f"msfusion-grow5-r{r}", 0, variant))
-        variant_of_default = Settings.from_mapping(C1_SETTING | METHODS["msfusion-default"] | {"validation-examples": 2000, "split-ratio-tiers": r, "seed": 0})
-        assert grow5 == variant_of_default
-        grow3 = Settings.from_mapping(run_config(C1, f"msfusion-grow3-r{r}", 0, variant))
-        assert grow3.overlap_schedule == "plateau-best" and replace(grow3, overlap_schedule="grow") == grow5
-    # The abstract's form, pinned for the committed `msfusion` runs, is not the default.
-    assert Settings.from_mapping(run_config(C1, "msfusion-r0.25", 0, variant)).overlap_form == "spread"
+    grow = Settings.from_mapping(C1_SETTING | METHODS["msfusion-default"] | {"validation-examples": 2000, "seed": 0})
+    assert grow.make_planner().needs_validation and type(grow.make_planner()).__name__ == "CorePlanner"
 
 
 def test_engine_agreement_compares_runs_of_the_same_name(tmp_path):

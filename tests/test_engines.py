@@ -21,7 +21,7 @@ from benchmarks.run import run_once
 # since the zero-initialised non-core readers make the first steps sensitive to it.
 CONFIG = {
     "num-server-rounds": 3, "split-ratio-tiers": "1.0,0.5,0.25", "local-examples": 96, "seed": 3, "contrastive-mu": 1.0,
-    "overlap-form": "spread", "overlap-schedule": "adaptive", "overlap-start": 0.5, "window-offsets": "aligned", "inclusion-scaling": False,
+    "overlap-schedule": "adaptive", "overlap-start": 0.5, "inclusion-scaling": False,
 }
 
 

@@ -6,9 +6,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, GrowOverlap, make_schedule
 from msfusion_core.method.planner import (
+    FORMS,
+    PLANNERS,
+    CorePlanner,
     ParticipantPlan,
+    SpreadPlanner,
     Window,
     make_planner,
     plan_double_shift,
@@ -53,13 +57,12 @@ def test_spread_one_covers_every_unit_when_pr_at_least_one(k, t, p, r):
     assert covered.min() >= 1
 
 
-@pytest.mark.parametrize("planner", ["msfusion", "fedrolex"])
-def test_equal_training_over_k_rounds(planner):
+@pytest.mark.parametrize("spread", [SpreadPlanner.spread_for(0.2, [(3, 0.5), (7, 0.25), (9, 0.5)]), 0.0])  # 0: FedRolex's rule
+def test_equal_training_over_k_rounds(spread):
     k, parts = 12, [(3, 0.5), (7, 0.25), (9, 0.5)]
-    pl = make_planner(planner, schedule=OverlapSchedule("constant", start=0.2), overlap_form="spread", window_offsets="aligned")
     counts = np.zeros(k, dtype=int)
     for t in range(1, k + 1):
-        for pp in pl.plan(t, parts, {"g": k}).participants.values():
+        for pp in plan_double_shift(t, parts, {"g": k}, spread).values():
             counts[pp.indices("g")] += 1
     assert counts.min() == counts.max()  # every unit trained equally often
 
@@ -98,9 +101,8 @@ def test_heterogeneous_capacities_and_heterofl_prefix():
 def test_overlap_sets_spread_and_coverage():
     gs = {"g": 40}
     parts = [(i, 0.5) for i in range(4)]
-    spread = {"overlap_form": "spread", "window_offsets": "aligned"}
-    lo = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), **spread).plan(1, parts, gs)
-    hi = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.8), **spread).plan(1, parts, gs)
+    lo = make_planner("msfusion", schedule=ConstantOverlap(0.0)).plan(1, parts, gs)
+    hi = make_planner("msfusion", schedule=ConstantOverlap(0.8)).plan(1, parts, gs)
     assert lo.spread == 1.0 and hi.spread == pytest.approx(0.4)
     # More overlap → units shared by more participants, fewer units covered.
     assert min(lo.coverage(gs)["g"]) >= 1
@@ -109,14 +111,14 @@ def test_overlap_sets_spread_and_coverage():
 
 
 def test_adaptive_overlap_follows_model_shift():
-    sched = OverlapSchedule("adaptive", start=0.3, eta=0.5, target_shift=0.5, max_overlap=0.9)
+    sched = AdaptiveOverlap(0.3)  # η = 0.2, ρ* = 1, λ = 0.2, o_max = 0.9
     pl = make_planner("msfusion", schedule=sched)
-    pl.observe(1, 0.9)  # more disagreement than the target → more overlap
+    pl.observe(1, 2.0)  # more disagreement than independent updates → more overlap
     assert sched.overlap(2) == pytest.approx(0.5)
     pl.observe(2, 0.1)  # less → less, and the leak pulls 0.2·(0.5 − 0.3) back toward o_0
-    assert sched.overlap(3) == pytest.approx(0.26)
+    assert sched.overlap(3) == pytest.approx(0.28)
     for _ in range(20):
-        pl.observe(3, 1.0)
+        pl.observe(3, 3.0)
     assert sched.overlap(4) == pytest.approx(0.9)  # clipped to o_max
     restored = make_planner("msfusion")
     restored.load_state_dict(pl.state_dict())
@@ -127,29 +129,32 @@ def test_adaptive_overlap_follows_model_shift():
 def test_a_persistent_small_excess_does_not_wind_the_overlap_up(rho):
     """E2 at P = 8 saw ρ_t at 1.03–1.14 every round: the pure integrator (λ = 0) ran o to o_max;
     the leaky rule settles at o_0 + (η/λ)(ρ − ρ*)."""
-    leaky = OverlapSchedule("adaptive", start=0.5, eta=0.2, leak=0.2, max_overlap=0.9)
-    integrator = OverlapSchedule("adaptive", start=0.5, eta=0.2, leak=0.0, max_overlap=0.9)
+
+    class Integrator(AdaptiveOverlap):
+        LEAK = 0.0
+
+    leaky, integrator = AdaptiveOverlap(0.5), Integrator(0.5)
     for _ in range(100):
-        leaky.update(rho)
-        integrator.update(rho)
+        leaky.observe_shift(rho)
+        integrator.observe_shift(rho)
     assert leaky.overlap(101) == pytest.approx(0.5 + (rho - 1.0), abs=1e-6)
     assert integrator.overlap(101) == pytest.approx(0.9)
     # ρ back at its target: the leak returns o to o_0.
     for _ in range(60):
-        leaky.update(1.0)
+        leaky.observe_shift(1.0)
     assert leaky.overlap(161) == pytest.approx(0.5, abs=1e-6)
 
 
-def test_overlap_leak_is_validated():
-    with pytest.raises(ValueError, match="leak"):
-        OverlapSchedule("adaptive", leak=1.5)
-
-
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
-def test_ramped_schedules(kind):
-    s = OverlapSchedule(kind, start=0.6, end=0.2, num_rounds=5)
-    assert s.overlap(1) == pytest.approx(0.6) and s.overlap(5) == pytest.approx(0.2) and s.overlap(9) == pytest.approx(0.2)
-    assert 0.2 < s.overlap(3) < 0.6
+def test_one_class_per_rule_chosen_by_name_and_the_form_by_the_schedule():
+    assert set(SCHEDULES) == {"adaptive", "constant", "grow"}
+    assert set(PLANNERS) == {"msfusion", "fedrolex", "heterofl", "fd", "full", "small"}
+    assert type(make_planner("msfusion")) is SpreadPlanner and type(make_planner("msfusion").schedule) is AdaptiveOverlap
+    assert type(make_planner("msfusion", schedule=make_schedule("grow"))) is CorePlanner is FORMS["core"]
+    assert make_schedule("grow").current == 1.0 and make_schedule("constant", 0.3).current == 0.3
+    with pytest.raises(ValueError, match="overlap start must be in"):
+        ConstantOverlap(1.5)
+    with pytest.raises(ValueError, match="grow needs patience >= 1"):
+        GrowOverlap(patience=0)
 
 
 @given(t=st.integers(0, 30), name=st.sampled_from(["msfusion", "fedrolex", "heterofl", "fd"]), r=capacities)
@@ -187,8 +192,8 @@ def test_empty_participants_and_unknown_planner():
         make_planner("msfusion").plan(1, [], {"g": 4})
     with pytest.raises(ValueError, match="unknown planner 'fedsplit'"):
         make_planner("fedsplit")
-    with pytest.raises(ValueError, match="unknown overlap schedule"):
-        OverlapSchedule("exponential")
+    with pytest.raises(ValueError, match="unknown overlap schedule 'exponential'; known: adaptive, constant, grow"):
+        make_schedule("exponential")
 
 
 # -- even co-training: an independent window offset per group (issue 15, part 1) -----------------
@@ -197,20 +202,19 @@ def test_per_group_offsets_train_every_conv_weight(r, num):
     """ResNet-18 width 32, 40 rounds, constant overlap 0.5: the issue's measurement of the defect."""
     from benchmarks.coverage import plan_coverage
 
-    aligned = plan_coverage("msfusion", r, num, window_offsets="aligned")
-    per_group = plan_coverage("msfusion", r, num, window_offsets="per-group")
+    aligned = plan_coverage("msfusion (aligned)", r, num)
+    per_group = plan_coverage("msfusion (per-group)", r, num)
     assert aligned["never_trained_fraction"] > 0.4  # the defect, as measured in the issue: 48.4 % and 72.9 %
     assert per_group["never_trained_fraction"] <= 0.01  # the issue's target
     assert per_group["train_count_cv"] < aligned["train_count_cv"] / 4
 
 
-@pytest.mark.parametrize("overlap_form", ["spread", "core"])  # core: a shared core + double-shifted remainder
+@pytest.mark.parametrize("form", [SpreadPlanner, CorePlanner])  # core: a shared core + double-shifted remainder
 @settings(max_examples=25, deadline=None)
 @given(k_a=st.integers(2, 24), k_b=st.integers(2, 24), num=st.integers(1, 6), r=st.sampled_from([1.0, 0.5, 0.25, 0.125]))
 @example(k_a=18, k_b=24, num=1, r=0.125)  # CI's falsifying example under the old 3,000-round bound
-def test_over_enough_rounds_every_pair_of_units_is_co_trained(overlap_form, k_a, k_b, num, r):
-    schedule = OverlapSchedule("constant", start=0.5)
-    planner = make_planner("msfusion", schedule=schedule, window_offsets="per-group", seed=3, overlap_form=overlap_form)
+def test_over_enough_rounds_every_pair_of_units_is_co_trained(form, k_a, k_b, num, r):
+    planner = form(ConstantOverlap(0.5), seed=3)
     seen = np.zeros((k_a, k_b), dtype=bool)
     # Offsets are seeded per (round, group), so a pair is co-trained in a round with probability at
     # least 1/(k_a·k_b) (each window has a unit, landing on any position). Over this many rounds a
@@ -227,7 +231,7 @@ def test_over_enough_rounds_every_pair_of_units_is_co_trained(overlap_form, k_a,
 
 def test_per_group_plans_are_deterministic_contiguous_and_survive_the_compact_form():
     sizes = {"a": 16, "b": 16, "c": 40}
-    make = lambda: make_planner("msfusion", window_offsets="per-group", overlap_form="spread", seed=11)  # noqa: E731
+    make = lambda: make_planner("msfusion", seed=11)  # noqa: E731
     first, again = make().plan(5, [(3, 0.25), (7, 0.5)], sizes), make().plan(5, [(3, 0.25), (7, 0.5)], sizes)
     for pid, plan in first.participants.items():
         assert plan.to_compact() == again.participants[pid].to_compact()
@@ -237,5 +241,3 @@ def test_per_group_plans_are_deterministic_contiguous_and_survive_the_compact_fo
     planner = make()
     relative = {(w["a"].start - w["b"].start) % 16 for w in (planner.plan(t, [(3, 0.25)], sizes).participants[3].groups for t in range(1, 21))}
     assert len(relative) > 5
-    with pytest.raises(ValueError, match="window offsets must be one of aligned, per-group"):
-        make_planner("msfusion", window_offsets="random")

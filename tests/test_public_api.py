@@ -9,13 +9,15 @@ from pathlib import Path
 import msfusion
 
 PINNED = [
-    "OVERLAP_FORMS",
+    "PLANNERS",
     "PLANNER_NAMES",
     "SCHEDULES",
+    "AdaptiveOverlap",
     "Binding",
+    "ConstantOverlap",
+    "GrowOverlap",
     "MSfusion",
     "NodeSetup",
-    "OverlapSchedule",
     "Participant",
     "Planner",
     "SplitMap",
@@ -27,6 +29,7 @@ PINNED = [
     "layer_split_map",
     "make_client_app",
     "make_planner",
+    "make_schedule",
     "memory_budget",
     "model_state",
     "node_capacity",

@@ -96,13 +96,13 @@ def test_resume_refuses_a_changed_config(tmp_path):
         resume(Settings(resume_from=str(tmp_path)), make_strategy(Settings()))
     # A setting added to the app after the run was recorded: accepted at its default, refused otherwise.
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    del saved["overlap-leak"]
+    del saved["inclusion-scaling"]
     (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
     same = Settings(num_server_rounds=2, contrastive_mu=0.0, resume_from=str(tmp_path / "r"))
     assert resume(same, make_strategy(same)).rows[-1]["round"] == 1
-    leaky = Settings(num_server_rounds=2, contrastive_mu=0.0, overlap_leak=0.5, resume_from=str(tmp_path / "r"))
-    with pytest.raises(ValueError, match=r"overlap-leak \(was None, now 0.5\)"):
-        resume(leaky, make_strategy(leaky))
+    unscaled = Settings(num_server_rounds=2, contrastive_mu=0.0, inclusion_scaling=False, resume_from=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"inclusion-scaling \(was None, now False\)"):
+        resume(unscaled, make_strategy(unscaled))
 
 
 def test_a_new_run_never_appends_to_an_existing_run_directory(tmp_path):
@@ -190,37 +190,39 @@ def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
 
 
 def test_a_schedule_checkpoints_its_state_not_its_configuration():
-    from msfusion_core.method.overlap import OverlapSchedule
+    from msfusion_core.method.overlap import GrowOverlap
 
-    grow = OverlapSchedule("grow", patience=2)
-    grow.set_trial_barriers(100)
+    grow = GrowOverlap(patience=2)
+    grow.set_run_length(100)
     for t, loss in enumerate([1.0, 1.0, 1.0, 1.0], start=1):
         grow.observe_validation(t, loss)
     assert grow.current == 0.875  # a plateau: one step, on trial
     saved = grow.state_dict()
-    assert not {"kind", "patience", "num_rounds", "trial_barriers", "start"} & set(saved), saved
-    again = OverlapSchedule("grow", patience=2)
-    again.set_trial_barriers(40)
+    assert not {"patience", "step", "trial_barriers", "start"} & set(saved), saved
+    again = GrowOverlap()
+    again.set_run_length(40)
     again.load_state_dict(saved)
-    assert again.state == grow.state and again.trial_barriers == (40,)
+    assert again.state == grow.state and again.trial_barriers == (40,) and again.patience == 4
 
 
 def test_resuming_with_another_run_length_recomputes_what_depends_on_it(tmp_path):
-    """A linear overlap ramp runs over the run's length: resumed with more rounds, the ramp is the
-    new run's, from the state the checkpoint holds."""
+    """The grow schedule's patience (a tenth of the run) and trial barriers come from the run's
+    length: a run resumed with more rounds takes the new ones, and the state its checkpoint held."""
     from server_app.app import make_strategy, run
     from server_app.local_grid import LocalGrid, simulated_node_configs
 
     from msfusion_app.settings import Settings
 
-    base = {"overlap_schedule": "linear", "overlap_start": 0.5, "overlap_end": 0.1, "contrastive_mu": 0.0, "local_examples": 32}
+    base = {"overlap_schedule": "grow", "validation_examples": 50, "contrastive_mu": 0.0, "local_examples": 16}
     grid = LocalGrid(simulated_node_configs(2), Settings(**base).to_mapping())
-    run(grid, Settings(num_server_rounds=2, output_dir=str(tmp_path), run_name="r", **base))
-    resumed = Settings(num_server_rounds=5, resume_from=str(tmp_path / "r"), **base)
+    first = make_strategy(Settings(num_server_rounds=5, output_dir=str(tmp_path), run_name="r", **base))
+    run(grid, Settings(num_server_rounds=5, output_dir=str(tmp_path), run_name="r", **base), first)
+    assert (first.planner.schedule.patience, first.planner.schedule.trial_barriers) == (1, (5,))
+    saved = json.loads((tmp_path / "r" / "checkpoints" / "round-0005.json").read_text())
+    assert "patience" not in json.dumps(saved) and "trial_barriers" not in json.dumps(saved)
+    resumed = Settings(num_server_rounds=20, resume_from=str(tmp_path / "r"), **base)
     strategy = make_strategy(resumed)
     run(LocalGrid(simulated_node_configs(2), resumed.to_mapping()), resumed, strategy)
+    assert (strategy.planner.schedule.patience, strategy.planner.schedule.trial_barriers) == (2, (20,))
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    overlaps = {r["round"]: r["overlap"] for r in rows if r["round"]}
-    assert overlaps[1] == pytest.approx(0.5) and overlaps[2] == pytest.approx(0.1)  # the first run's 2-round ramp
-    # The resumed run's ramp is over 5 rounds (restoring the old configuration would hold 0.1).
-    assert [overlaps[t] for t in (3, 4, 5)] == pytest.approx([0.3, 0.2, 0.1])
+    assert [r["round"] for r in rows] == list(range(21))

@@ -5,7 +5,7 @@ import torch
 
 from msfusion_core.data import TensorData, load_partition, load_test
 from msfusion_core.models import get_family
-from msfusion_core.method.overlap import OverlapSchedule
+from msfusion_core.method.overlap import AdaptiveOverlap
 from msfusion_core.local.participant import Participant
 from msfusion_core.method.planner import make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
@@ -116,7 +116,7 @@ def test_adaptive_overlap_does_not_feed_on_its_own_coverage(agree, moves):
     d_t / floor, so noise leaves o where it is (an absolute d* drove it to o_max), and agreement
     between participants lowers it (more coverage)."""
     fam = get_family("digits-cnn")
-    schedule = OverlapSchedule("adaptive", start=0.5, eta=0.2, max_overlap=0.9)
+    schedule = AdaptiveOverlap(0.5)
     server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion", schedule=schedule))
     nodes = [(100 + i, 0.5) for i in range(8)]
     gen = torch.Generator().manual_seed(0)

@@ -3,7 +3,9 @@
 Pure numpy, no torch, no Flower. A plan is deterministic from (seed, round, participant list,
 overlap state), so a receiver can rebuild it from its compact form and verify it.
 
-Under ``overlap-form = "spread"`` windows are cyclic and contiguous: participant slot p (position in
+Each planner is a class, chosen by name through ``PLANNERS``; msfusion's layout is chosen by its
+schedule's ``form`` through ``FORMS``. Under the ``spread`` form (``SpreadPlanner``, the abstract's)
+windows are cyclic and contiguous: participant slot p (position in
 the id-sorted participant list) of P gets, for a group of K units and capacity r,
 
     m = clamp(round(r·K), 1, K)
@@ -15,7 +17,7 @@ is FedRolex's rule; c = 1: windows evenly spaced). The inter-round shift rolls w
 indices by δ units per round: the direction of FedRolex's ``torch.roll(arange(K), t)[:m]``, which
 the issue fixes (SPEC §2 writes ``+t·δ``; only the direction differs).
 
-Under ``overlap-form = "core"`` the overlap is a shared core instead: every participant trains the
+Under the ``core`` form (``CorePlanner``, the ``grow`` schedule's) the overlap is a shared core instead: every participant trains the
 first c = round(o·m) units of the group, and a double-shifted remainder of m − c units, a cyclic
 window over the K − c units after the core, evenly spaced across participants (spread 1):
 
@@ -23,12 +25,6 @@ window over the K − c units after the core, evenly spaced across participants 
 
 o = 1 is the width-r ``small`` model embedded in the full one (with the non-core units silenced at
 initialisation: msfusion_core.method.growth); o = 0 is pure double shifting.
-
-An active width a < 1 keeps the remainder windows inside the first S = max(m, round(a·K)) units:
-K − c becomes S − c above, and units S … K − 1 are never trained (and stay silenced). At r = 1/4
-over the whole group a unit past the core is in about one sub-model in K/(m − c) ≈ 30 at o = 0.875;
-within S = 1.5·m it is in (m − c)/(S − c) of them, so the model the participants grow is one they
-can train densely.
 """
 
 from __future__ import annotations
@@ -36,14 +32,12 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from msfusion_core.method.overlap import VALIDATION_DRIVEN, OverlapSchedule
-
-PLANNER_NAMES = ("msfusion", "fedrolex", "heterofl", "fd", "full", "small")
+from msfusion_core.method.overlap import AdaptiveOverlap, Schedule
 
 
 def window_length(capacity: float, size: int) -> int:
@@ -225,11 +219,6 @@ def core_length(overlap: float, window: int) -> int:
     return min(round(overlap * window), window)
 
 
-def active_span(active_width: float, window: int, size: int) -> int | None:
-    """S = max(m, round(a·K)): the units the remainder windows cycle within (None at a = 1: all K)."""
-    return None if active_width >= 1.0 else min(max(window, round(active_width * size)), size)
-
-
 def plan_core_and_remainder(
     server_round: int,
     participants: Sequence[tuple[int, float]],
@@ -237,14 +226,11 @@ def plan_core_and_remainder(
     overlap: float,
     shift_step: int = 1,
     group_offsets: Mapping[str, int] | None = None,
-    active_width: float = 1.0,
 ) -> dict[int, ParticipantPlan]:
     """A shared core of round(o·m) units, the same prefix for everyone, plus a remainder window over
-    the units after it (up to the active width), evenly spaced across participants and shifted by
-    ``shift_step`` per round."""
+    the units after it, evenly spaced across participants and shifted by ``shift_step`` per round."""
     if not 0.0 <= overlap <= 1.0:
         raise ValueError(f"overlap must be in [0, 1], got {overlap}")
-    check_capacity(active_width, "the active width")
     ordered = _sorted_participants(participants)
     num = len(ordered)
     plans = {}
@@ -253,16 +239,11 @@ def plan_core_and_remainder(
         for g, k in group_sizes.items():
             m = window_length(capacity, k)
             core = core_length(overlap, m)
-            span = active_span(active_width, m, k)
-            rest = (span or k) - core
+            rest = k - core
             start = (slot * rest // num - server_round * shift_step + (group_offsets or {}).get(g, 0)) % rest if m > core else 0
-            groups[g] = Window(start, m, k, core, span)
+            groups[g] = Window(start, m, k, core)
         plans[node_id] = ParticipantPlan(node_id, capacity, groups)
     return plans
-
-
-OVERLAP_FORMS = ("spread", "core")
-WINDOW_OFFSETS = ("aligned", "per-group")
 
 
 def per_group_offsets(seed: int, server_round: int, group_sizes: Mapping[str, int]) -> dict[str, int]:
@@ -302,13 +283,11 @@ def plan_random_subsets(
 class GrowthEvent:
     """What a validation loss did to the core form's overlap. ``stepped``: o was lowered, and the
     server keeps θ as it is, to return to. ``kept``: the step passed its trial; the copy goes.
-    ``undone``: the step did not pay, and o is back; the server returns θ to the copy where
-    ``roll_back`` says so, and otherwise (``plateau-best``, as its runs were made, or a copy lost
-    with a checkpoint from before copies were kept) silences the units outside ``core``."""
+    ``undone``: the step did not pay, and o is back; the server returns θ to the copy (or, with a
+    copy lost with a checkpoint from before copies were kept, silences the units outside ``core``)."""
 
     kind: str  # "stepped" | "kept" | "undone"
     core: dict[str, int] | None = None  # undone: units per group of the core o is back to
-    roll_back: bool = True
 
 
 class Planner(Protocol):
@@ -339,91 +318,60 @@ class Planner(Protocol):
     def needs_validation(self) -> bool:
         """Whether ``observe_validation`` drives the plan: a strategy must then have a validation function."""
 
-    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
-        """Rounds a validation-driven rule must not judge a trial across (the last round at each lr,
-        and the run's last), set when a run starts."""
+    def set_run_length(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+        """The run's last round and the last round at each lr, set whenever a run starts: what a
+        schedule derives from them (grow's patience and trial barriers) is never checkpointed."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
-@dataclass
 class DoubleShiftPlanner:
-    """MSfusion: double shifting with an overlap schedule. By default the abstract's method: windows
-    spread across participants and shifted every round, an independent offset per group, and the
-    adaptive overlap rule; the evaluated model is the sub-models' expectation (``inclusion``).
-    ``overlap_form = "core"`` with the ``grow`` schedule is the starts-as-small variant."""
+    """MSfusion: double shifting under an overlap schedule. Windows shift across participants and
+    across rounds, each group by an independent offset (``per_group_offsets``), and the evaluated
+    model is the sub-models' expectation (``inclusion``). The schedule's ``form`` picks the
+    subclass that lays the windows out (``FORMS``)."""
 
-    schedule: OverlapSchedule = field(default_factory=OverlapSchedule)
-    shift_step: int = 1
-    name: str = "msfusion"
-    window_offsets: str = "per-group"  # or "aligned": see per_group_offsets
-    seed: int = 0
-    overlap_form: str = "spread"  # or "core": see plan_core_and_remainder
-    core_capacity: float = 0.5  # the core form starts as the model of this width (the smallest tier)
-    inclusion_scaling: bool = True  # evaluate with readers scaled by expected inclusion (see inclusion)
-    active_width: float = 1.0  # core form: the remainder windows cycle within this share of each group
-    # The method's local loss: every participant trains with MOON's contrastive term at this weight
-    # (sent with each plan). 0 saves its frozen forward passes.
-    contrastive_mu: float = 1.0
+    name = "msfusion"
 
-    def __post_init__(self) -> None:
-        check_capacity(self.core_capacity, "the core form's starting width")
-        check_capacity(self.active_width, "the active width")
-        if self.active_width < 1.0 and self.overlap_form != "core":
-            raise ValueError(f"active-width {self.active_width} < 1 needs overlap-form 'core' (the spread form windows the whole group)")
-        if self.window_offsets not in WINDOW_OFFSETS:
-            raise ValueError(f"window offsets must be one of {', '.join(WINDOW_OFFSETS)}; got {self.window_offsets!r}")
-        if self.overlap_form not in OVERLAP_FORMS:
-            raise ValueError(f"overlap form must be one of {', '.join(OVERLAP_FORMS)}; got {self.overlap_form!r}")
-        if self.schedule.kind in VALIDATION_DRIVEN and self.overlap_form != "core":
-            raise ValueError(f"overlap schedule {self.schedule.kind!r} grows the core form from the small model: it needs overlap form 'core', got {self.overlap_form!r}")
-
-    def spread_for(self, overlap: float, participants: Sequence[tuple[int, float]]) -> float:
-        """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o (mean r)."""
-        mean_r = float(np.mean([r for _, r in participants]))
-        return min(1.0, max(0.0, len(participants) * mean_r * (1.0 - overlap)))
+    def __init__(
+        self,
+        schedule: Schedule | None = None,
+        *,
+        seed: int = 0,
+        core_capacity: float = 0.5,
+        inclusion_scaling: bool = True,
+        contrastive_mu: float = 1.0,
+    ) -> None:
+        """``core_capacity``: the smallest capacity tier (the core form starts as the model of
+        this width). ``contrastive_mu``: the method's local loss, MOON's contrastive term at this
+        weight in every participant's training (sent with each plan); 0 saves its frozen forwards."""
+        self.schedule = schedule if schedule is not None else AdaptiveOverlap()
+        self.seed = seed
+        self.core_capacity = check_capacity(core_capacity, "the core form's starting width")
+        self.inclusion_scaling = inclusion_scaling
+        self.contrastive_mu = contrastive_mu
 
     def plan(self, server_round, participants, group_sizes) -> RoundPlan:
         overlap = self.schedule.overlap(server_round)
-        offsets = per_group_offsets(self.seed, server_round, group_sizes) if self.window_offsets == "per-group" else None
-        if self.overlap_form == "core":
-            plans = plan_core_and_remainder(server_round, participants, group_sizes, overlap, self.shift_step, offsets, self.active_width)
-            return RoundPlan(server_round, plans, overlap, 1.0)
-        spread = self.spread_for(overlap, _sorted_participants(participants))
-        plans = plan_double_shift(server_round, participants, group_sizes, spread, self.shift_step, offsets)
-        return RoundPlan(server_round, plans, overlap, spread)
+        return self.windows(server_round, participants, group_sizes, overlap, per_group_offsets(self.seed, server_round, group_sizes))
+
+    def windows(self, server_round, participants, group_sizes, overlap: float, offsets: Mapping[str, int]) -> RoundPlan:
+        raise NotImplementedError
 
     def observe(self, server_round: int, relative_shift: float) -> None:
-        self.schedule.update(relative_shift)
+        self.schedule.observe_shift(relative_shift)
 
     def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> GrowthEvent | None:
-        """A growth step taken or undone by the plateau rule (core form only: under ``spread`` the
-        overlap moves no unit out of every window)."""
-        event = self.schedule.observe_validation(server_round, loss)
-        if event is None or self.overlap_form != "core":
-            return None
-        if event == "undone":
-            core = self.core_units(group_sizes, self.schedule.overlap(server_round + 1))
-            return GrowthEvent(event, core, roll_back=self.schedule.kind != "plateau-best")
-        return GrowthEvent(event)
+        self.schedule.observe_validation(server_round, loss)
+        return None
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray] | None:
         return None
 
     def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
-        """Under the core form the global model starts as the width-r model: units past the core
-        the first round would have (o_1 · m) are silenced until remainder windows reach them. Below
-        an active width, the first round's remainders reach the span at once (o_1 < 1), and only
-        units past it are silenced."""
-        if self.overlap_form != "core":
-            return None
-        core = self.core_units(group_sizes, self.schedule.overlap(1))
-        if self.active_width >= 1.0:
-            return core
-        windows = {g: window_length(self.core_capacity, k) for g, k in group_sizes.items()}
-        return {g: c if c == windows[g] else active_span(self.active_width, windows[g], group_sizes[g]) for g, c in core.items()}
+        return None
 
     def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
         """Dropout's weight-scaling rule. Each unit is in only some of the sub-models, which are
@@ -442,49 +390,77 @@ class DoubleShiftPlanner:
     @property
     def needs_validation(self) -> bool:
         """Whether the schedule is driven by the server's validation loss (``grow``)."""
-        return self.schedule.kind in VALIDATION_DRIVEN
+        return self.schedule.needs_validation
 
-    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
-        self.schedule.set_trial_barriers(last_round, lr_changes)
-
-    def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
-        """The shared core at ``overlap``, in units per group, for the smallest capacity."""
-        return {g: core_length(overlap, window_length(self.core_capacity, k)) for g, k in group_sizes.items()}
+    def set_run_length(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+        self.schedule.set_run_length(last_round, lr_changes)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shift_step": self.shift_step,
-            "window_offsets": self.window_offsets,
-            "overlap_form": self.overlap_form,
-            "schedule": self.schedule.state_dict(),
-        }
+        return {"name": self.name, "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
 
 
-@dataclass
-class FixedRulePlanner:
-    """The baselines: ``fedrolex`` (spread 0), ``heterofl`` (static prefix), ``fd`` (random subsets),
-    ``full`` (everyone trains every unit)."""
+class SpreadPlanner(DoubleShiftPlanner):
+    """The abstract's form: the overlap sets how far apart neighbouring windows start."""
 
-    name: str
-    seed: int = 0
-    shift_step: int = 1
+    @staticmethod
+    def spread_for(overlap: float, participants: Sequence[tuple[int, float]]) -> float:
+        """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o (mean r)."""
+        mean_r = float(np.mean([r for _, r in participants]))
+        return min(1.0, max(0.0, len(participants) * mean_r * (1.0 - overlap)))
+
+    def windows(self, server_round, participants, group_sizes, overlap, offsets) -> RoundPlan:
+        spread = self.spread_for(overlap, _sorted_participants(participants))
+        return RoundPlan(server_round, plan_double_shift(server_round, participants, group_sizes, spread, 1, offsets), overlap, spread)
+
+
+class CorePlanner(DoubleShiftPlanner):
+    """A shared core of round(o·m) units plus a double-shifted remainder: o = 1 is the width-r
+    model embedded in the full one. With ``grow`` it starts as that model and grows on plateaus."""
+
+    def windows(self, server_round, participants, group_sizes, overlap, offsets) -> RoundPlan:
+        return RoundPlan(server_round, plan_core_and_remainder(server_round, participants, group_sizes, overlap, 1, offsets), overlap, 1.0)
+
+    def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> GrowthEvent | None:
+        """A growth step taken, kept or undone by the schedule; an undone one names the core o is back to."""
+        event = self.schedule.observe_validation(server_round, loss)
+        if event is None:
+            return None
+        return GrowthEvent(event, self.core_units(group_sizes, self.schedule.overlap(server_round + 1)) if event == "undone" else None)
+
+    def initial_core(self, group_sizes: Mapping[str, int]) -> dict[str, int] | None:
+        """The global model starts as the width-r model: units past the core the first round
+        would have (o_1 · m) are silenced until remainder windows reach them."""
+        return self.core_units(group_sizes, self.schedule.overlap(1))
+
+    def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
+        """The shared core at ``overlap``, in units per group, for the smallest capacity."""
+        return {g: core_length(overlap, window_length(self.core_capacity, k)) for g, k in group_sizes.items()}
+
+
+FORMS: dict[str, type[DoubleShiftPlanner]] = {"spread": SpreadPlanner, "core": CorePlanner}
+
+
+def msfusion_planner(schedule: Schedule | None = None, **options: Any) -> DoubleShiftPlanner:
+    """MSfusion under ``schedule`` (default: adaptive from o = 0.5), laid out as its form says."""
+    schedule = schedule if schedule is not None else AdaptiveOverlap()
+    return FORMS[schedule.form](schedule, **options)
+
+
+class BaselinePlanner:
+    """A published baseline: a fixed rule for the windows, θ evaluated as it is, no contrastive term."""
+
+    name = "baseline"
     contrastive_mu = 0.0  # the baselines train as published, without MSfusion's contrastive term
+    needs_validation = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
 
     def plan(self, server_round, participants, group_sizes) -> RoundPlan:
-        if self.name == "fedrolex":
-            plans = plan_double_shift(server_round, participants, group_sizes, 0.0, self.shift_step)
-            return RoundPlan(server_round, plans, 1.0, 0.0)
-        if self.name == "heterofl":
-            return RoundPlan(server_round, plan_static_prefix(participants, group_sizes), 1.0, 0.0)
-        if self.name == "fd":
-            return RoundPlan(server_round, plan_random_subsets(server_round, participants, group_sizes, self.seed))
-        if self.name == "full":
-            return RoundPlan(server_round, plan_everything(participants, group_sizes), 1.0, 0.0)
-        raise ValueError(f"unknown planner {self.name!r}; known: {', '.join(PLANNER_NAMES)}")
+        raise NotImplementedError
 
     def observe(self, server_round: int, relative_shift: float) -> None:
         pass
@@ -501,61 +477,94 @@ class FixedRulePlanner:
     def inclusion(self, plan: RoundPlan) -> dict[str, np.ndarray] | None:
         return None
 
-    needs_validation = False
-
-    def set_trial_barriers(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
+    def set_run_length(self, last_round: int, lr_changes: tuple[int, ...] = ()) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "shift_step": self.shift_step}
+        return {"name": self.name, "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
 
 
-@dataclass
-class SmallModelPlanner(FixedRulePlanner):
+class FedRolexPlanner(BaselinePlanner):
+    """FedRolex: every participant's window starts at the same rolling offset (spread 0)."""
+
+    name = "fedrolex"
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        return RoundPlan(server_round, plan_double_shift(server_round, participants, group_sizes, 0.0), 1.0, 0.0)
+
+
+class HeteroFLPlanner(BaselinePlanner):
+    """HeteroFL: the first m units of every group, every round."""
+
+    name = "heterofl"
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        return RoundPlan(server_round, plan_static_prefix(participants, group_sizes), 1.0, 0.0)
+
+
+class FederatedDropoutPlanner(BaselinePlanner):
+    """Federated dropout: m random units per group, per participant and round."""
+
+    name = "fd"
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        return RoundPlan(server_round, plan_random_subsets(server_round, participants, group_sizes, self.seed))
+
+
+class FullPlanner(BaselinePlanner):
+    """FedAvg of the full model: everyone trains every unit, whatever its capacity."""
+
+    name = "full"
+
+    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
+        return RoundPlan(server_round, plan_everything(participants, group_sizes), 1.0, 0.0)
+
+
+class SmallModelPlanner(FullPlanner):
     """``small`` ("exclusive learning"): the global model itself is the width-r model, and every
     participant trains all of it. This planner owns that width: the server builds θ from
     ``global_units``, and plans are over the small model's own groups."""
 
-    name: str = "small"
-    capacity: float = 0.5
+    name = "small"
 
-    def __post_init__(self) -> None:
-        check_capacity(self.capacity, "the small model")
-
-    def plan(self, server_round, participants, group_sizes) -> RoundPlan:
-        return RoundPlan(server_round, plan_everything(participants, group_sizes), 1.0, 0.0)
+    def __init__(self, seed: int = 0, capacity: float = 0.5) -> None:
+        super().__init__(seed)
+        self.capacity = check_capacity(capacity, "the small model")
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
         return {g: Window(0, window_length(self.capacity, k), k).indices() for g, k in group_sizes.items()}
 
 
+PLANNERS: dict[str, Any] = {
+    "msfusion": msfusion_planner,
+    "fedrolex": FedRolexPlanner,
+    "heterofl": HeteroFLPlanner,
+    "fd": FederatedDropoutPlanner,
+    "full": FullPlanner,
+    "small": SmallModelPlanner,
+}
+PLANNER_NAMES: tuple[str, ...] = tuple(PLANNERS)
+
+
 def make_planner(
     name: str,
     *,
-    schedule: OverlapSchedule | None = None,
-    shift_step: int = 1,
+    schedule: Schedule | None = None,
     seed: int = 0,
-    window_offsets: str = "per-group",
-    overlap_form: str = "spread",
     small_capacity: float = 0.5,
     inclusion_scaling: bool = True,
-    active_width: float = 1.0,
     contrastive_mu: float = 1.0,
 ) -> Planner:
-    """Build a planner by name (run config ``planner``). ``window_offsets``, ``overlap_form``,
-    ``inclusion_scaling``, ``active_width`` and ``contrastive_mu`` are msfusion's only; ``small_capacity`` (the smallest
-    capacity tier) is the width of ``small``'s global model and the width msfusion's core form starts from."""
-    if name == "msfusion":
-        return DoubleShiftPlanner(
-            schedule or OverlapSchedule(), shift_step, window_offsets=window_offsets, seed=seed,
-            overlap_form=overlap_form, core_capacity=small_capacity, inclusion_scaling=inclusion_scaling,
-            active_width=active_width, contrastive_mu=contrastive_mu,
-        )
-    if name == "small":
-        return SmallModelPlanner(seed=seed, shift_step=shift_step, capacity=small_capacity)
-    if name in PLANNER_NAMES:
-        return FixedRulePlanner(name, seed, shift_step)
-    raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNER_NAMES)}")
+    """A planner by name (run config ``planner``). ``schedule``, ``inclusion_scaling`` and
+    ``contrastive_mu`` are msfusion's; ``small_capacity`` (the smallest capacity tier) is the width
+    of ``small``'s global model and the width msfusion's core form starts from."""
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNERS)}")
+    options = {
+        "msfusion": {"schedule": schedule, "core_capacity": small_capacity, "inclusion_scaling": inclusion_scaling, "contrastive_mu": contrastive_mu},
+        "small": {"capacity": small_capacity},
+    }
+    return PLANNERS[name](seed=seed, **options.get(name, {}))

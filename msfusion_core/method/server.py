@@ -70,10 +70,10 @@ def check_core_form_fits(model: nn.Module, split_map: SplitMap, sizes: Mapping[s
     for layer, group in cross_unit_norms(model, split_map).items():
         if core.get(group, sizes[group]) < sizes[group]:
             raise ValueError(
-                f"overlap-form 'core' cannot start as the small model here: layer {layer!r} "
+                f"the core form (overlap-schedule 'grow') cannot start as the small model here: layer {layer!r} "
                 f"({type(model.get_submodule(layer)).__name__}) normalises across the units of split group "
-                f"{group!r}, so units nobody trains would still change its output; use overlap-form 'spread' "
-                f"(the default), or a split map that keeps {group!r} whole"
+                f"{group!r}, so units nobody trains would still change its output; use the spread form "
+                f"(overlap-schedule 'adaptive', the default, or 'constant'), or a split map that keeps {group!r} whole"
             )
 
 
@@ -191,7 +191,7 @@ class SubmodelServer:
             return False
         undone = event.kind == "undone"
         if undone:
-            if event.roll_back and self.before_step is not None:
+            if self.before_step is not None:
                 self.state = self.before_step
             else:
                 self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, event.core)
