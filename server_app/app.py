@@ -24,6 +24,7 @@ from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_holdout, load_partition, load_test
 from msfusion_app.runlog import FAILED_MARKER, RunLog, latest_checkpoint
 from msfusion_core.local.training import calibrate_batchnorm, evaluate
+from msfusion_core.method.planner import Planner
 from msfusion_core.method.submodel import build_submodel
 from server_app.strategy import MSfusion, NoValidReplies
 
@@ -84,13 +85,15 @@ def fail(exc: BaseException, run_dir: Path | None, after_round: int | None = Non
     raise RunFailed(reason) from exc
 
 
-def make_strategy(settings: Settings, data: ServerData | None = None) -> MSfusion:
+def make_strategy(settings: Settings, data: ServerData | None = None, planner: Planner | None = None) -> MSfusion:
+    """The run's strategy; ``planner`` replaces the settings' (one no run-config key spells, such as
+    a schedule with a patience of its own, for an experiment or a test)."""
     family = settings.family()
     data = data or ServerData(settings)
     return MSfusion(
         family.build,
         family.split_map,
-        settings.make_planner(),
+        planner or settings.make_planner(),
         local_keys=family.local_keys,
         post_build=family.post_build,
         fraction_train=settings.fraction_train,

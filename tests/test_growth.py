@@ -16,29 +16,28 @@ from msfusion_app.settings import Settings
 from msfusion_core.data import holdout_rows, load_holdout, load_partition, load_test
 from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
 from msfusion_core.models import get_family
-from msfusion_core.method.overlap import OverlapSchedule
-from msfusion_core.method.planner import ParticipantPlan, Window, make_planner, plan_core_and_remainder, plan_double_shift, window_length
+from msfusion_core.method.overlap import AdaptiveOverlap, ConstantOverlap, GrowOverlap
+from msfusion_core.method.planner import CorePlanner, ParticipantPlan, SpreadPlanner, Window, plan_core_and_remainder, plan_double_shift, window_length
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes, model_shapes
-from server_app.local_grid import run_local
+from server_app.app import make_strategy, run
+from server_app.local_grid import LocalGrid, run_local, simulated_node_configs
 from server_app.strategy import MSfusion, last_rounds_at_each_lr
 
 
 @given(
     k=st.integers(1, 64),
     r=st.floats(0.01, 1.0),
-    a=st.one_of(st.just(1.0), st.floats(0.01, 1.0)),
     o=st.floats(0.0, 1.0),
     num=st.integers(1, 9),
     t=st.integers(0, 300),
     offset=st.integers(0, 1000),
 )
-def test_core_and_remainder_are_disjoint_have_the_right_sizes_stay_in_their_span_and_survive_the_compact_form(k, r, a, o, num, t, offset):
-    a = max(a, r)  # an active width is at least every capacity (Settings checks it)
-    plans = plan_core_and_remainder(t, [(10 + i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": offset}, active_width=a)
+def test_core_and_remainder_are_disjoint_have_the_right_sizes_and_survive_the_compact_form(k, r, o, num, t, offset):
+    plans = plan_core_and_remainder(t, [(10 + i, r) for i in range(num)], {"g": k}, o, group_offsets={"g": offset})
     m = window_length(r, k)
     core = min(round(o * m), m)
-    span = min(max(m, round(a * k)), k) if a < 1 else k
+    span = k
     for plan in plans.values():
         w = plan.groups["g"]
         idx = plan.indices("g")
@@ -56,21 +55,19 @@ def test_core_and_remainder_are_disjoint_have_the_right_sizes_stay_in_their_span
 def test_overlap_one_is_exactly_the_small_models_units_and_zero_is_double_shifting():
     sizes = {"a": 16, "b": 40}
     parts = [(3, 0.25), (7, 0.25), (9, 0.25)]
-    one = make_planner("msfusion", schedule=OverlapSchedule("constant", start=1.0), overlap_form="core", window_offsets="aligned").plan(5, parts, sizes)
+    one = CorePlanner(ConstantOverlap(1.0)).plan(5, parts, sizes)
     for plan in one.participants.values():
         assert {g: plan.indices(g).tolist() for g in sizes} == {g: list(range(window_length(0.25, k))) for g, k in sizes.items()}
-    zero = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), overlap_form="core", window_offsets="aligned").plan(5, parts, sizes)
+    zero = plan_core_and_remainder(5, parts, sizes, 0.0)
     evenly_spaced = plan_double_shift(5, parts, sizes, spread=1.0)
-    for pid, plan in zero.participants.items():
+    for pid, plan in zero.items():
         assert plan.unit_indices().keys() == evenly_spaced[pid].unit_indices().keys()
         assert all(plan.indices(g).tolist() == evenly_spaced[pid].indices(g).tolist() for g in sizes)
-    with pytest.raises(ValueError, match="overlap form must be one of spread, core"):
-        make_planner("msfusion", overlap_form="nested")
 
 
 def test_core_plans_are_deterministic_and_the_compact_form_checks_the_core():
     sizes = {"a": 16, "b": 16}
-    make = lambda: make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.5), overlap_form="core", window_offsets="per-group", seed=4)  # noqa: E731
+    make = lambda: CorePlanner(ConstantOverlap(0.5), seed=4)  # noqa: E731
     a, b = make().plan(9, [(1, 0.5), (2, 0.5)], sizes), make().plan(9, [(2, 0.5), (1, 0.5)], sizes)
     assert all(a.participants[n].to_compact() == b.participants[n].to_compact() for n in (1, 2))
     compact = a.participants[1].to_compact()
@@ -79,40 +76,6 @@ def test_core_plans_are_deterministic_and_the_compact_form_checks_the_core():
     bad["windows"]["a"][3] = 9  # a core longer than the window
     with pytest.raises(ValueError, match="plan window for group 'a'.*core=9"):
         ParticipantPlan.from_compact(bad, sizes)
-
-
-def test_an_active_width_trains_every_pair_of_units_inside_it_and_none_outside():
-    """C1's span arm (r = 1/4, a = 0.375, o = 0): over 40 rounds of 10 participants every (input,
-    output) unit pair of two groups inside their spans is co-trained, each unit about equally often,
-    and the units past the span are never sent; the global model starts with them silenced."""
-    sizes = {"a": 32, "b": 64}
-    planner = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.0), overlap_form="core", small_capacity=0.25, active_width=0.375, seed=3)
-    together = np.zeros((32, 64), dtype=np.int64)
-    trained = {g: np.zeros(k, dtype=np.int64) for g, k in sizes.items()}
-    for t in range(1, 41):
-        for pp in planner.plan(t, [(n, 0.25) for n in range(10)], sizes).participants.values():
-            together[np.ix_(pp.indices("a"), pp.indices("b"))] += 1
-            for g in sizes:
-                trained[g][pp.indices(g)] += 1
-    assert together[:12, :24].min() > 0 and together[12:].sum() == 0 and together[:, 24:].sum() == 0
-    for g, span in (("a", 12), ("b", 24)):
-        assert trained[g][span:].sum() == 0
-        inside = trained[g][:span]
-        assert inside.std() / inside.mean() < 0.1 and inside.mean() == pytest.approx(40 * 10 * 2 / 3, rel=0.05)
-    assert planner.initial_core(sizes) == {"a": 12, "b": 24}  # o_1 = 0: everything in the span is live
-    starts_small = make_planner("msfusion", schedule=OverlapSchedule("grow"), overlap_form="core", small_capacity=0.25, active_width=0.375)
-    assert starts_small.initial_core(sizes) == {"a": 8, "b": 16}  # o_1 = 1: the width-r model, as without a span
-
-
-def test_an_active_width_is_the_core_forms_and_at_least_every_tier():
-    base = {"planner": "msfusion", "split-ratio-tiers": "0.25", "overlap-schedule": "constant", "overlap-start": 0.0, "overlap-form": "core"}
-    assert Settings.from_mapping(base | {"active-width": 0.375}).make_planner().active_width == 0.375
-    with pytest.raises(ValueError, match=r"active-width must be in \[largest split-ratio tier, 1\]"):
-        Settings.from_mapping(base | {"active-width": 0.2})
-    with pytest.raises(ValueError, match="active-width 0.5 < 1 is msfusion's core form only"):
-        Settings.from_mapping(base | {"active-width": 0.5, "overlap-form": "spread"})
-    with pytest.raises(ValueError, match="active-width 0.5 < 1 is msfusion's core form only"):
-        Settings.from_mapping(base | {"active-width": 0.5, "planner": "fedrolex"})
 
 
 def test_silenced_full_model_computes_what_its_width_r_core_does():
@@ -134,44 +97,8 @@ def test_silenced_full_model_computes_what_its_width_r_core_does():
         assert not torch.allclose(model(x), small(x), atol=1e-3)  # without silencing the extra units speak
 
 
-def test_the_first_plateau_rule_on_synthetic_validation_losses():
-    sched = OverlapSchedule("plateau-best", start=1.0, patience=30, step=0.25, min_improvement=0.01)
-    assert sched.overlap(1) == 1.0
-    for t in range(10, 101, 10):  # improving 5 % every 10 rounds: no change
-        assert not sched.observe_validation(t, 2.0 * 0.95 ** (t / 10))
-    assert sched.current == 1.0
-    flat = 2.0 * 0.95**10
-    for t in range(110, 131, 10):  # flat within 1 %: lowered once 30 rounds have passed without a gain
-        sched.observe_validation(t, flat * (1 - 0.005 * (t % 20 == 0)))
-    assert sched.current == 0.75 and sched.trial_bar == flat and sched.best_loss is None
-    # The grown model recovers and passes its bar (the best before the step) within `patience`
-    # rounds: the step stays, and
-    # recovering losses are gains from a fresh best, so it is not lowered again meanwhile.
-    events = [sched.observe_validation(t, loss) for t, loss in zip(range(140, 181, 10), (2 * flat, 1.2 * flat, 0.99 * flat, 0.95 * flat, 0.95 * flat))]
-    assert events == [None, None, "kept", None, None]  # never undone; kept once the loss is back to its bar
-    assert sched.current == 0.75 and sched.trial_bar is None
-    for t in range(190, 201, 10):  # flat again: the next step
-        sched.observe_validation(t, 0.95 * flat)
-    assert sched.current == 0.5 and sched.trial_bar == 0.95 * flat
-    # This time the loss stays above the bar for `patience` rounds: the step is undone, for good.
-    undone = [sched.observe_validation(t, 1.5 * flat) for t in range(210, 241, 10)]
-    assert undone == [None, None, "undone", None] and sched.current == 0.75 and sched.settled
-    for t in range(250, 600, 10):
-        assert not sched.observe_validation(t, 1.5 * flat)
-    assert sched.current == 0.75
-    fresh = OverlapSchedule("grow", start=1.0)
-    fresh.observe_validation(10, float("nan"))  # a NaN loss is ignored
-    assert fresh.best_loss is None
-    adaptive = OverlapSchedule("adaptive", start=0.5)
-    adaptive.observe_validation(10, 1.0)
-    assert adaptive.current == 0.5  # only the plateau rule listens to validation
-    restored = OverlapSchedule("plateau-best", start=1.0)
-    restored.load_state_dict(sched.state_dict())
-    assert restored.state_dict() == sched.state_dict()
-
-
 def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the_plateau():
-    sched = OverlapSchedule("grow", start=1.0, patience=30, step=0.25, min_improvement=0.01)
+    sched = GrowOverlap(patience=30, step=0.25, min_improvement=0.01)
     assert sched.overlap(1) == 1.0
     for t in range(0, 101, 10):  # improving 5 % every 10 rounds: no change
         assert not sched.observe_validation(t, 2.0 * 0.95 ** (t / 10))
@@ -180,60 +107,69 @@ def test_plateau_rule_compares_window_means_and_keeps_only_a_step_that_beats_the
         sched.observe_validation(t, flat)
     assert sched.current == 1.0
     assert sched.observe_validation(150, flat) == "stepped"  # (120, 150] and (90, 120] are both flat: lowered
-    assert sched.current == 0.75 and sched.trial_bar == pytest.approx(flat) and sched.losses == []
+    assert sched.current == 0.75 and sched.state.trial_bar == pytest.approx(flat) and sched.state.losses == []
     # On trial: the first window (150, 180] is for recovery; the second must beat the plateau by 1 %.
     for t, loss in zip(range(160, 201, 10), (2 * flat, 1.2 * flat, 0.95 * flat, 0.95 * flat, 0.95 * flat)):
         assert not sched.observe_validation(t, loss)
         assert sched.current == 0.75
     assert sched.observe_validation(210, 0.95 * flat) == "kept" and sched.current == 0.75
-    assert sched.trial_bar is None  # judged at 210 and kept
+    assert sched.state.trial_bar is None  # judged at 210 and kept
     for t in range(220, 231, 10):  # flat again since 180: the next step, at 230
         sched.observe_validation(t, 0.95 * flat)
-    assert sched.current == 0.5 and sched.trial_bar == pytest.approx(0.95 * flat)
+    assert sched.current == 0.5 and sched.state.trial_bar == pytest.approx(0.95 * flat)
     # Back to its bar but not below it by 1 %: the step did not pay, and is undone for good.
     undone = [sched.observe_validation(t, 0.95 * flat) for t in range(240, 301, 10)]
-    assert undone == [None] * 5 + ["undone", None] and sched.current == 0.75 and sched.settled
+    assert undone == [None] * 5 + ["undone", None] and sched.current == 0.75 and sched.state.settled
     for t in range(310, 600, 10):
         assert not sched.observe_validation(t, 0.5 * flat)
     assert sched.current == 0.75
-    restored = OverlapSchedule("grow", start=1.0)
+    restored = GrowOverlap()
     restored.load_state_dict(json.loads(json.dumps(sched.state_dict())))  # as a checkpoint stores it
     assert restored.state_dict() == sched.state_dict()
+    fresh = GrowOverlap()
+    fresh.observe_validation(10, float("nan"))  # a NaN loss is ignored
+    assert fresh.state.losses == []
+    adaptive = AdaptiveOverlap(0.5)
+    adaptive.observe_validation(10, 1.0)
+    assert adaptive.current == 0.5  # only the grow rule listens to validation
 
 
-def test_on_c1s_small_curve_the_window_test_waits_for_the_lr_decay_where_the_best_test_did_not():
+def test_on_c1s_small_curve_the_window_test_waits_for_the_lr_decay():
     """C1's starts-as-small run (r = 1/4, seed 0) is bit-identical to small with the same held-out
-    rows until its first step, at round 81: the best-so-far test saw a plateau in noise there."""
+    rows until its first step; the first form of the rule (best so far) saw a plateau in noise at
+    round 80 (docs/results.md, C1)."""
     rows = [json.loads(line) for line in open(Path(__file__).parents[1] / "docs/results/C1/runs/small-val-r0.25-s0.jsonl")]
     losses = [(r["round"], r["validation-loss"]) for r in rows if r.get("validation-loss") is not None]
 
-    def first_step(kind: str, trial_barriers: tuple[int, ...] = ()) -> int | None:
-        sched = OverlapSchedule(kind, start=1.0, patience=30, step=0.125, min_improvement=0.01, trial_barriers=trial_barriers)
+    def first_step(trial_barriers: tuple[int, ...] = ()) -> int | None:
+        sched = GrowOverlap(patience=30)
+        if trial_barriers:
+            sched.set_run_length(trial_barriers[-1], trial_barriers[:-1])
         for t, loss in losses:
             sched.observe_validation(t, loss)
             if sched.current < 1.0:
                 return t
         return None
 
-    assert first_step("plateau-best") == 80
-    assert first_step("grow") == 210  # past the first lr decay (round 150)
+    assert first_step() == 210  # past the first lr decay (round 150)
     # ... and 15 rounds before the second (225), which would then judge its trial. With C1's barriers
     # the step waits for round 230, whose trial (231-290) runs at one lr and ends before the run does.
     c1 = Settings.from_mapping(C1_SETTING | {"validation-examples": 2000})
     barriers = (*last_rounds_at_each_lr(c1.lr_factor, 300), 300)
     assert barriers == (150, 225, 300)
-    assert first_step("grow", barriers) == 230
+    assert first_step(barriers) == 230
 
 
 def test_a_plateau_waits_while_its_trial_would_span_an_lr_change_or_the_end_of_the_run():
-    sched = OverlapSchedule("grow", start=1.0, patience=10, step=0.25, trial_barriers=(50, 100))
+    sched = GrowOverlap(patience=10, step=0.25)
+    sched.set_run_length(100, (50,))
     assert [sched.trial_would_span_barrier(t) for t in (29, 30, 31, 50, 51, 80, 81, 100, 101)] == [
         False, False, True, True, False, False, True, True, False
     ]
-    unguarded = OverlapSchedule("grow", start=1.0, patience=10, step=0.25)
+    unguarded = GrowOverlap(patience=10, step=0.25)
 
     def loss(t: int) -> float:  # improving to round 30, flat, and 10 % lower 10 rounds after a step
-        return 0.95 ** min(t, 30) * (0.9 if sched.current < 1.0 and t > sched.trial_round + 10 else 1.0)
+        return 0.95 ** min(t, 30) * (0.9 if sched.current < 1.0 and t > sched.state.trial_round + 10 else 1.0)
 
     events = {t: sched.observe_validation(t, loss(t)) for t in range(0, 101)}
     first_unguarded = next(t for t in range(0, 101) if unguarded.observe_validation(t, 0.95 ** min(t, 30)) == "stepped")
@@ -248,9 +184,7 @@ def test_a_plateau_waits_while_its_trial_would_span_an_lr_change_or_the_end_of_t
 
 def test_an_undone_step_returns_theta_to_its_copy_from_the_round_of_the_step():
     fam = get_family("digits-cnn", 10, 16)
-    planner = make_planner(
-        "msfusion", schedule=OverlapSchedule("grow", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
-    )
+    planner = CorePlanner(GrowOverlap(patience=10, step=0.5), core_capacity=0.5)
     from msfusion_core.method.server import SubmodelServer
 
     server = SubmodelServer(fam.build, fam.split_map, planner)
@@ -265,34 +199,13 @@ def test_an_undone_step_returns_theta_to_its_copy_from_the_round_of_the_step():
     assert all(torch.equal(server.state[k], at_step[k]) for k in at_step)
 
 
-def test_plateau_best_undoes_a_step_by_silencing_the_units_outside_the_core_as_its_runs_did():
-    fam = get_family("digits-cnn", 10, 16)
-    planner = make_planner(
-        "msfusion", schedule=OverlapSchedule("plateau-best", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
-    )
-    from msfusion_core.method.server import SubmodelServer
-
-    server = SubmodelServer(fam.build, fam.split_map, planner)
-    grown = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in server.state.items()}
-    server.state = dict(grown)  # as if every unit had been trained
-    server.observe_validation(0, 1.0)
-    server.observe_validation(10, 1.0)  # no gain for 10 rounds: o 1 -> 0.5, on trial
-    assert planner.schedule.current == 0.5 and server.state["fc.weight"].eq(1).all()
-    server.observe_validation(20, 2.0)  # not back to 1.0 within 10 rounds: undone
-    assert planner.schedule.current == 1.0
-    core = planner.core_units(server.group_sizes, 1.0)
-    silenced = silence_non_core_inputs(grown, server.slicer, server.group_sizes, core)
-    assert all(torch.equal(server.state[k], silenced[k]) for k in grown)
-    assert not torch.equal(server.state["fc.weight"], grown["fc.weight"])  # readers of units 8.. are zero again
-
-
 def test_the_grow_rule_needs_a_validation_split():
     with pytest.raises(ValueError, match="grow.*validation-examples > 0"):
         Settings.from_mapping({"overlap-schedule": "grow", "overlap-start": 1.0, "validation-examples": 0})
     # Only msfusion reads the overlap: a baseline needs no validation split.
     assert Settings.from_mapping({"planner": "fedrolex", "overlap-schedule": "grow", "validation-examples": 0}).planner == "fedrolex"
-    with pytest.raises(ValueError, match="overlap-form must be one of spread, core"):
-        Settings.from_mapping({"overlap-form": "ring"})
+    with pytest.raises(ValueError, match="overlap-schedule must be one of adaptive, constant, grow; got 'ring'"):
+        Settings.from_mapping({"overlap-schedule": "ring"})
 
 
 def test_held_out_rows_are_in_no_partition_and_are_the_servers_validation_split():
@@ -309,7 +222,7 @@ def test_held_out_rows_are_in_no_partition_and_are_the_servers_validation_split(
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The starts-as-small variant: the core form at o = 1, lowered on plateaus of the validation loss.
-GROW_VARIANT = {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "grow", "overlap-start": 1.0}
+GROW_VARIANT = {"planner": "msfusion", "overlap-schedule": "grow"}
 
 
 def test_text_validation_splits_are_never_trained_on(tmp_path):
@@ -343,12 +256,17 @@ def test_overlap_held_at_one_trains_the_same_model_as_small(tmp_path, monkeypatc
     }
     arms = {
         "small": {"planner": "small"},
-        "core": {"planner": "msfusion", "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 1.0, "inclusion-scaling": False},
+        "core": "core form at o = 1",
         "default": GROW_VARIANT,
     }
 
-    def central_loss(name: str, cfg: dict) -> list[float]:
-        run_local(base | cfg | {"run-name": name}, 3, num_threads=1)
+    def central_loss(name: str, cfg: dict | str) -> list[float]:
+        if isinstance(cfg, dict):
+            run_local(base | cfg | {"run-name": name}, 3, num_threads=1)
+        else:  # the core form held at o = 1, which no run-config key spells: a planner of its own
+            settings = Settings.from_mapping(base | {"planner": "msfusion", "inclusion-scaling": False, "run-name": name})
+            planner = CorePlanner(ConstantOverlap(1.0), seed=3, core_capacity=0.5, inclusion_scaling=False, contrastive_mu=0.0)
+            run_with(settings, planner, 3)
         return [json.loads(line)["central-loss"] for line in open(tmp_path / name / "metrics.jsonl")]
 
     loss = {name: central_loss(name, cfg) for name, cfg in arms.items()}
@@ -380,29 +298,28 @@ def test_on_the_llama_family_too_the_grow_variant_at_overlap_one_trains_small(tm
 
 
 def test_a_plateau_run_validates_on_held_out_rows_and_logs_the_overlap(tmp_path):
-    cfg = {
-        "num-server-rounds": 6,
-        "planner": "msfusion",
-        "overlap-form": "core",
-        "overlap-schedule": "grow",
-        "overlap-start": 1.0,
-        "overlap-patience": 1,
-        "overlap-min-improvement": 0.99,  # nothing counts as a gain: lowered after every validation
-        "overlap-step": 0.5,
-        "validation-examples": 300,
-        "window-offsets": "aligned",
-        "inclusion-scaling": False,
-        "local-examples": 32,
-        "output-dir": str(tmp_path),
-        "run-name": "plateau",
-    }
-    run_local(cfg, 2, num_threads=1)
+    settings = Settings.from_mapping({
+        "num-server-rounds": 6, "planner": "msfusion", "overlap-schedule": "grow", "validation-examples": 300,
+        "inclusion-scaling": False, "local-examples": 32, "output-dir": str(tmp_path), "run-name": "plateau",
+    })
+    # Nothing counts as a gain: lowered after every window of one validation.
+    run_with(settings, CorePlanner(GrowOverlap(patience=1, step=0.5, min_improvement=0.99), inclusion_scaling=False), 2)
     rows = [json.loads(line) for line in open(tmp_path / "plateau" / "metrics.jsonl")]
     assert all("validation-loss" in r for r in rows[1:])
     # Validated after every round; no loss counts as a gain, so o is lowered once
     # two windows of one round have passed (after round 2), and the step, which cannot beat its bar
     # by 99 %, is undone after round 4: the last rounds are the small model again.
     assert [r["overlap"] for r in rows[1:]] == [1.0, 1.0, 0.5, 0.5, 1.0, 1.0]
+
+
+def run_with(settings: Settings, planner, num_nodes: int) -> None:
+    """The app's run with a planner no run-config key spells, in process, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(LocalGrid(simulated_node_configs(num_nodes), settings.to_mapping()), settings, make_strategy(settings, planner=planner))
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- inclusion scaling: the evaluated model is the sub-models' expectation ------------------------
@@ -435,8 +352,8 @@ def test_scaled_readers_give_the_mean_of_the_sub_models_over_the_remainders_shif
 def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_m_over_k_for_spread_windows():
     fam = get_family("digits-cnn")
     sizes = group_sizes(model_shapes(fam.build()), fam.split_map)
-    sched = OverlapSchedule("constant", start=1.0)
-    planner = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25, inclusion_scaling=True)
+    sched = ConstantOverlap(1.0)
+    planner = CorePlanner(sched, core_capacity=0.25, inclusion_scaling=True)
     plan = planner.plan(1, [(0, 0.25), (1, 0.25)], sizes)
     factors = planner.inclusion(plan)
     m = {g: window_length(0.25, k) for g, k in sizes.items()}
@@ -447,11 +364,11 @@ def test_inclusion_scaling_at_full_overlap_is_the_silenced_model_and_m_over_k_fo
     silenced = silence_non_core_inputs(state, Slicer(fam.split_map), sizes, m)
     scaled = scale_inputs(state, Slicer(fam.split_map), factors)
     assert all(torch.equal(scaled[k], silenced[k]) for k in state)
-    spread = make_planner("msfusion", schedule=sched, overlap_form="spread", inclusion_scaling=True)
+    spread = SpreadPlanner(sched, inclusion_scaling=True)
     shares = spread.inclusion(spread.plan(1, [(0, 0.25), (1, 0.5)], sizes))  # each window's m/K, averaged over participants
     for g, k in sizes.items():
         np.testing.assert_allclose(shares[g], np.full(k, (window_length(0.25, k) + window_length(0.5, k)) / (2 * k)))
-    off = make_planner("msfusion", schedule=sched, overlap_form="core", small_capacity=0.25, inclusion_scaling=False)
+    off = CorePlanner(sched, core_capacity=0.25, inclusion_scaling=False)
     assert off.inclusion(plan) is None
 
 
@@ -459,7 +376,7 @@ def test_the_server_evaluates_the_scaled_model_and_keeps_theta_as_trained():
     from msfusion_core.method.server import SubmodelServer
 
     fam = get_family("digits-cnn")
-    planner = make_planner("msfusion", schedule=OverlapSchedule("constant", start=0.5), overlap_form="core", small_capacity=0.25, inclusion_scaling=True)
+    planner = CorePlanner(ConstantOverlap(0.5), core_capacity=0.25, inclusion_scaling=True)
     server = SubmodelServer(fam.build, fam.split_map, planner)
     server.load_state(fam.build().state_dict())  # readers of every unit nonzero, as after training
     assert torch.equal(server.global_model().state_dict()["fc.weight"], server.state["fc.weight"])  # nothing planned yet
@@ -474,9 +391,7 @@ def test_a_step_on_trial_survives_a_checkpoint_and_its_undo_after_a_resume_retur
     family = get_family("digits-cnn", 10, 16)
 
     def strategy() -> MSfusion:
-        planner = make_planner(
-            "msfusion", schedule=OverlapSchedule("grow", start=1.0, patience=10, step=0.5), overlap_form="core", small_capacity=0.5
-        )
+        planner = CorePlanner(GrowOverlap(patience=10, step=0.5), core_capacity=0.5)
         return MSfusion(family.build, family.split_map, planner)
 
     before = strategy()
@@ -498,21 +413,12 @@ def test_a_step_undone_at_the_last_round_leaves_the_runs_result_the_model_it_ret
     """The trial of a step taken 2·patience rounds before the end is judged at the last round. When
     it is undone there, θ returns to its copy, and the run's final test metrics must be of that
     model (the one the run ends with and checkpoints), not of the step that was undone."""
-    cfg = {
-        "num-server-rounds": 4,
-        "planner": "msfusion",
-        "overlap-form": "core",
-        "overlap-schedule": "grow",
-        "overlap-start": 1.0,
-        "overlap-patience": 1,
-        "overlap-min-improvement": 0.99,  # stepped after round 2, undone after round 4 (as above)
-        "overlap-step": 0.5,
-        "validation-examples": 300,
-        "local-examples": 32,
-        "output-dir": str(tmp_path),
-        "run-name": "undone",
-    }
-    run_local(cfg, 2, num_threads=1)
+    settings = Settings.from_mapping({
+        "num-server-rounds": 4, "planner": "msfusion", "overlap-schedule": "grow", "validation-examples": 300,
+        "local-examples": 32, "output-dir": str(tmp_path), "run-name": "undone",
+    })
+    # Stepped after round 2, undone after round 4 (as above).
+    run_with(settings, CorePlanner(GrowOverlap(patience=1, step=0.5, min_improvement=0.99)), 2)
     rows = [json.loads(line) for line in open(tmp_path / "undone" / "metrics.jsonl")]
     assert [r["overlap"] for r in rows[1:]] == [1.0, 1.0, 0.5, 0.5]
     assert rows[4]["validation-loss"] != rows[2]["validation-loss"]  # the trial's model was judged...
