@@ -60,7 +60,6 @@ OUT = REPO / "docs" / "results" / "capped_federation"
 SETTING = cifar_setting(64) | {  # ResNet-18 width 64, CIFAR-10, batch 64, SGD with momentum
     "local-examples": 128,  # two steps a round: the point is memory, not accuracy
     "central-eval-examples": 500,
-    "max-failed-rounds": 2,
 }
 
 

@@ -24,7 +24,6 @@ from msfusion_core.method.aggregate import Contribution, scatter_average
 from msfusion_core.local.measure import count_flops, num_bytes, num_parameters
 from msfusion_core.models import get_family
 from msfusion_core.method.planner import make_planner
-from msfusion_core.method.robust import clip_updates, robust_average
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import build_submodel
@@ -90,7 +89,7 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def aggregation_times(num_participants: int, repeats: int, with_robust: bool = True) -> dict[str, float]:
+def aggregation_times(num_participants: int, repeats: int) -> dict[str, float]:
     fam = get_family("resnet18")
     torch.manual_seed(0)
     full = fam.build()
@@ -117,10 +116,6 @@ def aggregation_times(num_participants: int, repeats: int, with_robust: bool = T
         "ratio": agg / copy,
         "aggregate_GB_per_s": total_bytes / agg / 1e9,
     }
-    if with_robust:
-        for mode in ("trimmed-mean", "median"):
-            result[f"{mode}_seconds"] = median_seconds(lambda m=mode: robust_average(state, contribs, slicer, keys, m), repeats)
-        result["clip_seconds"] = median_seconds(lambda: clip_updates(state, contribs, slicer, keys, 2.0), repeats)
     return result
 
 
@@ -143,7 +138,7 @@ def main() -> None:
     else:
         result["repeats"] = args.repeats
         result["fractions"] = {"resnet18_w64": fractions("resnet18"), "digits_cnn_w32": fractions("digits-cnn")}
-        result["aggregation_resnet18_w64_r0.5"] = [aggregation_times(10, args.repeats), aggregation_times(100, args.repeats, with_robust=False)]
+        result["aggregation_resnet18_w64_r0.5"] = [aggregation_times(10, args.repeats), aggregation_times(100, args.repeats)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -24,9 +24,10 @@ from msfusion_core.local.participant import Participant
 
 
 @lru_cache(maxsize=4)
-def _participant(model: str, width: int, layers: int, dataset: str, data_path: str, tokenizer: str) -> Participant:
+def _participant(model: str, width: int, layers: int, dataset: str, data_path: str, tokenizer: str) -> tuple[Participant, bool]:
+    """The node's participant for this model family, and whether the family has BatchNorm."""
     family = Settings(model=model, model_width=width, model_layers=layers, dataset=dataset, data_path=data_path, tokenizer=tokenizer).family()
-    return Participant(family.build, family.split_map, family.representation_layer, family.local_keys, family.post_build)
+    return Participant(family.build, family.split_map, family.representation_layer, family.local_keys, family.post_build), family.has_batchnorm
 
 
 def setup_from_run_config(context: Context) -> NodeSetup:
@@ -67,18 +68,18 @@ def setup_from_run_config(context: Context) -> NodeSetup:
         share = torch.arange(pid, int(test.y.shape[0]), num)  # an IID 1/num share of the test split
         return TensorData(test.x[share], test.y[share])
 
+    participant, has_batchnorm = _participant(
+        settings.model, settings.model_width, settings.model_layers, settings.dataset, settings.data_path, settings.tokenizer
+    )
     return NodeSetup(
-        participant=_participant(
-            settings.model, settings.model_width, settings.model_layers, settings.dataset, settings.data_path, settings.tokenizer
-        ),
+        participant=participant,
         partition_id=pid,
         capacity=capacity,
         train_config=settings.train_config(),
         train_data=train_data,
         test_data=test_data,
         examples_per_round=settings.local_examples,
-        scaler=settings.scaler,
-        bn_calibration_batches=settings.bn_calibration_batches,
+        bn_calibration_batches=8 if has_batchnorm else 0,
         memory_budget_mb=budget,
     )
 

@@ -52,8 +52,7 @@ class NodeSetup:
     train_data: Callable[[], TensorData]
     test_data: Callable[[], TensorData]
     examples_per_round: int = 0  # a fresh random subset of this many local examples per round; 0: all
-    scaler: bool = False
-    bn_calibration_batches: int = 8
+    bn_calibration_batches: int = 8  # BatchNorm statistics of the sub-model a node evaluates (0: none)
     seed: int | None = None  # None: derived from the run's seed (sent by the server) and the partition id
     memory_budget_mb: float | None = None  # declare the largest capacity <= ``capacity`` whose training fits (client_app.footprint)
 
@@ -98,7 +97,6 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             data,
             train_config,
             previous=load_previous(context),
-            scaler=node.scaler,
             seed=seed * 100_003 + server_round,
             round_index=server_round - 1,
         )
@@ -108,7 +106,6 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             "loss": update.result.loss,
             "ce-loss": update.result.ce_loss,
             "contrastive-loss": update.result.contrastive_loss,
-            "distill-loss": update.result.distill_loss,
             "flops": float(update.result.flops),
             "bytes-down": update.bytes_down,
             "bytes-up": update.bytes_up,

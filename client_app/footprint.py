@@ -98,7 +98,7 @@ def measure_in_this_process(setup: Callable | str, run_config: Mapping[str, Any]
     received = fresh_substate(part, plan)
     times, previous, update = [], None, None
     for i in range(steps):
-        update, previous = part.train(plan, received, batch, cfg, previous=previous, scaler=node.scaler, seed=i, round_index=i)
+        update, previous = part.train(plan, received, batch, cfg, previous=previous, seed=i, round_index=i)
         times.append(update.result.seconds)
     peak = _status_mb("VmHWM")
     return Footprint(
@@ -223,7 +223,7 @@ def footprint_key(node: Any, node_config: Mapping[str, Any], capacity: float, st
     train = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"preprocess": getattr(cfg.preprocess, "__qualname__", "")}
     own = {k: v for k, v in node_config.items() if k not in (MEMORY_BUDGET_KEY, "split-ratio")}
     blob = json.dumps(
-        [sorted((k, list(v)) for k, v in part.full_shapes.items()), sorted(train.items()), sorted(own.items()), node.scaler, float(capacity), steps],
+        [sorted((k, list(v)) for k, v in part.full_shapes.items()), sorted(train.items()), sorted(own.items()), float(capacity), steps],
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

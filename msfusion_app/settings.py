@@ -16,10 +16,11 @@ from msfusion_core.data.tensors import DATASETS, check_tokenizer
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
 from msfusion_core.method.overlap import SCHEDULES, make_schedule
 from msfusion_core.method.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
-from msfusion_core.method.robust import ROBUST_MODES
 from msfusion_core.local.augment import Preprocess, preprocess_for
 from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
 
+
+LR_DECAY_FACTOR = 0.1  # the lr is divided by 10 at each of lr-decay-at (HeteroFL's and FedRolex's schedule)
 
 # Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)
 # and the task (classes, next token) are the family's.
@@ -67,31 +68,18 @@ class Settings:
     validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on (grow needs them); WikiText-2: validation sequences
     inclusion_scaling: bool = True  # msfusion: the evaluated model scales each unit's readers by its expected share of sub-models
     contrastive_mu: float = 1.0  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
-    contrastive_tau: float = 0.5
-    distill_weight: float = 0.0  # self-distillation toward the received sub-model's predictions (KL, T = 1)
-    regularised_fraction: float = 0.25  # share of local batches carrying the contrastive/distillation terms and their frozen forwards
-    aggregation_weight: str = "examples"
-    robust_aggregation: str = "none"  # none | trimmed-mean | median (per coordinate, over its participants)
-    trim_fraction: float = 0.2
-    clip_factor: float = 0.0  # > 0: clip each update to this multiple of the round's median update size
-    scaler: bool = False
     local_epochs: int = 1
     local_examples: int = 0  # examples drawn per round from the node's partition; 0: all of it
     batch_size: int = 32
     lr: float = 0.05
-    lr_decay_at: str = ""  # fractions of num-server-rounds after which the server multiplies every node's lr by lr-decay-factor
-    lr_decay_factor: float = 0.1
-    momentum: float = 0.9
+    lr_decay_at: str = ""  # fractions of num-server-rounds after which the server divides every node's lr by 10
     weight_decay: float = 5e-4
     optimizer: str = "sgd"  # sgd | adamw (fresh each round)
     device: str = "cpu"  # local training and central evaluation: cpu, cuda, cuda:N, or auto (cuda if available)
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
-    min_replies: int = 1
     min_reply_fraction: float = 0.5  # a round is applied only if at least this share of its sampled nodes replied validly
     round_timeout: float = 600.0
-    max_failed_rounds: int = 3  # fail the run after this many consecutive rounds without a valid reply
-    bn_calibration_batches: int = 8
     central_eval_examples: int = 0  # 0: the whole test split
     eval_every: int = 1  # central evaluation every this many rounds (and after round 0 and the last round)
     seed: int = 0
@@ -119,8 +107,6 @@ class Settings:
             "dataset": DATASETS,
             "partitioner": ("iid", "dirichlet", "articles"),
             "optimizer": OPTIMIZERS,
-            "aggregation_weight": ("examples", "uniform"),
-            "robust_aggregation": ROBUST_MODES,
             "overlap_schedule": tuple(SCHEDULES),
         }
         for name, allowed in choices.items():
@@ -140,7 +126,7 @@ class Settings:
             raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
         if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
             raise ValueError("wikitext2 has no labels for a Dirichlet split; use partitioner iid or articles")
-        for name in ("num_server_rounds", "local_epochs", "batch_size", "min_replies", "seq_len", "eval_every"):
+        for name in ("num_server_rounds", "local_epochs", "batch_size", "seq_len", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("fraction_train", "fraction_evaluate", "min_reply_fraction"):
@@ -148,28 +134,19 @@ class Settings:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.fraction_train == 0.0:
             raise ValueError("fraction-train must be positive")
-        if not 0.0 <= self.trim_fraction < 0.5:
-            raise ValueError(f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
-        if self.clip_factor < 0:
-            raise ValueError(f"clip-factor must be >= 0, got {self.clip_factor}")
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet-alpha must be positive, got {self.dirichlet_alpha}")
         # Checked here, on the server before round 1: a value only the nodes reject would fail every
         # node in every round while the global model stays at its initial value.
         ranges = {
             "lr": (0.0, False, None),
-            "contrastive_tau": (0.0, False, None),
             "round_timeout": (0.0, False, None),
-            "momentum": (0.0, True, 1.0),
             "weight_decay": (0.0, True, None),
             "contrastive_mu": (0.0, True, None),
-            "distill_weight": (0.0, True, None),
             "local_examples": (0, True, None),
             "central_eval_examples": (0, True, None),
-            "bn_calibration_batches": (0, True, None),
             "model_width": (0, True, None),
             "model_layers": (0, True, None),
-            "max_failed_rounds": (1, True, None),
             "validation_examples": (0, True, None),
         }
         for name, (low, inclusive, high) in ranges.items():
@@ -178,10 +155,6 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        if self.make_planner().needs_validation and self.validation_examples == 0:
-            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000), the train rows the server holds out to validate on")
-        if not 0.0 < self.regularised_fraction <= 1.0:
-            raise ValueError(f"regularised-fraction must be in (0, 1], got {self.regularised_fraction}")
         if not 0.0 <= self.overlap_start <= 1.0:
             raise ValueError(f"overlap-start must be in [0, 1], got {self.overlap_start}")
         wanted = MODEL_DATASETS.get(self.model)
@@ -190,10 +163,10 @@ class Settings:
                 f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); "
                 f"for {self.dataset!r} use model {' or '.join(m for m, d in MODEL_DATASETS.items() if self.dataset in d)}"
             )
-        if not 0.0 < self.lr_decay_factor <= 1.0:
-            raise ValueError(f"lr-decay-factor must be in (0, 1], got {self.lr_decay_factor}")
         self.lr_milestones()
         self.capacity_tiers()
+        if self.make_planner().needs_validation and self.validation_examples == 0:
+            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000), the train rows the server holds out to validate on")
 
     def capacity_tiers(self) -> list[float]:
         try:
@@ -215,7 +188,7 @@ class Settings:
 
     def lr_factor(self, run_round: int) -> float:
         """The multiplier of every node's lr in round ``run_round`` (the server sends it with each plan)."""
-        return step_decay(run_round, self.num_server_rounds, self.lr_milestones(), self.lr_decay_factor)
+        return step_decay(run_round, self.num_server_rounds, self.lr_milestones(), LR_DECAY_FACTOR)
 
     def capacity_for(self, partition_id: int) -> float:
         """The simulated capacity of a partition: tiers cycled over partition ids."""
@@ -244,12 +217,8 @@ class Settings:
             preprocess=self.preprocess(),
             epochs=self.local_epochs,
             batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
+            lr=self.lr,  # μ, τ, the regularised fraction and SGD's momentum: TrainConfig's; μ is the server's, sent with every plan
             weight_decay=self.weight_decay,
-            tau=self.contrastive_tau,  # μ is the server's: sent with every plan (MSfusion.train_settings)
-            distill=self.distill_weight,
-            regularised_fraction=self.regularised_fraction,
             optimizer=self.optimizer,
             device=self.torch_device(),
         )

@@ -98,19 +98,16 @@ def make_strategy(settings: Settings, data: ServerData | None = None, planner: P
         post_build=family.post_build,
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
-        min_replies=settings.min_replies,
         min_reply_fraction=settings.min_reply_fraction,
         default_capacity=settings.capacity_tiers()[0],
-        aggregation_weight=settings.aggregation_weight,
-        robust=settings.robust_aggregation,
-        trim_fraction=settings.trim_fraction,
-        clip_factor=settings.clip_factor,
         seed=settings.seed,
-        max_failed_rounds=settings.max_failed_rounds,
         lr_factor=settings.lr_factor if settings.lr_milestones() else None,
         validation_fn=data.validation_loss if data.validation is not None else None,
         prepare_model=data.calibrate if data.calibration is not None else None,
     )
+
+
+CALIBRATION_BATCHES = 8  # of 128 rows: BatchNorm statistics of the evaluated model
 
 
 class ServerData:
@@ -126,8 +123,8 @@ class ServerData:
         # A language model reports validation and test perplexity (exp of the per-token loss).
         self.valid = load_test(settings.dataset, path, limit=limit, split="validation", seq_len=seq, tokenizer=tok) if settings.dataset == "wikitext2" else None
         # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample
-        # (bn-calibration-batches = 0, for models without BatchNorm, skips loading it).
-        keep = settings.bn_calibration_batches * 128
+        # (none is loaded for a model without BatchNorm).
+        keep = CALIBRATION_BATCHES * 128 if settings.family().has_batchnorm else 0
         holdout = settings.validation_examples
         calib = load_partition(settings.dataset, path, "iid", 1, 0, seed=settings.seed, seq_len=seq, holdout=holdout, tokenizer=tok) if keep else None
         self.calibration = TensorData(calib.x[:keep], calib.y[:keep]) if calib is not None else None
@@ -143,7 +140,7 @@ class ServerData:
         rounds it is tested (a calibration pass costs about a third of a C1 round)."""
         if server_round is not None and not self.evaluated_round(server_round):
             return
-        calibrate_batchnorm(model.to(self.settings.torch_device()), self.calibration, self.preprocess, num_batches=self.settings.bn_calibration_batches)
+        calibrate_batchnorm(model.to(self.settings.torch_device()), self.calibration, self.preprocess, num_batches=CALIBRATION_BATCHES)
         model.to("cpu")
 
     def validation_loss(self, server_round: int, model: torch.nn.Module) -> float | None:

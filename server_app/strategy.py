@@ -80,15 +80,12 @@ class MSfusion(Strategy):
     planner : a planner name (msfusion, fedrolex, heterofl, fd, full, small) or a ``Planner``.
     fraction_train : fraction of known nodes sampled per round (at least ``min_train_nodes``).
     fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
-    min_replies : a round whose valid replies are fewer leaves the global model unchanged.
-    min_reply_fraction : so does a round in which fewer than this share of the sampled nodes
-        replied validly: a few survivors' non-IID updates, round after round, can undo a run.
+    min_reply_fraction : a round in which fewer than this share of the sampled nodes (and fewer
+        than one) replied validly leaves the global model unchanged: a few survivors' non-IID
+        updates, round after round, can undo a run.
     default_capacity : the capacity of a node that does not declare ``split-ratio``.
     small_capacity : for a planner given by name: the width of ``small``'s global model, and the
         width msfusion's ``core`` overlap form starts from (the smallest capacity tier).
-    aggregation_weight : ``examples`` or ``uniform``.
-    robust, trim_fraction, clip_factor : robust aggregation (``msfusion_core.method.robust``): ``none``,
-        ``trimmed-mean`` or ``median`` per coordinate; clip updates to ``clip_factor`` × the median size.
     seed : seeds initialisation, node sampling and random planners; sent to nodes as ``run-seed``.
     local_keys : frozen tensors every node builds itself (pretrained embeddings): never sent.
     contrastive_mu : the contrastive weight μ every node trains with, sent with each plan; None: the
@@ -116,14 +113,9 @@ class MSfusion(Strategy):
         fraction_train: float = 1.0,
         fraction_evaluate: float = 0.0,
         min_train_nodes: int = 1,
-        min_replies: int = 1,
         min_reply_fraction: float = 0.5,
         default_capacity: float = 1.0,
         small_capacity: float = 0.5,
-        aggregation_weight: str = "examples",
-        robust: str = "none",
-        trim_fraction: float = 0.2,
-        clip_factor: float = 0.0,
         seed: int = 0,
         query_timeout: float = 120.0,
         local_keys: Collection[str] = (),
@@ -139,10 +131,6 @@ class MSfusion(Strategy):
             build,
             split_map,
             self.planner,
-            aggregation_weight=aggregation_weight,
-            robust=robust,
-            trim_fraction=trim_fraction,
-            clip_factor=clip_factor,
             seed=seed,
             local_keys=local_keys,
             post_build=post_build,
@@ -150,7 +138,6 @@ class MSfusion(Strategy):
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
-        self.min_replies = min_replies
         if not 0.0 <= min_reply_fraction <= 1.0:
             raise ValueError(f"min_reply_fraction must be in [0, 1], got {min_reply_fraction}")
         self.min_reply_fraction = min_reply_fraction
@@ -180,12 +167,11 @@ class MSfusion(Strategy):
     def summary(self) -> None:
         log(
             INFO,
-            "MSfusion: planner=%s, groups=%d, fraction_train=%.2f, min_replies=%d, weight=%s",
+            "MSfusion: planner=%s, groups=%d, fraction_train=%.2f, min_reply_fraction=%.2f",
             self.planner.name,
             len(self.core.group_sizes),
             self.fraction_train,
-            self.min_replies,
-            self.core.aggregation_weight,
+            self.min_reply_fraction,
         )
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, *args: Any, **kwargs: Any):
@@ -238,7 +224,7 @@ class MSfusion(Strategy):
         record = self.rounds.setdefault(server_round, RoundLog())
         accepted = self.check_replies(server_round, replies)
         record.messages = []  # they hold every sub-model sent: keep no reference past the round
-        needed = self.min_replies if record.plan is None else max(self.min_replies, math.ceil(self.min_reply_fraction * len(record.plan.participants) - 1e-9))
+        needed = 1 if record.plan is None else max(1, math.ceil(self.min_reply_fraction * len(record.plan.participants) - 1e-9))
         applied = record.plan is not None and len(accepted) >= needed
         if applied:
             result = self.core.aggregate(record.plan, accepted)
@@ -254,8 +240,8 @@ class MSfusion(Strategy):
         elif record.plan is not None:
             log(
                 WARNING,
-                "round %d: %d valid replies of %d sampled < %d (min_replies=%d, min_reply_fraction=%.2f); global model unchanged",
-                server_round, len(accepted), len(record.plan.participants), needed, self.min_replies, self.min_reply_fraction,
+                "round %d: %d valid replies of %d sampled < %d (min_reply_fraction=%.2f); global model unchanged",
+                server_round, len(accepted), len(record.plan.participants), needed, self.min_reply_fraction,
             )
         record.seconds["aggregate"] = time.perf_counter() - started
         # Cumulative over the run so far (applied rounds only): the share of weight coordinates still

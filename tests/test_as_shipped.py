@@ -3,7 +3,6 @@ the grow variant that cannot be half-wired, one global model, and no collapse wi
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, MetricRecord

@@ -2,7 +2,7 @@
 `flwr run .` simulations, a well-formed summary.json, and finished runs skipped on a second call."""
 
 import json
-from dataclasses import replace
+
 
 import pytest
 

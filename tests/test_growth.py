@@ -284,7 +284,7 @@ def test_on_the_llama_family_too_the_grow_variant_at_overlap_one_trains_small(tm
     base = {
         "model": "llama", "model-width": 128, "model-layers": 1, "dataset": "wikitext2", "data-path": str(SHARED_DATA / "wikitext2"),
         "partitioner": "iid", "seq-len": 16, "optimizer": "adamw", "lr": 0.002, "batch-size": 8, "local-examples": 16,
-        "num-server-rounds": 3, "split-ratio-tiers": "0.5", "central-eval-examples": 32, "bn-calibration-batches": 0,
+        "num-server-rounds": 3, "split-ratio-tiers": "0.5", "central-eval-examples": 32,
         "contrastive-mu": 0.0, "output-dir": str(tmp_path), "seed": 3, "validation-examples": 16,
     }
 

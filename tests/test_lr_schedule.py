@@ -26,7 +26,6 @@ def test_step_decay_multiplies_after_each_milestone():
         ({"lr-decay-at": "0.75,0.5"}, "increasing fractions in \\(0, 1\\)"),
         ({"lr-decay-at": "1.0"}, "increasing fractions in \\(0, 1\\)"),
         ({"lr-decay-at": "half"}, "fractions of the run separated by commas"),
-        ({"lr-decay-factor": 0.0}, "lr-decay-factor must be in \\(0, 1\\]"),
     ],
 )
 def test_bad_schedules_are_named(config, message):
@@ -44,18 +43,18 @@ def test_nodes_apply_the_factor_the_server_sends():
 
 
 def test_the_strategy_sends_the_factor_of_each_round_and_nodes_train_with_it():
-    config = {"num-server-rounds": 10, "lr-decay-at": "0.5", "lr-decay-factor": 1e-6, "local-examples": 32}
+    config = {"num-server-rounds": 10, "lr-decay-at": "0.5", "local-examples": 32}
     strategy = make_strategy(Settings.from_mapping(config))
     grid = LocalGrid(simulated_node_configs(2), config)
     largest_change = {}
     for t in (5, 6):  # before and after the milestone at round 5
         msgs = list(strategy.configure_train(t, strategy.last_arrays, ConfigRecord(), grid))
-        assert {m.content.config_records["plan"]["lr-factor"] for m in msgs} == {1.0 if t == 5 else 1e-6}
+        assert [m.content.config_records["plan"]["lr-factor"] for m in msgs] == pytest.approx([1.0 if t == 5 else 0.1] * 2)
         replies = list(grid.send_and_receive(msgs))
         sent = [m.content.array_records["arrays"].to_torch_state_dict() for m in msgs]
         got = [r.content.array_records["arrays"].to_torch_state_dict() for r in replies]
         largest_change[t] = max(float((g[k] - s_[k]).abs().max()) for s_, g in zip(sent, got) for k in g)
         strategy.aggregate_train(t, replies)
-    assert largest_change[5] > 1e-3 and largest_change[6] < 1e-5
+    assert largest_change[5] > 1e-3 and largest_change[6] < 0.3 * largest_change[5]  # the lr / 10
     plain = MSfusion(get_family("digits-cnn").build, get_family("digits-cnn").split_map)
     assert plain.lr_factor is None  # a strategy without a schedule sends none, and nodes keep their lr

@@ -172,20 +172,22 @@ def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
 
     from msfusion import make_client_app
     from msfusion_app.settings import Settings
-    from server_app.app import run
+    from server_app.app import make_strategy, run
 
     def no_node(context):
         raise ValueError("this node has no data")
 
-    settings = Settings(num_server_rounds=3, max_failed_rounds=1, output_dir=str(tmp_path), run_name="r")
+    settings = Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r")
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1}}, app=make_client_app(no_node))
+    strategy = make_strategy(settings)
+    strategy.max_failed_rounds = 1
     with pytest.raises(RuntimeError, match="this node has no data"):
-        run(grid, settings)
+        run(grid, settings, strategy)
     assert "no valid reply for 1 round (up" in (tmp_path / "r" / "FAILED").read_text()
     assert not (tmp_path / "r" / ".lock").exists()
     # A finished run leaves no lock either, and a resumed one clears the FAILED mark.
     ok = LocalGrid({1: {"partition-id": 0, "num-partitions": 1, "split-ratio": 0.5}})
-    run(ok, Settings(num_server_rounds=1, resume_from=str(tmp_path / "r"), max_failed_rounds=1))
+    run(ok, Settings(num_server_rounds=1, resume_from=str(tmp_path / "r")))
     assert not (tmp_path / "r" / "FAILED").exists() and not (tmp_path / "r" / ".lock").exists()
 
 

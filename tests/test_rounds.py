@@ -17,7 +17,7 @@ from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evalu
 EXAMPLES, LR = 192, 0.1
 
 
-def run_rounds(planner_name, rounds=3, capacities=(1.0, 0.5, 0.5, 0.25), mu=1.0, scaler=False, examples=EXAMPLES):
+def run_rounds(planner_name, rounds=3, capacities=(1.0, 0.5, 0.5, 0.25), mu=1.0, examples=EXAMPLES):
     """``examples``: each node trains on this many rows of its partition (a fixed random subset)."""
     fam = get_family("digits-cnn")
     server = SubmodelServer(fam.build, fam.split_map, make_planner(planner_name))  # small: the width-0.5 model
@@ -36,7 +36,7 @@ def run_rounds(planner_name, rounds=3, capacities=(1.0, 0.5, 0.5, 0.25), mu=1.0,
         replies = []
         for n, pp in plan.participants.items():
             received = server.download(pp.__class__.from_compact(pp.to_compact(), part.group_sizes))
-            update, previous[n] = part.train(pp, received, data[n], cfg, previous=previous.get(n), scaler=scaler, seed=t)
+            update, previous[n] = part.train(pp, received, data[n], cfg, previous=previous.get(n), seed=t)
             assert update.bytes_up <= update.bytes_down
             replies.append(Reply(n, update.state, update.result.num_examples))
         for r in replies:

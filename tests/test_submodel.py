@@ -10,7 +10,7 @@ from msfusion_core.models import get_family
 from msfusion_core.method.planner import make_planner
 from msfusion_core.method.slicing import Slicer, flat_positions, map_previous
 from msfusion_core.method.split_map import group_sizes, layer_split_map, model_shapes
-from msfusion_core.method.submodel import attach_width_scaler, build_submodel
+from msfusion_core.method.submodel import build_submodel
 
 
 def submodel_at(family, r, planner="msfusion", t=3, width=None):
@@ -71,21 +71,6 @@ def test_build_rejects_wrong_keys():
     state.pop("fc.bias")
     with pytest.raises(ValueError, match="fc.bias"):
         build_submodel(fam.build, state)
-
-
-def test_width_scaler_rescales_by_contracted_fraction():
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    split = layer_split_map(model, {"0": ("h", None), "2": (None, "h")})
-    units = {"h": np.arange(4)}
-    sub_state = Slicer(split).extract(model.state_dict(), units)
-    plain = build_submodel(lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), sub_state)
-    scaled = build_submodel(lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), sub_state)
-    handles = attach_width_scaler(scaled, split, {"h": 0.5})
-    x = torch.randn(5, 4)
-    torch.testing.assert_close(scaled(x), 2 * plain(x))  # only the layer contracting over h is scaled
-    for h in handles:
-        h.remove()
-    torch.testing.assert_close(scaled(x), plain(x))
 
 
 def test_split_map_mismatch_names_parameter_and_dimension():

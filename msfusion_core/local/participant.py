@@ -12,10 +12,10 @@ from torch import nn
 
 from msfusion_core.data.tensors import TensorData
 from msfusion_core.method.checks import check_arrays
-from msfusion_core.method.planner import ParticipantPlan, Window
+from msfusion_core.method.planner import ParticipantPlan
 from msfusion_core.method.slicing import Slicer, map_previous
 from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
-from msfusion_core.method.submodel import attach_width_scaler, build_submodel
+from msfusion_core.method.submodel import build_submodel
 from msfusion_core.local.measure import num_bytes
 from msfusion_core.local.training import TrainConfig, TrainResult, train_submodel
 
@@ -81,12 +81,9 @@ class Participant:
             self._local_state = {k: state[k] for k in self.local_keys}
         return self._local_state
 
-    def model(self, received: Mapping[str, torch.Tensor], ratios: Mapping[str, float] | None = None) -> nn.Module:
-        """The real sub-model for ``received`` arrays (plus the local tensors), optionally width-scaled."""
-        model = build_submodel(self.build, {**received, **self.local_state()}, self.post_build)
-        if ratios is not None:
-            attach_width_scaler(model, self.split_map, ratios)
-        return model
+    def model(self, received: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The real sub-model for ``received`` arrays (plus the local tensors)."""
+        return build_submodel(self.build, {**received, **self.local_state()}, self.post_build)
 
     def read_plan(self, compact: Mapping) -> ParticipantPlan:
         return ParticipantPlan.from_compact(compact, self.group_sizes)
@@ -105,7 +102,6 @@ class Participant:
         cfg: TrainConfig,
         *,
         previous: PreviousSubmodel | None = None,
-        scaler: bool = False,
         seed: int = 0,
         round_index: int = 0,
     ) -> tuple[LocalUpdate, PreviousSubmodel]:
@@ -113,16 +109,13 @@ class Participant:
         for the next round's negative."""
         self.check_received(plan, received)
         units = plan.unit_indices()
-        # Scale by the fraction of the *global* model's units (its K can be below the family's: `small`).
-        sizes = {g: sel.size if isinstance(sel, Window) else self.group_sizes[g] for g, sel in plan.groups.items()}
-        ratios = {g: len(units[g]) / sizes[g] for g in units} if scaler else None
-        model = self.model(received, ratios)
+        model = self.model(received)
         global_model = prev_model = None
-        if cfg.mu > 0 or cfg.distill > 0:
-            global_model = self.model(received, ratios)
-            if cfg.mu > 0 and previous is not None:
+        if cfg.mu > 0:
+            global_model = self.model(received)
+            if previous is not None:
                 mapped = map_previous(self.slicer, previous.state, previous.units, received, units)
-                prev_model = self.model(mapped, ratios)
+                prev_model = self.model(mapped)
         result = train_submodel(
             model,
             data,

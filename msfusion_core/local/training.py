@@ -1,9 +1,7 @@
 """Local training of a sub-model (SPEC §4), static-BN calibration and evaluation.
 
-Loss = cross-entropy + μ·L_con + λ·KL(received ‖ local). L_con is MOON's model-contrastive term;
-the KL term is self-distillation toward the received sub-model's predictions (a function-space
-proximal term at temperature 1). Both need frozen forward passes, so both run on only a
-``regularised_fraction`` of the batches, spread evenly. The representation z is the input of the family's
+Loss = cross-entropy + μ·L_con. L_con is MOON's model-contrastive term; it needs frozen forward
+passes, so it runs on only a ``regularised_fraction`` of the batches, spread evenly. The representation z is the input of the family's
 ``representation_layer`` (the classifier or LM head), captured with a forward hook, so a model
 needs no special forward method; a per-token input [B, T, H] is averaged over T. Language models
 (logits [B, T, V], targets [B, T]) use the per-token cross-entropy. BatchNorm follows HeteroFL's
@@ -40,8 +38,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
     tau: float = 0.5
-    distill: float = 0.0  # self-distillation weight λ; 0 turns it off
-    regularised_fraction: float = 0.25  # share of batches that carry the contrastive and distillation terms (C1: a quarter cost 1.17x small's FLOPs and measured no worse than every batch at 1.73x)
+    regularised_fraction: float = 0.25  # share of batches that carry the contrastive term (C1: a quarter cost 1.17x small's FLOPs and measured no worse than every batch at 1.73x)
     optimizer: str = "sgd"  # sgd (with momentum) | adamw; fresh every round (no optimizer state is sent)
     device: str = "cpu"  # where local training runs ("cuda", "cuda:1", ...); the reply comes back on the CPU
 
@@ -79,17 +76,9 @@ class TrainResult:
     loss: float  # mean total loss over the last epoch
     ce_loss: float
     contrastive_loss: float
-    distill_loss: float
     num_examples: int  # distinct local examples (the aggregation weight)
     seconds: float
     flops: int  # measured FLOPs of all local steps (forward + backward + frozen forwards)
-
-
-def distill_loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(target) ‖ softmax(logits)), mean over examples (tokens, for a language model)."""
-    log_p = F.log_softmax(logits.flatten(0, -2), dim=-1)
-    log_q = F.log_softmax(target_logits.flatten(0, -2), dim=-1)
-    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
 
 
 def regularised_batches(fraction: float, num_batches: int, first: int = 0) -> torch.Tensor:
@@ -134,16 +123,15 @@ def train_submodel(
     round_index: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place. ``round_index``: the rounds before this one (server round − 1),
-    which numbers the batches for ``regularised_batches``. ``global_model`` (the sub-model as received) gives the contrastive
-    positive and the distillation target, ``prev_model`` (the previous local sub-model mapped onto
-    this round's units) the contrastive negative; both are frozen. Without ``global_model``, or
-    with μ = λ = 0, only cross-entropy is used."""
+    which numbers the batches for ``regularised_batches``. ``global_model`` (the sub-model as
+    received) gives the contrastive positive, ``prev_model`` (the previous local sub-model mapped
+    onto this round's units) the negative; both are frozen. Without ``global_model``, or with
+    μ = 0, only cross-entropy is used."""
     n = int(data.y.shape[0])
     if n == 0:
         raise ValueError("cannot train on an empty partition")
     use_con = cfg.mu > 0 and global_model is not None
-    use_distill = cfg.distill > 0 and global_model is not None
-    frozen = [global_model] if use_con or use_distill else []  # frozen[0] is always the received model
+    frozen = [global_model] if use_con else []  # frozen[0] is always the received model
     if use_con and prev_model is not None:
         frozen.append(prev_model)
     device = torch.device(cfg.device)
@@ -157,31 +145,27 @@ def train_submodel(
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     flops = 0.0
-    # total, ce: summed over batches; contrastive, distill: over regularised batches. Kept on the
-    # training device, so a batch adds no host sync.
-    totals = torch.zeros(4, device=device)
+    # total, ce: summed over batches; contrastive: over regularised batches. Kept on the training
+    # device, so a batch adds no host sync.
+    totals = torch.zeros(3, device=device)
     batches = regularised = 0
     signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
 
     def step(x: torch.Tensor, y: torch.Tensor, regularise: bool) -> torch.Tensor:
         logits = logits_of(model(x))
         ce = token_loss(logits, y)
-        con = dist = torch.zeros((), device=ce.device)
+        con = torch.zeros((), device=ce.device)
         if regularise:
             with torch.no_grad():
-                target = logits_of(frozen[0](x))
-                for m in frozen[1:]:
+                for m in frozen:
                     m(x)
-            if use_con:
-                z_prev = boxes[1]["z"] if len(boxes) > 1 else None
-                con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
-            if use_distill:
-                dist = distill_loss(logits, target)
-        total = ce + cfg.mu * con + cfg.distill * dist
+            z_prev = boxes[1]["z"] if len(boxes) > 1 else None
+            con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
+        total = ce + cfg.mu * con
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        return torch.stack([total, ce, con, dist]).detach()
+        return torch.stack([total, ce, con]).detach()
 
     with ExitStack() as stack:
         zbox = stack.enter_context(capture_input(model, representation_layer))
@@ -200,7 +184,7 @@ def train_submodel(
                 x = cfg.preprocess(data.x[idx].to(device), True, gen)
                 y = data.y[idx].to(device)
                 regularise = bool(frozen) and carries[b]
-                terms = (len(frozen), use_con, use_distill) if regularise else None
+                terms = len(frozen) if regularise else None
                 key = (signature, tuple(x.shape), terms)
                 if key not in _FLOPS_PER_EXAMPLE:  # measure the first step of each shape, once
                     with FlopCounterMode(display=False) as counter:
@@ -212,8 +196,8 @@ def train_submodel(
                 totals += losses
                 batches += 1
                 regularised += regularise
-    mean = (totals.cpu() / torch.tensor([max(batches, 1)] * 2 + [max(regularised, 1)] * 2)).tolist()
-    return TrainResult(mean[0], mean[1], mean[2], mean[3], n, time.perf_counter() - start, int(flops))
+    mean = (totals.cpu() / torch.tensor([max(batches, 1)] * 2 + [max(regularised, 1)])).tolist()
+    return TrainResult(mean[0], mean[1], mean[2], n, time.perf_counter() - start, int(flops))
 
 
 @torch.no_grad()

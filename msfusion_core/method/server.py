@@ -11,18 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from msfusion_core.method.aggregate import AggregateResult, Contribution
+from msfusion_core.method.aggregate import AggregateResult, Contribution, scatter_average
 from msfusion_core.method.checks import check_arrays
 from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
 from msfusion_core.local.measure import num_bytes
 from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan
-from msfusion_core.method.robust import ROBUST_MODES, clip_updates, robust_average
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import SplitMap, cross_unit_norms, group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import build_submodel
-
-AGGREGATION_WEIGHTS = ("examples", "uniform")
-
 
 class ReplyError(ValueError):
     """A participant's reply that must not touch the global model; the message says why."""
@@ -90,16 +86,10 @@ class SubmodelServer:
         split_map: SplitMap,
         planner: Planner,
         *,
-        aggregation_weight: str = "examples",
-        robust: str = "none",
-        trim_fraction: float = 0.2,
-        clip_factor: float = 0.0,
         seed: int = 0,
         local_keys: Collection[str] = (),
         post_build: Callable[[nn.Module], None] | None = None,
     ) -> None:
-        if aggregation_weight not in AGGREGATION_WEIGHTS:
-            raise ValueError(f"unknown aggregation weight {aggregation_weight!r}; known: {', '.join(AGGREGATION_WEIGHTS)}")
         torch.manual_seed(seed)
         model = build()
         self.build = build
@@ -107,10 +97,6 @@ class SubmodelServer:
         self.slicer = Slicer(split_map)
         self.split_map = split_map
         self.planner = planner
-        self.aggregation_weight = aggregation_weight
-        if robust not in ROBUST_MODES:
-            raise ValueError(f"unknown robust aggregation {robust!r}; known: {', '.join(ROBUST_MODES)}")
-        self.robust, self.trim_fraction, self.clip_factor = robust, trim_fraction, clip_factor
         self.group_sizes = group_sizes(model_shapes(model), split_map)
         # Local tensors (frozen, every party builds them itself) are kept for evaluation, never sent.
         self.local_keys = frozenset(local_keys)
@@ -162,17 +148,8 @@ class SubmodelServer:
 
         Replies are taken in participant order, so the result does not depend on arrival order."""
         replies = sorted(replies, key=lambda r: r.node_id)
-        contributions = [
-            Contribution(
-                plan.participants[r.node_id].unit_indices(),
-                r.state,
-                float(r.num_examples) if self.aggregation_weight == "examples" else 1.0,
-            )
-            for r in replies
-        ]
-        if self.clip_factor > 0:
-            contributions = clip_updates(self.state, contributions, self.slicer, self.param_keys, self.clip_factor)
-        result = robust_average(self.state, contributions, self.slicer, self.param_keys, self.robust, self.trim_fraction)
+        contributions = [Contribution(plan.participants[r.node_id].unit_indices(), r.state, float(r.num_examples)) for r in replies]
+        result = scatter_average(self.state, contributions, self.slicer, self.param_keys)
         self.state = result.state
         if math.isfinite(result.relative_shift):
             self.planner.observe(plan.server_round, result.relative_shift)

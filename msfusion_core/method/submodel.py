@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from msfusion_core.method.split_map import SplitMap, normalize_split_map, tied_aliases
+from msfusion_core.method.split_map import tied_aliases
 
 # Size attributes that forward() reads (or that repr/consistency checks read), by leaf type.
 _SIZE_ATTRS: list[tuple[type, Callable[[nn.Module], dict[str, object]]]] = [
@@ -121,19 +121,3 @@ def build_submodel(
     if post_build is not None:
         post_build(model)
     return model
-
-
-def attach_width_scaler(model: nn.Module, split_map: SplitMap, group_ratio: Mapping[str, float]) -> list:
-    """HeteroFL's scaler: multiply a split layer's output by 1/ratio of the group its weight contracts
-    over (its input dim), so pre-activations keep their full-model scale while training a sub-model.
-    Returns the hook handles (remove them to get the plain sub-model)."""
-    handles = []
-    bindings = normalize_split_map(split_map)
-    for name, module in model.named_modules():
-        dims = bindings.get(f"{name}.weight" if name else "weight")
-        if not dims or len(dims) < 2 or dims[1] is None:
-            continue
-        ratio = group_ratio[dims[1].group]
-        if ratio < 1.0:
-            handles.append(module.register_forward_hook(lambda _m, _i, out, s=1.0 / ratio: out * s))
-    return handles

@@ -32,6 +32,14 @@ class ModelFamily:
     local_keys: frozenset[str] = frozenset()
     post_build: Callable[[nn.Module], None] | None = None
 
+    @property
+    def has_batchnorm(self) -> bool:
+        """Whether the evaluated model needs BatchNorm statistics computed for it (static BN)."""
+        import torch
+
+        with torch.device("meta"):
+            return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.build().modules())
+
 
 def _family(
     name: str,
