@@ -33,7 +33,6 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from msfusion_app import protocol
-from msfusion_core.method.coverage import TrainCounts
 from msfusion_core.method.planner import Planner, RoundPlan, Window, check_capacity, make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.method.split_map import SplitMap, model_state
@@ -160,7 +159,6 @@ class MSfusion(Strategy):
         self.nodes: dict[int, NodeInfo] = {}  # Flower node id → what it declared
         self.rounds: dict[int, RoundLog] = {}  # by run round (Flower's round + round_offset)
         self.round_offset = 0  # rounds completed before this start() (a resumed run)
-        self.train_counts = TrainCounts(self.core.slicer, {k: tuple(self.core.state[k].shape) for k in self.core.param_keys})
         self.full_model_bytes = self.core.full_model_bytes  # the full-width model's, under `small` too
 
     # -- Strategy API ----------------------------------------------------------------------
@@ -228,7 +226,6 @@ class MSfusion(Strategy):
         applied = record.plan is not None and len(accepted) >= needed
         if applied:
             result = self.core.aggregate(record.plan, accepted)
-            self.train_counts.add(record.plan.participants[r.node_id] for r in accepted)
             record.metrics |= {
                 "model-shift": result.model_shift,
                 "model-shift-floor": result.shift_floor,
@@ -246,7 +243,7 @@ class MSfusion(Strategy):
         record.seconds["aggregate"] = time.perf_counter() - started
         # Cumulative over the run so far (applied rounds only): the share of weight coordinates still
         # at their initial values, and how unevenly the others have been trained.
-        never, cv = self.train_counts.summary()  # one pass over the counts, every round
+        never, cv = self.core.train_counts.summary()  # one pass over the counts, every round
         record.metrics |= {"never-trained-fraction": never, "train-count-cv": cv}
         record.metrics |= self.round_metrics(record, accepted, applied)
         self.check_progress(server_round, record, accepted)
@@ -449,13 +446,10 @@ class MSfusion(Strategy):
 
     # -- checkpoint state --------------------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        """The evaluated model under its own keys (what a user loads), and what a resumed run
-        restores besides ``state_dict``: θ, the per-coordinate train counts and, while a growth step
-        is on trial, θ from before it, each under a prefix that says so."""
+        """The evaluated model under its own keys (what a user loads), and the method's state a
+        resumed run restores (``SubmodelServer.state_tensors``: θ under ``resume/theta/``, ...)."""
         model = self.last_arrays.to_torch_state_dict() if self.last_arrays is not None else self.global_arrays().to_torch_state_dict()
-        theta = {THETA_PREFIX + k: v for k, v in self.core.state.items()}
-        before = {BEFORE_STEP_PREFIX + k: v for k, v in (self.core.before_step or {}).items()}
-        return model | theta | self.train_counts.state_dict() | before
+        return model | self.core.state_tensors()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides θ that the next rounds depend on (node sampling and the client seeds
@@ -467,11 +461,7 @@ class MSfusion(Strategy):
 
     def restore(self, completed_round: int, state: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
         """Continue after ``completed_round``: θ, the planner's state, and Flower's round numbering."""
-        theta = {k[len(THETA_PREFIX):]: v for k, v in state.items() if k.startswith(THETA_PREFIX)}
-        self.load_global(theta or state)  # a checkpoint from before the prefix held θ under its own keys
-        self.train_counts.load_state_dict(state)
-        before = {k[len(BEFORE_STEP_PREFIX):]: v for k, v in state.items() if k.startswith(BEFORE_STEP_PREFIX)}
-        self.core.before_step = {k: torch.as_tensor(v).clone() for k, v in before.items()} or None
+        self.core.load_state_tensors(state)
         self.planner.load_state_dict(extra["planner"])
         self.round_offset = completed_round
 
@@ -491,10 +481,6 @@ class MSfusion(Strategy):
     def load_global(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes required, or under ``small`` the full-width model's)."""
         self.core.load_state(state)
-
-
-THETA_PREFIX = "resume/theta/"  # checkpoint keys of θ, the state training continues from
-BEFORE_STEP_PREFIX = "before-step/"  # checkpoint keys of θ from before a growth step on trial
 
 
 def last_rounds_at_each_lr(lr_factor: Callable[[int], float] | None, last_round: int) -> tuple[int, ...]:

@@ -13,12 +13,17 @@ from torch import nn
 
 from msfusion_core.method.aggregate import AggregateResult, Contribution, scatter_average
 from msfusion_core.method.checks import check_arrays
+from msfusion_core.method.coverage import TrainCounts
 from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
 from msfusion_core.local.measure import num_bytes
 from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import SplitMap, cross_unit_norms, group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import build_submodel
+
+THETA_PREFIX = "resume/theta/"  # checkpoint keys of θ, the state training continues from
+BEFORE_STEP_PREFIX = "before-step/"  # checkpoint keys of θ from before a growth step on trial
+
 
 class ReplyError(ValueError):
     """A participant's reply that must not touch the global model; the message says why."""
@@ -116,6 +121,7 @@ class SubmodelServer:
         self.state: dict[str, torch.Tensor] = state
         self.last_plan: RoundPlan | None = None  # what θ was last trained under (the evaluated model's scaling)
         self.before_step: dict[str, torch.Tensor] | None = None  # θ when a growth step on trial was taken
+        self.train_counts = TrainCounts(self.slicer, {k: tuple(self.state[k].shape) for k in self.param_keys})
 
     # -- planning and slicing -------------------------------------------------------------
     def plan_round(self, server_round: int, participants: Sequence[tuple[int, float]]) -> RoundPlan:
@@ -151,6 +157,7 @@ class SubmodelServer:
         contributions = [Contribution(plan.participants[r.node_id].unit_indices(), r.state, float(r.num_examples)) for r in replies]
         result = scatter_average(self.state, contributions, self.slicer, self.param_keys)
         self.state = result.state
+        self.train_counts.add(plan.participants[r.node_id] for r in replies)
         if math.isfinite(result.relative_shift):
             self.planner.observe(plan.server_round, result.relative_shift)
         return result
@@ -195,6 +202,23 @@ class SubmodelServer:
                     + (" (the global model is a slice of the full one: pass the full-width model's arrays, or the slice's)" if self.global_units is not None else "")
                 )
         self.state = {k: torch.as_tensor(state[k]).to(self.state[k].dtype).clone() for k in self.state}
+
+    # -- checkpoint state ------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything of the method's a resumed run needs as tensors, each under a prefix that
+        says what it is: θ, the per-coordinate train counts and, while a growth step is on trial,
+        θ from before it."""
+        theta = {THETA_PREFIX + k: v for k, v in self.state.items()}
+        before = {BEFORE_STEP_PREFIX + k: v for k, v in (self.before_step or {}).items()}
+        return theta | self.train_counts.state_dict() | before
+
+    def load_state_tensors(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what ``state_tensors`` saved (a checkpoint from before the θ prefix held θ under its own keys)."""
+        theta = {k[len(THETA_PREFIX):]: v for k, v in state.items() if k.startswith(THETA_PREFIX)}
+        self.load_state(theta or state)
+        self.train_counts.load_state_dict(state)
+        before = {k[len(BEFORE_STEP_PREFIX):]: v for k, v in state.items() if k.startswith(BEFORE_STEP_PREFIX)}
+        self.before_step = {k: torch.as_tensor(v).clone() for k, v in before.items()} or None
 
     # -- the global model ------------------------------------------------------------------
     def global_model(self) -> nn.Module:
