@@ -40,6 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from benchmarks.experiments import EXPERIMENTS, METHODS, Experiment, Variant  # noqa: E402
 from benchmarks.flower_procs import REPO, read_jsonl  # noqa: E402
 from benchmarks.launch import flwr_run, toml_value  # noqa: E402
+from msfusion_core.method.planner import FullPlanner, make_planner  # noqa: E402
 
 
 def run_name(method: str, seed: int, variant: Variant) -> str:
@@ -51,7 +52,6 @@ def run_config(exp: Experiment, method: str, seed: int, variant: Variant) -> dic
 
 
 ENGINES = ("local", "flwr")
-DENSE_PLANNERS = ("full", "small")
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def summarise(exp: Experiment, runs: Path) -> dict[str, Any]:
                 config = run_config(exp, method, seed, variant)
                 if finished(rows, config["num-server-rounds"]):
                     per_seed[seed] = summarise_run(rows, exp.target, exp.metric)
-                    if config.get("planner") in DENSE_PLANNERS:  # every coordinate is in every model
+                    if isinstance(make_planner(config.get("planner", "msfusion")), FullPlanner):  # full, small: every coordinate is in every model
                         per_seed[seed] |= {"never_trained_fraction": None, "train_count_cv": None}
             if not per_seed:
                 continue
