@@ -71,6 +71,8 @@ class MSfusion(Strategy):
     ``evaluate_fn`` scores and ``Result.arrays`` holds, are the evaluated model (``global_model()``:
     θ with each unit's readers scaled by its share of the sub-models, then ``prepare_model``). θ
     itself, which training continues from, lives in ``checkpoint_tensors`` for a resumed run.
+    Each round reports its headline figures to Flower (``HEADLINE_METRICS``: Flower logs them);
+    ``rounds[t].metrics`` holds the whole row.
 
     Parameters
     ----------
@@ -248,12 +250,12 @@ class MSfusion(Strategy):
         record.metrics |= self.round_metrics(record, accepted, applied)
         self.check_progress(server_round, record, accepted)
         if not applied:  # Flower keeps the arrays it has, which are still the evaluated model
-            return None, MetricRecord(_scalars(record.metrics))
+            return None, MetricRecord(_headline(record.metrics))
         model = self.global_model(server_round)
         if self.validation_fn is not None and self.validate(server_round, record, model):
             model = self.global_model(server_round)
         self.last_arrays = ArrayRecord(model_state(model))
-        return self.last_arrays, MetricRecord(_scalars(record.metrics))
+        return self.last_arrays, MetricRecord(_headline(record.metrics))
 
     def validate(self, server_round: int, record: RoundLog, model: nn.Module) -> bool:
         """Score the evaluated model with ``validation_fn`` and tell the planner. Returns whether θ
@@ -496,9 +498,13 @@ def first_window_start(plan: RoundPlan) -> float:
     return float(window.start) if isinstance(window, Window) else float("nan")
 
 
-def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """MetricRecord accepts ints, floats and lists of them."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, list))}
+# What a round reports to Flower (which logs it every round and again at the end): the headline.
+# The whole row, about thirty figures, is ``strategy.rounds[t].metrics``.
+HEADLINE_METRICS = ("participants", "accepted", "rejected", "failed", "applied", "train-loss", "overlap", "bytes-down-per-participant")
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)}
 
 
 # Flower wraps an exception a ClientApp raised as "<class 'pkg.Error'>:<'message'>".
