@@ -45,9 +45,11 @@ from benchmarks.flower_procs import (
     read_jsonl,
     run_cli,
     started,
+    superlink_cmd,
     stop_flower_processes,
     wait_http_health,
     wait_online_nodes,
+    write_deploy_connection,
 )
 from benchmarks.launch import toml_value
 
@@ -161,8 +163,8 @@ def federation(work: Path, groups: list[MemoryGroup], node_configs: list[str]) -
     home, logs = work / "flwr-home", work / "logs"
     env = flower_env(home)
     link_port, *node_ports = free_ports(1 + len(groups))
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
-    link_cmd = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(link_port)]
+    write_deploy_connection(home, link_port)
+    link_cmd = superlink_cmd(link_port)
     with contextlib.ExitStack() as stack:
         stack.enter_context(flower_cleanup(home))
         link = stack.enter_context(started(link_cmd, logs / "superlink.log", env))

@@ -288,6 +288,16 @@ def wait_http_health(port: int, timeout: float = 30.0, proc: Proc | None = None)
     raise AssertionError(f"nothing healthy on {LOOPBACK}:{port} after {timeout:.0f}s" + (f":\n{proc.tail()}" if proc else ""))
 
 
+def superlink_cmd(port: int) -> list[str]:
+    """An insecure SuperLink on loopback, serving the Fleet, Control and runtime APIs on ``port``."""
+    return ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", LOOPBACK, "--port", str(port)]
+
+
+def write_deploy_connection(flwr_home: Path, port: int) -> None:
+    """``$FLWR_HOME/config.toml`` with one connection, ``deploy`` (the default), to that SuperLink."""
+    (flwr_home / "config.toml").write_text(f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "{LOOPBACK}:{port}"\ninsecure = true\n')
+
+
 def supernode_cmd(link_port: int, port: int, partition_id: int, num_partitions: int, split_ratio: float) -> list[str]:
     """An insecure SuperNode on loopback with its partition and capacity in the node config."""
     node_config = f"partition-id={partition_id} num-partitions={num_partitions} split-ratio={split_ratio}"

@@ -76,15 +76,19 @@ def resolve(setup: Callable | str) -> Callable:
     return target
 
 
-def measure_in_this_process(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int) -> Footprint:
-    """The measurement itself (run it in a fresh process: it reads this process's RSS)."""
+def node_setup(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Any:
+    """What ``setup`` says this node has, for a node with these run and node configs."""
     from flwr.app import Context, RecordDict
 
+    return resolve(setup)(Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config)))
+
+
+def measure_in_this_process(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int) -> Footprint:
+    """The measurement itself (run it in a fresh process: it reads this process's RSS)."""
     from msfusion_core.data.tensors import TensorData
     from msfusion_core.method.planner import plan_static_prefix
 
-    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config))
-    node = resolve(setup)(context)
+    node = node_setup(setup, run_config, node_config)
     cfg = dataclasses.replace(node.train_config, epochs=1)
     data = node.train_data()
     batch = TensorData(data.x[: cfg.batch_size], data.y[: cfg.batch_size])
@@ -140,10 +144,7 @@ def fresh_substate(part, plan) -> dict:
 def load_in_this_process(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> float:
     """Load the node's training data once (which fills its partition cache, if it keeps one) and
     return the peak RSS that cost, in MB."""
-    from flwr.app import Context, RecordDict
-
-    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config))
-    resolve(setup)(context).train_data()
+    node_setup(setup, run_config, node_config).train_data()
     return _status_mb("VmHWM")
 
 
@@ -230,10 +231,7 @@ def footprint_key(node: Any, node_config: Mapping[str, Any], capacity: float, st
 
 
 def tier_keys(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], tiers: Sequence[float], steps: int) -> dict[float, str]:
-    from flwr.app import Context, RecordDict
-
-    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config))
-    node = resolve(setup)(context)
+    node = node_setup(setup, run_config, node_config)
     return {r: footprint_key(node, node_config, r, steps) for r in tiers}
 
 

@@ -76,10 +76,6 @@ class RunLog:
         (log.dir / FAILED_MARKER).unlink(missing_ok=True)
         return log
 
-    def fail(self, reason: str) -> None:
-        """Mark the directory as a failed run, saying why (its checkpoints stay: it can be resumed)."""
-        _atomic_write(self.dir / FAILED_MARKER, reason.rstrip() + "\n")
-
     def close(self) -> None:
         """Release the writer lock and remove the lock file."""
         if self._lock is not None and not self._lock.closed:
@@ -202,6 +198,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """``run_dir/FAILED``, saying why the run failed (the folder is made if it is not there yet)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / FAILED_MARKER, reason.rstrip() + "\n")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import Result
 
 from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_holdout, load_partition, load_test
-from msfusion_app.runlog import FAILED_MARKER, RunLog, latest_checkpoint
+from msfusion_app.runlog import RunLog, latest_checkpoint, mark_failed
 from msfusion_core.local.training import calibrate_batchnorm, evaluate
 from msfusion_core.method.planner import Planner
 from msfusion_core.method.submodel import build_submodel
@@ -73,16 +73,19 @@ def failed_run_dir(run_config: Mapping[str, Any]) -> Path | None:
 
 
 def fail(exc: BaseException, run_dir: Path | None, after_round: int | None = None) -> NoReturn:
-    """End the run with one line naming why, and a ``FAILED`` file in the run directory, if any."""
+    """End the run with one line naming why, and a ``FAILED`` file in the run directory, if any.
+    A failure the message explains (a bad setting, nodes that never reply validly) ends as a
+    ``RunFailed``, without a traceback; any other exception is raised again as it is."""
     reason = f"{type(exc).__name__}: {exc}"
-    if run_dir is not None and after_round is None:
+    if run_dir is not None:
         with contextlib.suppress(OSError):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / FAILED_MARKER).write_text(reason + "\n")
+            mark_failed(run_dir, reason)
     when = "before round 1" if after_round is None else f"after round {after_round}"
     where = f" (run directory {run_dir.resolve()})" if run_dir is not None else ""
     log(ERROR, "MSfusion run FAILED %s: %s%s", when, reason, where)
-    raise RunFailed(reason) from exc
+    if isinstance(exc, (ValueError, NoValidReplies)):
+        raise RunFailed(reason) from exc
+    raise exc
 
 
 def make_strategy(settings: Settings, data: ServerData | None = None, planner: Planner | None = None) -> MSfusion:
@@ -258,11 +261,7 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
     except BaseException as exc:
         # The reason goes where a user looks: the run directory, and the last log line (Flower
         # records it as the run's failure details too).
-        runlog.fail(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, (ValueError, NoValidReplies)):
-            fail(exc, runlog.dir, after_round=len(runlog.rows) - 1)
-        log(ERROR, "MSfusion run FAILED after round %d: %s: %s (run directory %s)", len(runlog.rows) - 1, type(exc).__name__, exc, runlog.dir.resolve())
-        raise
+        fail(exc, runlog.dir, after_round=len(runlog.rows) - 1)
     finally:
         runlog.close()
     runlog.plot()

@@ -21,9 +21,11 @@ from benchmarks.flower_procs import (
     run_cli,
     started,
     stop_flower_processes,
+    superlink_cmd,
     supernode_cmd,
     wait_http_health,
     wait_online_nodes,
+    write_deploy_connection,
 )
 
 RUN_TIMEOUT = 480.0
@@ -34,11 +36,8 @@ def test_deployment_two_supernodes(tmp_path):
     home, out, logs = tmp_path / "flwr-home", tmp_path / "runs", tmp_path / "logs"
     env = flower_env(home)
     link_port, *node_ports = free_ports(1 + len(NODES))
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "deploy"\n\n'
-        f'[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
-    link_cmd = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(link_port)]
+    write_deploy_connection(home, link_port)
+    link_cmd = superlink_cmd(link_port)
     with flower_cleanup(home), started(link_cmd, logs / "superlink.log", env) as link:
         wait_http_health(link_port, timeout=60.0, proc=link)
         with started(supernode_cmd(link_port, node_ports[0], 0, len(NODES), NODES[0]), logs / "supernode-0.log", env) as n0, started(

@@ -37,9 +37,11 @@ from benchmarks.flower_procs import (
     read_jsonl,
     started,
     stop_flower_processes,
+    superlink_cmd,
     supernode_cmd,
     wait_http_health,
     wait_online_nodes,
+    write_deploy_connection,
 )
 
 NODES = {0: 1.0, 1: 0.5, 2: 0.5}  # partition id → split-ratio
@@ -66,9 +68,9 @@ def test_supernode_dropout(tmp_path):
     home, out, logs = tmp_path / "flwr-home", tmp_path / "runs", tmp_path / "logs"
     env = flower_env(home)
     link_port, *node_ports = free_ports(1 + len(NODES))
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    write_deploy_connection(home, link_port)
     metrics = out / "dropout" / "metrics.jsonl"
-    link_cmd = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(link_port)]
+    link_cmd = superlink_cmd(link_port)
     with contextlib.ExitStack() as stack:
         stack.enter_context(flower_cleanup(home))
         link = stack.enter_context(started(link_cmd, logs / "superlink.log", env))

@@ -25,9 +25,11 @@ from benchmarks.flower_procs import (
     read_jsonl,
     run_cli,
     started,
+    superlink_cmd,
     stop_flower_processes,
     wait_http_health,
     wait_online_nodes,
+    write_deploy_connection,
 )
 
 ROUND_TIMEOUT = 20
@@ -71,8 +73,8 @@ def test_a_node_whose_clientapp_is_killed_mid_training_fails_and_the_run_goes_on
     (app_dir / "pyproject.toml").write_text(pyproject.replace('clientapp = "client_app.app:app"', 'clientapp = "killer:app"'))
     env = flower_env(home)
     link_port, *node_ports = free_ports(3)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "{LOOPBACK}:{link_port}"\ninsecure = true\n')
-    link_cmd = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--host", LOOPBACK, "--port", str(link_port)]
+    write_deploy_connection(home, link_port)
+    link_cmd = superlink_cmd(link_port)
     configs = ["partition-id=0 num-partitions=2 split-ratio=1.0", "partition-id=1 num-partitions=2 split-ratio=0.5 kill-in-round=1"]
     with flower_cleanup(home), started(link_cmd, logs / "superlink.log", env) as link:
         wait_http_health(link_port, timeout=60.0, proc=link)

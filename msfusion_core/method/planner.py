@@ -55,31 +55,26 @@ def check_capacity(capacity: float, who: object = "participant") -> float:
 @dataclass(frozen=True)
 class Window:
     """The first ``core`` units of a group of ``size``, then a cyclic window of ``length − core``
-    units starting at ``start`` in the ``reach − core`` units after the core (core 0: a plain cyclic
-    window of ``length`` units). ``span``: the units the window cycles within (None: all ``size``)."""
+    units starting at ``start`` in the ``size − core`` units after the core (core 0: a plain cyclic
+    window of ``length`` units)."""
 
     start: int
     length: int
     size: int
     core: int = 0
-    span: int | None = None
-
-    @property
-    def reach(self) -> int:
-        return self.size if self.span is None else self.span
 
     def indices(self) -> np.ndarray:
         core = np.arange(self.core, dtype=np.int64)
         if self.length == self.core:
             return core
-        rest = self.core + (self.start + np.arange(self.length - self.core, dtype=np.int64)) % (self.reach - self.core)
+        rest = self.core + (self.start + np.arange(self.length - self.core, dtype=np.int64)) % (self.size - self.core)
         return np.concatenate([core, rest]) if self.core else rest
 
     def expected_inclusion(self) -> np.ndarray:
         """[size]: how often each unit is in this window as its start shifts round by round: 1 in
-        the core, (length − core) / (reach − core) in the units after it up to ``reach``, 0 past it."""
+        the core, (length − core) / (size − core) in the units after it."""
         p = np.zeros(self.size)
-        p[self.core : self.reach] = (self.length - self.core) / (self.reach - self.core) if self.reach > self.core else 0.0
+        p[self.core :] = (self.length - self.core) / (self.size - self.core) if self.size > self.core else 0.0
         p[: self.core] = 1.0
         return p
 
@@ -100,9 +95,9 @@ class ParticipantPlan:
         return {g: self.indices(g) for g in self.groups}
 
     def to_compact(self) -> dict[str, Any]:
-        """JSON-able form: (start, length, K[, core[, span]]) per windowed group; an index list only for subsets."""
+        """JSON-able form: (start, length, K[, core]) per windowed group; an index list only for subsets."""
         windows = {
-            g: [w.start, w.length, w.size] + ([w.core] if w.core or w.span is not None else []) + ([w.span] if w.span is not None else [])
+            g: [w.start, w.length, w.size] + ([w.core] if w.core else [])
             for g, w in self.groups.items()
             if isinstance(w, Window)
         }
@@ -129,23 +124,14 @@ class ParticipantPlan:
             )
         groups: dict[str, Window | np.ndarray] = {}
         for g, window in windows.items():
-            if not isinstance(window, (list, tuple)) or len(window) not in (3, 4, 5):
-                raise ValueError(f"plan window for group {g!r} must be [start, length, K[, core[, span]]], got {window!r}")
+            if not isinstance(window, (list, tuple)) or len(window) not in (3, 4):
+                raise ValueError(f"plan window for group {g!r} must be [start, length, K[, core]], got {window!r}")
             start, length, size = window[:3]
             core = window[3] if len(window) > 3 else 0
-            span = window[4] if len(window) > 4 else None
-            reach = size if span is None else span
             k = group_sizes[g]
-            if (
-                not (1 <= size <= k)
-                or not (0 <= core <= length <= reach <= size)
-                or not (1 <= length)
-                or not (0 <= start < max(reach - core, 1))
-            ):
-                raise ValueError(
-                    f"plan window for group {g!r} is (start={start}, length={length}, K={size}, core={core}, span={span}); model K={k}"
-                )
-            groups[g] = Window(int(start), int(length), int(size), int(core), None if span is None else int(span))
+            if not (1 <= size <= k) or not (0 <= core <= length <= size) or not (1 <= length) or not (0 <= start < max(size - core, 1)):
+                raise ValueError(f"plan window for group {g!r} is (start={start}, length={length}, K={size}, core={core}); model K={k}")
+            groups[g] = Window(int(start), int(length), int(size), int(core))
         for g, idx in subsets.items():
             arr = np.asarray(idx, dtype=np.int64)
             k = group_sizes[g]
