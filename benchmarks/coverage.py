@@ -27,7 +27,7 @@ SETTINGS = ((0.5, 10), (0.25, 8), (0.125, 16))  # (r, P)
 
 def aligned_windows(t: int, parts: list[tuple[int, float]], sizes: dict[str, int]) -> dict:
     """The spread form with every group's windows starting aligned (the form before per-group offsets)."""
-    return plan_double_shift(t, parts, sizes, SpreadPlanner.spread_for(0.5, parts))
+    return plan_double_shift(t, parts, sizes, SpreadPlanner.spread_for(0.5, [r for _, r in parts]))
 
 
 PLANNERS = {  # label → (round, participants, group sizes) → participant plans; msfusion at constant o = 0.5

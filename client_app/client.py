@@ -32,6 +32,7 @@ from client_app import footprint
 from msfusion_app import protocol
 from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.participant import Participant, PreviousSubmodel
+from msfusion_core.method.contrastive import check_mu
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 from msfusion_core.method.planner import ParticipantPlan, check_capacity
 
@@ -137,10 +138,7 @@ def with_server_settings(cfg: TrainConfig, settings: ConfigRecord) -> TrainConfi
     """The node's training settings, with those the server decides for every node applied: μ, and
     the round's learning-rate multiplier (``lr-factor``, the server's schedule)."""
     if "contrastive-mu" in settings:
-        mu = settings["contrastive-mu"]
-        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
-            raise ValueError(f"the server sent contrastive-mu={mu!r}; expected a number >= 0")
-        cfg = dataclasses.replace(cfg, mu=float(mu))
+        cfg = dataclasses.replace(cfg, mu=check_mu(settings["contrastive-mu"], "the server's contrastive-mu"))
     if "lr-factor" in settings:
         factor = settings["lr-factor"]
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:

@@ -130,8 +130,8 @@ def fresh_substate(part, plan) -> dict:
     units = plan.unit_indices()
     gen = torch.Generator().manual_seed(0)
     state = {
-        k: torch.randn(part.slicer.sub_shape(k, shape, units), generator=gen).mul_(0.02).to(dtypes[k])
-        for k, shape in part.full_shapes.items()
+        local: torch.randn(part.slicer.sub_shape(k, part.full_shapes[k], units), generator=gen).mul_(0.02).to(dtypes[k])
+        for k, local in part.slicer.held(part.full_shapes, units).items()
     }
     model = part.model(state)
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from msfusion_core.method.overlap import SCHEDULES, make_schedule
 from msfusion_core.method.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
 from msfusion_core.local.augment import Preprocess, preprocess_for
 from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
+from msfusion_core.method.contrastive import CONTRASTIVE_MU, check_mu
 
 
 LR_DECAY_FACTOR = 0.1  # the lr is divided by 10 at each of lr-decay-at (HeteroFL's and FedRolex's schedule)
@@ -67,7 +68,7 @@ class Settings:
     overlap_start: float = 0.5  # o_0 of adaptive and constant (grow starts at 1)
     validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on (grow needs them); WikiText-2: validation sequences
     inclusion_scaling: bool = True  # msfusion: the evaluated model scales each unit's readers by its expected share of sub-models
-    contrastive_mu: float = 1.0  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
+    contrastive_mu: float = CONTRASTIVE_MU  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
     local_epochs: int = 1
     local_examples: int = 0  # examples drawn per round from the node's partition; 0: all of it
     batch_size: int = 32
@@ -142,7 +143,6 @@ class Settings:
             "lr": (0.0, False, None),
             "round_timeout": (0.0, False, None),
             "weight_decay": (0.0, True, None),
-            "contrastive_mu": (0.0, True, None),
             "local_examples": (0, True, None),
             "central_eval_examples": (0, True, None),
             "model_width": (0, True, None),
@@ -155,6 +155,7 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
+        check_mu(self.contrastive_mu)
         if not 0.0 <= self.overlap_start <= 1.0:
             raise ValueError(f"overlap-start must be in [0, 1], got {self.overlap_start}")
         wanted = MODEL_DATASETS.get(self.model)

@@ -25,6 +25,7 @@ from msfusion_core.data import TensorData, load_holdout, load_partition, load_te
 from msfusion_app.runlog import RunLog, latest_checkpoint, mark_failed
 from msfusion_core.local.training import calibrate_batchnorm, evaluate
 from msfusion_core.method.planner import Planner
+from msfusion_core.method.split_map import block_stacks
 from msfusion_core.method.submodel import build_submodel
 from server_app.strategy import MSfusion, NoValidReplies
 
@@ -157,7 +158,8 @@ class ServerData:
 
 class CentralEvaluation:
     """``evaluate_fn`` for ``Strategy.start``: test the arrays Flower hands over (the strategy's
-    evaluated model, the run's result), log the round, checkpoint it and print one progress line."""
+    evaluated model, the run's result), log the round's row and checkpoint it. The strategy prints
+    the round's progress line with the metrics returned here."""
 
     def __init__(self, strategy: MSfusion, settings: Settings, runlog: RunLog, data: ServerData) -> None:
         self.strategy, self.settings, self.runlog, self.data = strategy, settings, runlog, data
@@ -165,7 +167,8 @@ class CentralEvaluation:
         self.last = time.perf_counter()
 
     def model_of(self, arrays: ArrayRecord) -> torch.nn.Module:
-        return build_submodel(self.family.build, arrays.to_torch_state_dict(), self.family.post_build).to(self.settings.torch_device())
+        stacks = block_stacks(self.family.split_map)
+        return build_submodel(self.family.build, arrays.to_torch_state_dict(), self.family.post_build, stacks).to(self.settings.torch_device())
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         started = time.perf_counter()
@@ -194,7 +197,6 @@ class CentralEvaluation:
             row |= {"rejected-reasons": sorted({why for _, why in record.rejected}), "failed-reasons": sorted({why for _, why in record.failed})}
         self.runlog.append(row)
         self.runlog.save_checkpoint(server_round, self.strategy.checkpoint_tensors(), self.strategy.state_dict())
-        log(INFO, "%s", progress_line(row))
         self.last = time.perf_counter()
         return MetricRecord({"accuracy": row["central-accuracy"], "loss": row["central-loss"]}) if evaluated else None
 
@@ -250,14 +252,13 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
         fail(exc, Path(settings.resume_from) if settings.resume_from else failed_run_dir(settings.to_mapping()))
     log(INFO, "MSfusion run directory: %s", runlog.dir.resolve())
     try:
-        with quiet_strategy_log():
-            result = strategy.start(
-                grid,
-                None,
-                num_rounds=max(settings.num_server_rounds - strategy.round_offset, 0),
-                timeout=settings.round_timeout,
-                evaluate_fn=CentralEvaluation(strategy, settings, runlog, data),
-            )
+        result = strategy.start(
+            grid,
+            None,
+            num_rounds=max(settings.num_server_rounds - strategy.round_offset, 0),
+            timeout=settings.round_timeout,
+            evaluate_fn=CentralEvaluation(strategy, settings, runlog, data),
+        )
     except BaseException as exc:
         # The reason goes where a user looks: the run directory, and the last log line (Flower
         # records it as the run's failure details too).
@@ -271,24 +272,6 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
     return result
 
 
-class _DropStrategyChatter(logging.Filter):
-    """Flower's Strategy.start logs every round's metrics dict and a long closing summary at INFO;
-    our one progress line per round says what matters. Warnings and errors still pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > INFO or "serverapp/strategy" not in record.pathname.replace("\\", "/")
-
-
-@contextlib.contextmanager
-def quiet_strategy_log():
-    logger, chatter = logging.getLogger("flwr"), _DropStrategyChatter()
-    logger.addFilter(chatter)
-    try:
-        yield
-    finally:
-        logger.removeFilter(chatter)
-
-
 def server_memory_mb() -> dict[str, float]:
     """This process's resident memory now and its peak so far, in MiB (Linux: /proc and getrusage)."""
     import resource
@@ -300,27 +283,3 @@ def server_memory_mb() -> dict[str, float]:
     except (OSError, IndexError, ValueError):
         now = float("nan")
     return {"server-rss-mb": now, "server-peak-rss-mb": peak}
-
-
-PROGRESS_FIELDS = (
-    ("accuracy", "central-accuracy", "{:.4f}"),
-    ("loss", "central-loss", "{:.4f}"),
-    ("overlap", "overlap", "{:.3f}"),
-    ("window", "first-window-start", "{:.0f}"),
-    ("shift", "model-shift", "{:.3f}"),
-    ("bytes/participant down", "bytes-down-per-participant", "{:.3g}"),
-    ("up", "bytes-up-per-participant", "{:.3g}"),
-    ("rejected", "rejected", "{}"),
-    ("failed", "failed", "{}"),
-)
-
-
-def progress_line(row: dict) -> str:
-    """One line per round; a field the round does not have (no evaluation, a dense planner's
-    overlap) is left out rather than printed as nan. The time is the whole round, evaluation included."""
-    fields = [f"{name}={spec.format(row[key])}" for name, key, spec in PROGRESS_FIELDS if _finite(row.get(key))]
-    return f"[round {row['round']}] " + " ".join(fields) + f" ({row.get('round-seconds', 0.0) + row.get('eval-seconds', 0.0):.1f}s)"
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -15,6 +15,8 @@ plans do not depend on Flower's per-run node ids.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import random
 import re
@@ -33,6 +35,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from msfusion_app import protocol
+from msfusion_core.method.contrastive import check_mu
 from msfusion_core.method.planner import Planner, RoundPlan, Window, check_capacity, make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.method.split_map import SplitMap, model_state
@@ -71,8 +74,9 @@ class MSfusion(Strategy):
     ``evaluate_fn`` scores and ``Result.arrays`` holds, are the evaluated model (``global_model()``:
     θ with each unit's readers scaled by its share of the sub-models, then ``prepare_model``). θ
     itself, which training continues from, lives in ``checkpoint_tensors`` for a resumed run.
-    Each round reports its headline figures to Flower (``HEADLINE_METRICS``: Flower logs them);
-    ``rounds[t].metrics`` holds the whole row.
+    ``start`` logs one progress line per round (what ``evaluate_fn`` returned, then overlap, bytes
+    and failures) in place of Flower's metric dictionaries. Each round reports its headline figures
+    (``HEADLINE_METRICS``) to Flower's ``Result``; ``rounds[t].metrics`` holds the whole row.
 
     Parameters
     ----------
@@ -149,9 +153,7 @@ class MSfusion(Strategy):
             raise ValueError(f"max_failed_rounds must be at least 1, got {max_failed_rounds}")
         self.max_failed_rounds = max_failed_rounds
         self.failed_rounds = 0  # consecutive rounds, up to now, without a valid reply
-        mu = getattr(self.planner, "contrastive_mu", 0.0) if contrastive_mu is None else contrastive_mu
-        if not (mu >= 0 and math.isfinite(mu)):
-            raise ValueError(f"contrastive_mu must be a finite number >= 0, got {contrastive_mu}")
+        mu = check_mu(getattr(self.planner, "contrastive_mu", 0.0) if contrastive_mu is None else contrastive_mu, "contrastive_mu")
         # Per-round training settings decided here, for every node, and sent with each plan.
         self.train_settings: dict[str, Any] = {"contrastive-mu": float(mu), "run-seed": int(seed)}
         self.lr_factor = lr_factor
@@ -188,7 +190,28 @@ class MSfusion(Strategy):
         last_round = self.round_offset + num_rounds
         self.planner.set_run_length(last_round, last_rounds_at_each_lr(self.lr_factor, last_round))
         self.last_arrays = ArrayRecord(model_state(self.global_model(self.round_offset)))
-        return super().start(grid, self.last_arrays, *args, **kwargs)
+        if len(args) > 4:  # evaluate_fn given by position, after num_rounds ... evaluate_config
+            args, kwargs = args[:4], kwargs | {"evaluate_fn": args[4]}
+        kwargs["evaluate_fn"] = self.reporting(kwargs.get("evaluate_fn"))
+        with quiet_strategy_log():
+            return super().start(grid, self.last_arrays, *args, **kwargs)
+
+    def reporting(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None):
+        """``evaluate_fn`` (if any), followed by one progress line per round: what it returned,
+        then the round's overlap, bytes and failures. Flower's own per-round dictionaries are quieted."""
+        last = time.perf_counter()
+
+        def evaluate_and_report(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            nonlocal last
+            result = evaluate_fn(server_round, arrays) if evaluate_fn is not None else None
+            record = self.rounds.get(server_round + self.round_offset)
+            if server_round > 0 or result is not None:
+                figures = record.metrics if record is not None and server_round > 0 else {}
+                log(INFO, "%s", progress_line(server_round + self.round_offset, dict(result or {}), figures, time.perf_counter() - last))
+            last = time.perf_counter()
+            return result
+
+        return evaluate_and_report
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
@@ -498,13 +521,57 @@ def first_window_start(plan: RoundPlan) -> float:
     return float(window.start) if isinstance(window, Window) else float("nan")
 
 
-# What a round reports to Flower (which logs it every round and again at the end): the headline.
+# What a round reports to Flower's Result.train_metrics_clientapp: the headline.
 # The whole row, about thirty figures, is ``strategy.rounds[t].metrics``.
 HEADLINE_METRICS = ("participants", "accepted", "rejected", "failed", "applied", "train-loss", "overlap", "bytes-down-per-participant")
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)}
+
+
+# The progress line: what evaluate_fn returned (accuracy, loss, ...), then these round figures.
+PROGRESS_FIELDS = (
+    ("overlap", "overlap", "{:.3f}"),
+    ("window", "first-window-start", "{:.0f}"),
+    ("shift", "model-shift", "{:.3f}"),
+    ("bytes/participant down", "bytes-down-per-participant", "{:.3g}"),
+    ("up", "bytes-up-per-participant", "{:.3g}"),
+    ("rejected", "rejected", "{}"),
+    ("failed", "failed", "{}"),
+)
+
+
+def progress_line(server_round: int, evaluated: Mapping[str, Any], figures: Mapping[str, Any], seconds: float) -> str:
+    """One line per round: what ``evaluate_fn`` returned (``evaluated``), then the round's
+    ``PROGRESS_FIELDS`` from its metrics (``figures``). A figure the round does not have (a dense
+    planner's overlap, no evaluation) is left out rather than printed as nan; ``seconds`` is the
+    whole round's."""
+    shown = [f"{k}={v:.4f}" for k, v in evaluated.items() if _finite(v)]
+    shown += [f"{name}={spec.format(figures[key])}" for name, key, spec in PROGRESS_FIELDS if _finite(figures.get(key))]
+    return f"[round {server_round}] " + " ".join(shown) + f" ({seconds:.1f}s)"
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _DropStrategyChatter(logging.Filter):
+    """Flower's Strategy.start logs every round's metric dictionaries and a long closing summary at
+    INFO; the progress line says what matters. Warnings and errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > INFO or "serverapp/strategy" not in record.pathname.replace("\\", "/")
+
+
+@contextlib.contextmanager
+def quiet_strategy_log():
+    logger, chatter = logging.getLogger("flwr"), _DropStrategyChatter()
+    logger.addFilter(chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(chatter)
 
 
 # Flower wraps an exception a ClientApp raised as "<class 'pkg.Error'>:<'message'>".

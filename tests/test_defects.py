@@ -174,7 +174,8 @@ def test_bad_settings_are_named(config, message):
 
 
 def test_the_progress_line_leaves_out_what_a_round_does_not_have():
-    from server_app.app import progress_line
+    from server_app.strategy import progress_line
 
-    row = {"round": 4, "central-accuracy": 0.5, "overlap": float("nan"), "rejected": 0, "failed": 1, "round-seconds": 1.0, "eval-seconds": 0.5}
-    assert progress_line(row) == "[round 4] accuracy=0.5000 rejected=0 failed=1 (1.5s)"  # no nan, time includes evaluation
+    figures = {"overlap": float("nan"), "rejected": 0, "failed": 1, "train-loss": 0.3}
+    line = progress_line(4, {"accuracy": 0.5, "loss": float("nan")}, figures, 1.5)
+    assert line == "[round 4] accuracy=0.5000 rejected=0 failed=1 (1.5s)"  # no nan, no figure outside PROGRESS_FIELDS

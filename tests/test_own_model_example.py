@@ -57,6 +57,9 @@ def flwr_run_app(app: Path, tmp_path: Path, rounds: int) -> tuple[dict, str]:
 def test_the_documented_app_runs_through_flwr_run(tmp_path):
     run, output = flwr_run_app(APP, tmp_path, rounds=2)
     assert run["status"] == "finished:completed", (run, output[-3000:])
+    # One progress line per round; Flower's per-round metric dictionaries stay quiet.
+    assert "[round 2] accuracy=" in output and "overlap=" in output, output[-3000:]
+    assert "Aggregated MetricRecord" not in output, output[-3000:]
 
 
 def test_a_clientapp_that_always_fails_ends_the_run_failed_with_the_nodes_reason(tmp_path):

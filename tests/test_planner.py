@@ -57,7 +57,7 @@ def test_spread_one_covers_every_unit_when_pr_at_least_one(k, t, p, r):
     assert covered.min() >= 1
 
 
-@pytest.mark.parametrize("spread", [SpreadPlanner.spread_for(0.2, [(3, 0.5), (7, 0.25), (9, 0.5)]), 0.0])  # 0: FedRolex's rule
+@pytest.mark.parametrize("spread", [SpreadPlanner.spread_for(0.2, [0.5, 0.25, 0.5]), 0.0])  # 0: FedRolex's rule
 def test_equal_training_over_k_rounds(spread):
     k, parts = 12, [(3, 0.5), (7, 0.25), (9, 0.5)]
     counts = np.zeros(k, dtype=int)
@@ -147,7 +147,7 @@ def test_a_persistent_small_excess_does_not_wind_the_overlap_up(rho):
 
 def test_one_class_per_rule_chosen_by_name_and_the_form_by_the_schedule():
     assert set(SCHEDULES) == {"adaptive", "constant", "grow"}
-    assert set(PLANNERS) == {"msfusion", "fedrolex", "heterofl", "fd", "full", "small"}
+    assert set(PLANNERS) == {"msfusion", "msfusion-depth", "fedrolex", "heterofl", "fd", "full", "small", "shallow"}
     assert type(make_planner("msfusion")) is SpreadPlanner and type(make_planner("msfusion").schedule) is AdaptiveOverlap
     assert type(make_planner("msfusion", schedule=make_schedule("grow"))) is CorePlanner is FORMS["core"]
     assert make_schedule("grow").current == 1.0 and make_schedule("constant", 0.3).current == 0.3

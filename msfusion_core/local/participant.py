@@ -22,7 +22,7 @@ from msfusion_core.local.training import TrainConfig, TrainResult, train_submode
 
 @dataclass(frozen=True)
 class LocalUpdate:
-    state: dict[str, torch.Tensor]  # trained parameters only, keyed like the full model
+    state: dict[str, torch.Tensor]  # trained parameters only, under the sub-model's keys
     result: TrainResult
     bytes_down: int
     bytes_up: int
@@ -71,7 +71,6 @@ class Participant:
         shapes = model_shapes(template)
         self.group_sizes = group_sizes(shapes, split_map)
         self.full_shapes = {k: v for k, v in shapes.items() if k not in self.local_keys}
-        self.param_keys = [k for k, _ in template.named_parameters() if k not in self.local_keys]
         self._local_state: dict[str, torch.Tensor] | None = None
 
     def local_state(self) -> dict[str, torch.Tensor]:
@@ -83,7 +82,7 @@ class Participant:
 
     def model(self, received: Mapping[str, torch.Tensor]) -> nn.Module:
         """The real sub-model for ``received`` arrays (plus the local tensors)."""
-        return build_submodel(self.build, {**received, **self.local_state()}, self.post_build)
+        return build_submodel(self.build, {**received, **self.local_state()}, self.post_build, self.slicer.stacks)
 
     def read_plan(self, compact: Mapping) -> ParticipantPlan:
         return ParticipantPlan.from_compact(compact, self.group_sizes)
@@ -91,7 +90,8 @@ class Participant:
     def check_received(self, plan: ParticipantPlan, received: Mapping[str, torch.Tensor]) -> None:
         """Raise ValueError naming the first tensor that is not what ``plan`` implies."""
         units = plan.unit_indices()
-        expected = {key: self.slicer.sub_shape(key, shape, units) for key, shape in self.full_shapes.items()}
+        held = self.slicer.held(self.full_shapes, units)
+        expected = {local: self.slicer.sub_shape(key, self.full_shapes[key], units) for key, local in held.items()}
         check_arrays(received, expected, "received")
 
     def train(
@@ -127,8 +127,7 @@ class Participant:
             round_index=round_index,
         )
         model.cpu()  # trained wherever cfg.device said; the reply and what is kept live on the CPU
-        params = dict(model.named_parameters())
-        reply = {k: params[k].detach().clone() for k in self.param_keys}
+        reply = {k: p.detach().clone() for k, p in model.named_parameters() if k not in self.local_keys}
         down, up = num_bytes(received), num_bytes(reply)
         keep = PreviousSubmodel({k: v.clone() for k, v in model_state(model).items() if k not in self.local_keys}, units)
         return LocalUpdate(reply, result, down, up), keep

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from msfusion_core.local.augment import Preprocess, as_float
-from msfusion_core.method.contrastive import contrastive_loss
+from msfusion_core.method.contrastive import CONTRASTIVE_MU, check_mu, contrastive_loss
 from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.measure import shape_signature
 
@@ -36,11 +36,14 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    mu: float = 1.0  # contrastive weight; 0 turns the contrastive term off
+    mu: float = CONTRASTIVE_MU  # contrastive weight; 0 turns the contrastive term off
     tau: float = 0.5
     regularised_fraction: float = 0.25  # share of batches that carry the contrastive term (C1: a quarter cost 1.17x small's FLOPs and measured no worse than every batch at 1.73x)
     optimizer: str = "sgd"  # sgd (with momentum) | adamw; fresh every round (no optimizer state is sent)
     device: str = "cpu"  # where local training runs ("cuda", "cuda:1", ...); the reply comes back on the CPU
+
+    def __post_init__(self) -> None:
+        check_mu(self.mu, "TrainConfig.mu")
 
 
 OPTIMIZERS = ("sgd", "adamw")

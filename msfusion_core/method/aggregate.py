@@ -58,26 +58,34 @@ def scatter_average(
     slicer: Slicer,
     keys: Sequence[str] | None = None,
 ) -> AggregateResult:
-    """Aggregate ``contributions`` into a new state (``keys``: which tensors to aggregate; default
-    the keys of the first contribution). Tensors not aggregated are returned unchanged."""
+    """Aggregate ``contributions`` (states under the full model's keys) into a new state (``keys``:
+    which tensors to aggregate; default the keys of the first contribution). A tensor is averaged
+    over the contributions that hold it (a block, over those whose window has it); tensors nobody
+    holds, or not aggregated, are returned unchanged."""
     if not contributions:
         raise ValueError("scatter_average needs at least one contribution")
     if any(not (c.weight > 0) for c in contributions):
         raise ValueError("every contribution needs a positive weight")
     keys = list(keys if keys is not None else contributions[0].state.keys())
-    weights = torch.tensor([float(c.weight) for c in contributions], dtype=torch.float64)
     new_state = dict(global_state)
     shift_num = shift_den = floor_num = 0.0
     shared = covered = total = 0
     histogram = torch.zeros(len(contributions) + 1, dtype=torch.long)
     for name in keys:
         theta = global_state[name]
+        total += theta.numel()
+        # Those who hold the tensor: everyone, but for a block only those whose window has it.
+        holders = [c for c in contributions if name in c.state]
+        if not holders:
+            histogram[0] += theta.numel()
+            continue
+        weights = torch.tensor([float(c.weight) for c in holders], dtype=torch.float64)
         acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
         theta_acc = theta.to(acc)
-        dims = [slicer.dim_indices(name, c.units) for c in contributions]
+        dims = [slicer.dim_indices(name, c.units) for c in holders]
         num = torch.zeros_like(theta_acc)  # Σ w Δ
         sq = torch.zeros_like(theta_acc)  # Σ w Δ²
-        for c, w, d in zip(contributions, weights.tolist(), dims):
+        for c, w, d in zip(holders, weights.tolist(), dims):
             delta = c.state[name].to(acc) - take(theta_acc, d)
             _scatter_add(num, d, delta * w)
             _scatter_add(sq, d, delta * delta * w)
@@ -97,7 +105,6 @@ def scatter_average(
         histogram += torch.bincount(count.reshape(-1).long(), minlength=len(contributions) + 1)
         shared += int(multi.sum())
         covered += int(hit.sum())
-        total += theta.numel()
     model_shift = max(0.0, shift_num / shift_den) if shift_den > 0 else float("nan")
     hist = {c: int(n) for c, n in enumerate(histogram.tolist()) if n}
     floor = floor_num / shift_den if shift_den > 0 else float("nan")

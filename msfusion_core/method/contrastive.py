@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+
+CONTRASTIVE_MU = 1.0  # the method's contrastive weight μ (SPEC §4); the baselines train with 0
+
+
+def check_mu(mu: object, name: str = "contrastive-mu") -> float:
+    """μ as a float, or a ValueError naming ``name``: the one check wherever μ enters (a run
+    config, the strategy, a server's message, a TrainConfig)."""
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 <= mu < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {mu!r}")
+    return float(mu)
 
 
 def contrastive_loss(

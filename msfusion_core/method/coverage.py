@@ -34,6 +34,8 @@ class TrainCounts:
         for plan in plans:
             units = plan.unit_indices()
             for key, count in self.counts.items():
+                if self.slicer.local_key(key, units) is None:
+                    continue  # a block outside the plan's window
                 positions = self.slicer.flat_positions(key, count.shape, units)
                 if positions is None:
                     count += 1  # kept whole: in every sub-model

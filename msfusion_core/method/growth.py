@@ -27,10 +27,17 @@ from msfusion_core.method.slicing import Slicer, element_indices
 
 def scale_inputs(state: Mapping[str, torch.Tensor], slicer: Slicer, factors: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """A copy of ``state`` in which every weight reading from unit u of group g is multiplied by
-    ``factors[g][u]`` (the evaluated model under the core form's inclusion scaling)."""
+    ``factors[g][u]`` (the evaluated model under the inclusion scaling). A depth group's unit is a
+    block, and what reads it is the residual stream: its branch outputs are multiplied instead, so
+    the block adds ``factors[g][u]`` times its branch."""
     out = dict(state)
+    for name, t in state.items():
+        found = slicer.block_of(name)
+        if found is not None and found[0] in factors and found[2] in slicer.stacks[found[0]].branch_outputs:
+            share = float(factors[found[0]][found[1]])
+            out[name] = t * share if share != 1.0 else t
     for name, bindings in slicer.bindings.items():
-        t = state.get(name)
+        t = out.get(name)
         if t is None or t.dim() < 2 or not t.is_floating_point():
             continue
         scaled = t

@@ -31,18 +31,34 @@ from __future__ import annotations
 
 import math
 import zlib
+from functools import partial
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from msfusion_core.method.contrastive import CONTRASTIVE_MU, check_mu
 from msfusion_core.method.overlap import AdaptiveOverlap, Schedule
+from msfusion_core.method.split_map import depth_groups
 
 
 def window_length(capacity: float, size: int) -> int:
     """m = clamp(round(r·K), 1, K)."""
     return min(max(round(capacity * size), 1), size)
+
+
+def axis_capacity(capacity: float, depth: bool, depth_share: float) -> float:
+    """A participant's capacity r spent on one axis: r^a on depth groups (the share of blocks it
+    holds), r^(1−a) on width groups, so that holding both costs about r. a = 0: width windows only
+    (every block held); a = 1: depth windows only (every block at full width)."""
+    return capacity ** (depth_share if depth else 1.0 - depth_share)
+
+
+def window_lengths(capacity: float, group_sizes: Mapping[str, int], depth_share: float = 0.0) -> dict[str, int]:
+    """m per group for a participant of ``capacity``."""
+    depth = depth_groups(group_sizes)
+    return {g: window_length(axis_capacity(capacity, g in depth, depth_share), k) for g, k in group_sizes.items()}
 
 
 def check_capacity(capacity: float, who: object = "participant") -> float:
@@ -176,24 +192,24 @@ def plan_double_shift(
     server_round: int,
     participants: Sequence[tuple[int, float]],
     group_sizes: Mapping[str, int],
-    spread: float,
+    spread: float | Mapping[str, float],
     shift_step: int = 1,
     group_offsets: Mapping[str, int] | None = None,
+    depth_share: float = 0.0,
 ) -> dict[int, ParticipantPlan]:
-    """Cyclic windows shifted across participants (by spread·K/P per slot) and rounds (by shift_step),
-    each group's windows moved by ``group_offsets[g]`` units (none: every group starts aligned)."""
-    if not 0.0 <= spread <= 1.0:
+    """Cyclic windows shifted across participants (by spread·K/P per slot; one spread, or one per
+    group) and rounds (by shift_step), each group's windows moved by ``group_offsets[g]`` units
+    (none: every group starts aligned). ``depth_share``: see ``axis_capacity``."""
+    spreads = spread if isinstance(spread, Mapping) else dict.fromkeys(group_sizes, spread)
+    if not all(0.0 <= c <= 1.0 for c in spreads.values()):
         raise ValueError(f"spread must be in [0, 1], got {spread}")
     ordered = _sorted_participants(participants)
     num = len(ordered)
     plans = {}
     for slot, (node_id, capacity) in enumerate(ordered):
+        lengths = window_lengths(capacity, group_sizes, depth_share)
         groups = {
-            g: Window(
-                (math.floor(slot * spread * k / num) - server_round * shift_step + (group_offsets or {}).get(g, 0)) % k,
-                window_length(capacity, k),
-                k,
-            )
+            g: Window((math.floor(slot * spreads[g] * k / num) - server_round * shift_step + (group_offsets or {}).get(g, 0)) % k, lengths[g], k)
             for g, k in group_sizes.items()
         }
         plans[node_id] = ParticipantPlan(node_id, capacity, groups)
@@ -212,6 +228,7 @@ def plan_core_and_remainder(
     overlap: float,
     shift_step: int = 1,
     group_offsets: Mapping[str, int] | None = None,
+    depth_share: float = 0.0,
 ) -> dict[int, ParticipantPlan]:
     """A shared core of round(o·m) units, the same prefix for everyone, plus a remainder window over
     the units after it, evenly spaced across participants and shifted by ``shift_step`` per round."""
@@ -222,8 +239,9 @@ def plan_core_and_remainder(
     plans = {}
     for slot, (node_id, capacity) in enumerate(ordered):
         groups = {}
+        lengths = window_lengths(capacity, group_sizes, depth_share)
         for g, k in group_sizes.items():
-            m = window_length(capacity, k)
+            m = lengths[g]
             core = core_length(overlap, m)
             rest = k - core
             start = (slot * rest // num - server_round * shift_step + (group_offsets or {}).get(g, 0)) % rest if m > core else 0
@@ -241,9 +259,9 @@ def per_group_offsets(seed: int, server_round: int, group_sizes: Mapping[str, in
 
 
 def plan_static_prefix(participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]) -> dict[int, ParticipantPlan]:
-    """HeteroFL: every participant trains the first m units of every group, every round."""
+    """HeteroFL: every participant trains the first m units of every width group, every round."""
     return {
-        n: ParticipantPlan(n, r, {g: Window(0, window_length(r, k), k) for g, k in group_sizes.items()})
+        n: ParticipantPlan(n, r, {g: Window(0, m, group_sizes[g]) for g, m in window_lengths(r, group_sizes).items()})
         for n, r in _sorted_participants(participants)
     }
 
@@ -256,11 +274,11 @@ def plan_everything(participants: Sequence[tuple[int, float]], group_sizes: Mapp
 def plan_random_subsets(
     server_round: int, participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int], seed: int
 ) -> dict[int, ParticipantPlan]:
-    """Federated dropout: m random units per group, drawn from a generator seeded by (seed, round, node)."""
+    """Federated dropout: m random units per width group, drawn from a generator seeded by (seed, round, node)."""
     plans = {}
     for n, r in _sorted_participants(participants):
         rng = np.random.default_rng([seed, server_round, n])
-        groups = {g: np.sort(rng.choice(k, window_length(r, k), replace=False)) for g, k in group_sizes.items()}
+        groups = {g: np.sort(rng.choice(group_sizes[g], m, replace=False)) for g, m in window_lengths(r, group_sizes).items()}
         plans[n] = ParticipantPlan(n, r, groups)
     return plans
 
@@ -319,8 +337,6 @@ class DoubleShiftPlanner:
     model is the sub-models' expectation (``inclusion``). The schedule's ``form`` picks the
     subclass that lays the windows out (``FORMS``)."""
 
-    name = "msfusion"
-
     def __init__(
         self,
         schedule: Schedule | None = None,
@@ -328,16 +344,24 @@ class DoubleShiftPlanner:
         seed: int = 0,
         core_capacity: float = 0.5,
         inclusion_scaling: bool = True,
-        contrastive_mu: float = 1.0,
+        contrastive_mu: float = CONTRASTIVE_MU,
+        depth_share: float = 0.0,
     ) -> None:
         """``core_capacity``: the smallest capacity tier (the core form starts as the model of
         this width). ``contrastive_mu``: the method's local loss, MOON's contrastive term at this
-        weight in every participant's training (sent with each plan); 0 saves its frozen forwards."""
+        weight in every participant's training (sent with each plan); 0 saves its frozen forwards.
+        ``depth_share``: how a participant's capacity is spent on the model's block stacks (its
+        ``Blocks``) against width (``axis_capacity``): 0, width windows only; 1, windows of whole
+        blocks only (``msfusion-depth``); between, a window of blocks each at reduced width."""
+        if not 0.0 <= depth_share <= 1.0:
+            raise ValueError(f"depth_share must be in [0, 1], got {depth_share}")
+        self.name = {0.0: "msfusion", 1.0: "msfusion-depth"}.get(depth_share, f"msfusion-depth{depth_share:g}")
+        self.depth_share = depth_share
         self.schedule = schedule if schedule is not None else AdaptiveOverlap()
         self.seed = seed
         self.core_capacity = check_capacity(core_capacity, "the core form's starting width")
         self.inclusion_scaling = inclusion_scaling
-        self.contrastive_mu = contrastive_mu
+        self.contrastive_mu = check_mu(contrastive_mu, "contrastive_mu")
 
     def plan(self, server_round, participants, group_sizes) -> RoundPlan:
         overlap = self.schedule.overlap(server_round)
@@ -392,14 +416,19 @@ class SpreadPlanner(DoubleShiftPlanner):
     """The abstract's form: the overlap sets how far apart neighbouring windows start."""
 
     @staticmethod
-    def spread_for(overlap: float, participants: Sequence[tuple[int, float]]) -> float:
-        """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o (mean r)."""
-        mean_r = float(np.mean([r for _, r in participants]))
-        return min(1.0, max(0.0, len(participants) * mean_r * (1.0 - overlap)))
+    def spread_for(overlap: float, capacities: Sequence[float]) -> float:
+        """c = min(1, P·r̄·(1 − o)): the spread whose neighbouring windows overlap by a fraction o
+        (r̄: the participants' mean capacity on the group's axis)."""
+        return min(1.0, max(0.0, len(capacities) * float(np.mean(capacities)) * (1.0 - overlap)))
 
     def windows(self, server_round, participants, group_sizes, overlap, offsets) -> RoundPlan:
-        spread = self.spread_for(overlap, _sorted_participants(participants))
-        return RoundPlan(server_round, plan_double_shift(server_round, participants, group_sizes, spread, 1, offsets), overlap, spread)
+        ordered, depth = _sorted_participants(participants), depth_groups(group_sizes)
+        by_axis = {
+            axis: self.spread_for(overlap, [axis_capacity(r, axis, self.depth_share) for _, r in ordered]) for axis in (False, True)
+        }
+        spreads = {g: by_axis[g in depth] for g in group_sizes}
+        plans = plan_double_shift(server_round, participants, group_sizes, spreads, 1, offsets, self.depth_share)
+        return RoundPlan(server_round, plans, overlap, by_axis[self.depth_share >= 0.5])
 
 
 class CorePlanner(DoubleShiftPlanner):
@@ -407,7 +436,8 @@ class CorePlanner(DoubleShiftPlanner):
     model embedded in the full one. With ``grow`` it starts as that model and grows on plateaus."""
 
     def windows(self, server_round, participants, group_sizes, overlap, offsets) -> RoundPlan:
-        return RoundPlan(server_round, plan_core_and_remainder(server_round, participants, group_sizes, overlap, 1, offsets), overlap, 1.0)
+        plans = plan_core_and_remainder(server_round, participants, group_sizes, overlap, 1, offsets, self.depth_share)
+        return RoundPlan(server_round, plans, overlap, 1.0)
 
     def observe_validation(self, server_round: int, loss: float, group_sizes: Mapping[str, int]) -> GrowthEvent | None:
         """A growth step taken, kept or undone by the schedule; an undone one names the core o is back to."""
@@ -423,7 +453,7 @@ class CorePlanner(DoubleShiftPlanner):
 
     def core_units(self, group_sizes: Mapping[str, int], overlap: float) -> dict[str, int]:
         """The shared core at ``overlap``, in units per group, for the smallest capacity."""
-        return {g: core_length(overlap, window_length(self.core_capacity, k)) for g, k in group_sizes.items()}
+        return {g: core_length(overlap, m) for g, m in window_lengths(self.core_capacity, group_sizes, self.depth_share).items()}
 
 
 FORMS: dict[str, type[DoubleShiftPlanner]] = {"spread": SpreadPlanner, "core": CorePlanner}
@@ -520,17 +550,29 @@ class SmallModelPlanner(FullPlanner):
         super().__init__(seed)
         self.capacity = check_capacity(capacity, "the small model")
 
+    depth_share = 0.0  # the small model is narrower; ``shallow`` (1) has fewer blocks
+
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
-        return {g: Window(0, window_length(self.capacity, k), k).indices() for g, k in group_sizes.items()}
+        return {g: np.arange(m) for g, m in window_lengths(self.capacity, group_sizes, self.depth_share).items()}
+
+
+class ShallowPlanner(SmallModelPlanner):
+    """``shallow``, the small control of depth windows: the global model itself has only the first
+    round(r·L) blocks of every block stack, at full width, and every participant trains all of it."""
+
+    name = "shallow"
+    depth_share = 1.0
 
 
 PLANNERS: dict[str, Any] = {
     "msfusion": msfusion_planner,
+    "msfusion-depth": partial(msfusion_planner, depth_share=1.0),
     "fedrolex": FedRolexPlanner,
     "heterofl": HeteroFLPlanner,
     "fd": FederatedDropoutPlanner,
     "full": FullPlanner,
     "small": SmallModelPlanner,
+    "shallow": ShallowPlanner,
 }
 PLANNER_NAMES: tuple[str, ...] = tuple(PLANNERS)
 
@@ -542,15 +584,14 @@ def make_planner(
     seed: int = 0,
     small_capacity: float = 0.5,
     inclusion_scaling: bool = True,
-    contrastive_mu: float = 1.0,
+    contrastive_mu: float = CONTRASTIVE_MU,
 ) -> Planner:
     """A planner by name (run config ``planner``). ``schedule``, ``inclusion_scaling`` and
     ``contrastive_mu`` are msfusion's; ``small_capacity`` (the smallest capacity tier) is the width
     of ``small``'s global model and the width msfusion's core form starts from."""
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNERS)}")
-    options = {
-        "msfusion": {"schedule": schedule, "core_capacity": small_capacity, "inclusion_scaling": inclusion_scaling, "contrastive_mu": contrastive_mu},
-        "small": {"capacity": small_capacity},
-    }
+    msfusion = {"schedule": schedule, "core_capacity": small_capacity, "inclusion_scaling": inclusion_scaling, "contrastive_mu": contrastive_mu}
+    small = {"capacity": small_capacity}
+    options = {"msfusion": msfusion, "msfusion-depth": msfusion, "small": small, "shallow": small}
     return PLANNERS[name](seed=seed, **options.get(name, {}))

@@ -105,7 +105,6 @@ class SubmodelServer:
         self.group_sizes = group_sizes(model_shapes(model), split_map)
         # Local tensors (frozen, every party builds them itself) are kept for evaluation, never sent.
         self.local_keys = frozenset(local_keys)
-        self.param_keys = [k for k, _ in model.named_parameters() if k not in self.local_keys]
         state = {k: v.clone() for k, v in model_state(model).items()}
         # What a full-capacity participant receives (parameters and buffers, never local tensors).
         self.full_model_bytes = num_bytes({k: v for k, v in state.items() if k not in self.local_keys})
@@ -113,12 +112,14 @@ class SubmodelServer:
         self.global_units = planner.global_units(self.group_sizes)
         if self.global_units is not None:
             state = self.slicer.extract(state, self.global_units)
-            self.group_sizes = {g: len(i) for g, i in self.global_units.items()}
+            self.group_sizes = self.group_sizes.resized({g: len(i) for g, i in self.global_units.items()})
         core = planner.initial_core(self.group_sizes)
         if core is not None:
             check_core_form_fits(model, split_map, self.group_sizes, core)
             state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
+        # θ's trained tensors (``shallow``'s global model keeps only its first blocks).
+        self.param_keys = [k for k, _ in model.named_parameters() if k in state and k not in self.local_keys]
         self.last_plan: RoundPlan | None = None  # what θ was last trained under (the evaluated model's scaling)
         self.before_step: dict[str, torch.Tensor] | None = None  # θ when a growth step on trial was taken
         self.train_counts = TrainCounts(self.slicer, {k: tuple(self.state[k].shape) for k in self.param_keys})
@@ -134,8 +135,9 @@ class SubmodelServer:
         return self.slicer.extract(self.state, plan.unit_indices(), keys)
 
     def expected_shapes(self, plan: ParticipantPlan) -> dict[str, tuple[int, ...]]:
+        """The reply's parameters under the sub-model's own (local) keys, with their shapes."""
         units = plan.unit_indices()
-        return {k: self.slicer.sub_shape(k, self.state[k].shape, units) for k in self.param_keys}
+        return {local: self.slicer.sub_shape(k, self.state[k].shape, units) for k, local in self.slicer.held(self.param_keys, units).items()}
 
     # -- replies ---------------------------------------------------------------------------
     def validate(self, plan: ParticipantPlan, reply: Reply) -> None:
@@ -144,8 +146,10 @@ class SubmodelServer:
             raise ReplyError(f"num-examples must be a positive integer, got {reply.num_examples!r}")
         if reply.metrics is not None:
             check_train_metrics(reply.metrics)
+        units = plan.unit_indices()
+        dtypes = {local: self.state[k].dtype for k, local in self.slicer.held(self.param_keys, units).items()}
         try:
-            check_arrays(reply.state, self.expected_shapes(plan), "reply", {k: self.state[k].dtype for k in self.param_keys})
+            check_arrays(reply.state, self.expected_shapes(plan), "reply", dtypes)
         except ValueError as exc:
             raise ReplyError(str(exc)) from exc
 
@@ -154,7 +158,10 @@ class SubmodelServer:
 
         Replies are taken in participant order, so the result does not depend on arrival order."""
         replies = sorted(replies, key=lambda r: r.node_id)
-        contributions = [Contribution(plan.participants[r.node_id].unit_indices(), r.state, float(r.num_examples)) for r in replies]
+        contributions = []
+        for r in replies:
+            units = plan.participants[r.node_id].unit_indices()
+            contributions.append(Contribution(units, self.slicer.to_global(r.state, units), float(r.num_examples)))
         result = scatter_average(self.state, contributions, self.slicer, self.param_keys)
         self.state = result.state
         self.train_counts.add(plan.participants[r.node_id] for r in replies)
@@ -225,7 +232,7 @@ class SubmodelServer:
         """A real module holding the evaluated model: θ (at the small width for the ``small``
         planner), with the readers of each unit scaled by its expected inclusion where the planner
         says so (msfusion's ``inclusion-scaling``)."""
-        return build_submodel(self.build, self.evaluated_state(), self.post_build)
+        return build_submodel(self.build, self.evaluated_state(), self.post_build, self.slicer.stacks)
 
     def evaluated_state(self) -> dict[str, torch.Tensor]:
         factors = self.planner.inclusion(self.last_plan) if self.last_plan is not None else None

@@ -2,6 +2,10 @@
 
 Everything here works per tensor on index vectors, one per bound dimension (`index_select` for
 extraction, flat positions of the Cartesian product for scatters): no Python loop over elements.
+
+Depth groups (``Blocks``) select whole tensors instead: a sub-model holds the blocks of its window
+and names them ``stack.0``, ``stack.1``, ... in the full model's order (its *local* keys); the server
+keeps θ under the full model's (*global*) keys. ``Slicer.local_key`` and ``to_global`` translate.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from msfusion_core.method.split_map import DimBinding, SplitMap, normalize_split_map
+from msfusion_core.method.split_map import DimBinding, SplitMap, block_stacks, normalize_split_map
 
 UnitIndices = Mapping[str, np.ndarray | torch.Tensor]  # group -> unit indices
 
@@ -33,6 +37,44 @@ class Slicer:
 
     def __init__(self, split_map: SplitMap) -> None:
         self.bindings = normalize_split_map(split_map)
+        self.stacks = block_stacks(split_map)
+
+    def block_of(self, key: str) -> tuple[str, int, str] | None:
+        """(stack, block index, name within the block) of a key inside a block stack, else None."""
+        for stack in self.stacks:
+            if key.startswith(stack + "."):
+                index, _, rest = key[len(stack) + 1 :].partition(".")
+                if index.isdigit():
+                    return stack, int(index), rest
+        return None
+
+    def local_key(self, key: str, units: UnitIndices) -> str | None:
+        """The name of global ``key`` in the sub-model of ``units``; None if it holds not that block."""
+        found = self.block_of(key)
+        if found is None or found[0] not in units:
+            return key
+        stack, index, rest = found
+        held = np.sort(np.asarray(units[stack]))
+        rank = int(np.searchsorted(held, index))
+        return f"{stack}.{rank}.{rest}" if rank < held.size and held[rank] == index else None
+
+    def held(self, keys, units: UnitIndices) -> dict[str, str]:
+        """``{global key: local key}`` for the ``keys`` the sub-model of ``units`` holds."""
+        return {k: local for k in keys if (local := self.local_key(k, units)) is not None}
+
+    def to_global(self, state: Mapping[str, torch.Tensor], units: UnitIndices) -> dict[str, torch.Tensor]:
+        """A sub-model's state (local keys) under the full model's keys."""
+        out = {}
+        for key, tensor in state.items():
+            found = self.block_of(key)
+            if found is not None and found[0] in units:
+                stack, rank, rest = found
+                held = np.sort(np.asarray(units[stack]))
+                if rank >= held.size:
+                    raise ValueError(f"{key!r} names block {rank} of {stack!r}, but the plan holds only {held.size} blocks")
+                key = f"{stack}.{int(held[rank])}.{rest}"
+            out[key] = tensor
+        return out
 
     def dim_indices(self, name: str, units: UnitIndices) -> list[tuple[int, torch.Tensor]]:
         """(dim, element indices) for every bound dimension of ``name`` (empty if it is kept whole)."""
@@ -45,11 +87,11 @@ class Slicer:
         return tuple(out)
 
     def extract(self, state: Mapping[str, torch.Tensor], units: UnitIndices, keys=None) -> dict[str, torch.Tensor]:
-        """The participant's sub-tensors (contiguous copies), keyed like the full state dict."""
+        """The participant's sub-tensors (contiguous copies) of the blocks it holds, under local keys."""
         out = {}
-        for name in keys if keys is not None else state:
+        for name, local in self.held(keys if keys is not None else state, units).items():
             t = take(state[name], self.dim_indices(name, units))
-            out[name] = t.contiguous() if t is not state[name] else t.clone()
+            out[local] = t.contiguous() if t is not state[name] else t.clone()
         return out
 
     def flat_positions(self, name: str, shape: torch.Size | tuple[int, ...], units: UnitIndices) -> torch.Tensor | None:
@@ -88,30 +130,36 @@ def map_previous(
     units: UnitIndices,
 ) -> dict[str, torch.Tensor]:
     """Map a previous sub-model onto this round's units (SPEC §4's negative for the contrastive loss):
-    its own previous values where the unit sets overlap, the received values elsewhere."""
-    out = {}
-    for name, received in received_state.items():
-        if name not in prev_state:
-            out[name] = received.clone()
-            continue
-        dims = slicer.dim_indices(name, units)
-        prev_dims = dict(slicer.dim_indices(name, prev_units))
-        if not dims:
-            out[name] = prev_state[name].clone()
-            continue
-        target = received.clone()
-        src = prev_state[name]
-        found_by_dim: dict[int, torch.Tensor] = {}
-        for d, idx in dims:
-            # Position of each of this round's elements in the previous sub-tensor (-1: absent).
-            prev_idx = prev_dims[d]
-            lookup = torch.full((int(max(idx.max(), prev_idx.max())) + 1,), -1, dtype=torch.long)
-            lookup[prev_idx] = torch.arange(prev_idx.numel())
-            pos = lookup[idx]
-            found = (pos >= 0).nonzero().squeeze(-1)
-            src = src.index_select(d, pos[found])
-            found_by_dim[d] = found
-        if src.numel():
-            target.view(-1)[flat_positions(target.shape, found_by_dim)] = src.reshape(-1)
-        out[name] = target
-    return out
+    its own previous values where the unit sets overlap, the received values elsewhere. Both states
+    and the result are under local keys; a block held in both rounds is matched by its global key."""
+    prev_state = slicer.to_global(prev_state, prev_units)
+    return {
+        slicer.local_key(name, units): _map_tensor(slicer, name, prev_state.get(name), prev_units, received, units)
+        for name, received in slicer.to_global(received_state, units).items()
+    }
+
+
+def _map_tensor(
+    slicer: Slicer, name: str, prev: torch.Tensor | None, prev_units: UnitIndices, received: torch.Tensor, units: UnitIndices
+) -> torch.Tensor:
+    if prev is None:
+        return received.clone()
+    dims = slicer.dim_indices(name, units)
+    if not dims:
+        return prev.clone()
+    prev_dims = dict(slicer.dim_indices(name, prev_units))
+    target = received.clone()
+    src = prev
+    found_by_dim: dict[int, torch.Tensor] = {}
+    for d, idx in dims:
+        # Position of each of this round's elements in the previous sub-tensor (-1: absent).
+        prev_idx = prev_dims[d]
+        lookup = torch.full((int(max(idx.max(), prev_idx.max())) + 1,), -1, dtype=torch.long)
+        lookup[prev_idx] = torch.arange(prev_idx.numel())
+        pos = lookup[idx]
+        found = (pos >= 0).nonzero().squeeze(-1)
+        src = src.index_select(d, pos[found])
+        found_by_dim[d] = found
+    if src.numel():
+        target.view(-1)[flat_positions(target.shape, found_by_dim)] = src.reshape(-1)
+    return target

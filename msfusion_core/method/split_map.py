@@ -8,6 +8,11 @@ features, or an attention head of ``head_dim`` rows). Names the map does not men
 Most models are declared more compactly per layer: ``layer_split_map`` turns
 ``{module name: (out_group, in_group)}`` into the per-tensor form from the module types, so a
 family's whole declaration is a small dict.
+
+Depth is declared in the same map: an entry that names a stack of residual blocks (a ModuleList or
+Sequential of blocks of identical shape) with ``Blocks`` makes the stack a depth group, one unit
+per block. A participant holds a block whole or not at all; its sub-model has only the blocks it
+holds, renumbered in order (``Slicer``), so the others cost it nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +25,41 @@ import torch
 from torch import nn
 
 Binding: TypeAlias = str | tuple[str, int] | None
-SplitMap: TypeAlias = Mapping[str, tuple[Binding, ...]]
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A split-map entry for a stack of residual blocks ``x + f(x)``: the stack is a depth group of
+    one unit per block. ``branch_outputs`` name, within a block, the tensors that end its residual
+    branch (attention's and the FFN's output projections; a conv branch's last BatchNorm weight and
+    bias): scaling them by p scales f by p, which is how the evaluated model takes a block's
+    expected share of sub-models (``growth.scale_inputs``)."""
+
+    branch_outputs: tuple[str, ...]
+
+
+SplitMap: TypeAlias = Mapping[str, tuple[Binding, ...] | Blocks]
+
+
+class GroupSizes(dict):
+    """K per group, ``{group: K}``, knowing which groups are depth groups (block stacks)."""
+
+    def __init__(self, sizes: Mapping[str, int], depth: frozenset[str] | set[str] = frozenset()) -> None:
+        super().__init__(sizes)
+        self.depth = frozenset(depth)
+
+    def resized(self, sizes: Mapping[str, int]) -> GroupSizes:
+        return GroupSizes(sizes, self.depth)
+
+
+def depth_groups(sizes: Mapping[str, int]) -> frozenset[str]:
+    """The depth groups of ``sizes`` (none for a plain dict)."""
+    return sizes.depth if isinstance(sizes, GroupSizes) else frozenset()
+
+
+def block_stacks(split_map: SplitMap) -> dict[str, Blocks]:
+    """``{stack module name: Blocks}``: the split map's depth groups, each named by its stack."""
+    return {name: entry for name, entry in split_map.items() if isinstance(entry, Blocks)}
 
 
 @dataclass(frozen=True)
@@ -43,11 +82,35 @@ def normalize_binding(binding: Binding) -> DimBinding | None:
 
 
 def normalize_split_map(split_map: SplitMap) -> dict[str, tuple[DimBinding | None, ...]]:
-    return {name: tuple(normalize_binding(b) for b in dims) for name, dims in split_map.items()}
+    """The width bindings, per tensor (``Blocks`` entries are depth, not tensors)."""
+    return {name: tuple(normalize_binding(b) for b in dims) for name, dims in split_map.items() if not isinstance(dims, Blocks)}
 
 
-def group_sizes(shapes: Mapping[str, torch.Size | tuple[int, ...]], split_map: SplitMap) -> dict[str, int]:
-    """Infer K_g for every group from the tensor shapes and check that they agree.
+def stack_blocks(shapes: Mapping[str, torch.Size | tuple[int, ...]], stack: str, blocks: Blocks) -> int:
+    """L, the number of blocks of ``stack`` in ``shapes``; a ValueError naming the stack when its
+    blocks are not of identical shape or lack a declared branch output."""
+    per_block: dict[int, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        index, _, rest = key[len(stack) + 1 :].partition(".")
+        if key.startswith(stack + ".") and index.isdigit():
+            per_block.setdefault(int(index), {})[rest] = tuple(shape)
+    if not per_block:
+        raise ValueError(f"split map declares blocks at {stack!r}, which holds no parameters of the model")
+    if sorted(per_block) != list(range(len(per_block))):
+        raise ValueError(f"blocks of {stack!r} are not numbered 0..L-1: {sorted(per_block)}")
+    first = per_block[0]
+    for i, block in per_block.items():
+        if block != first:
+            raise ValueError(f"block {i} of {stack!r} differs in its tensors or shapes from block 0: depth units must be identical blocks")
+    missing = [name for name in blocks.branch_outputs if name not in first]
+    if missing or not blocks.branch_outputs:
+        raise ValueError(f"blocks of {stack!r} declare branch outputs {missing or '(none)'} that a block does not have; it has {sorted(first)[:8]}")
+    return len(per_block)
+
+
+def group_sizes(shapes: Mapping[str, torch.Size | tuple[int, ...]], split_map: SplitMap) -> GroupSizes:
+    """Infer K_g for every group from the tensor shapes and check that they agree (a depth group's K
+    is its number of blocks).
 
     Raises ValueError naming the tensor and dimension when the split map does not fit the model.
     """
@@ -77,9 +140,14 @@ def group_sizes(shapes: Mapping[str, torch.Size | tuple[int, ...]], split_map: S
                     f"{name!r} dim {d} has {k} units (size {shape[d]}) but group {binding.group!r} has "
                     f"K={sizes[binding.group]} (from {first_seen[binding.group]})"
                 )
+    stacks = block_stacks(split_map)
+    for stack, blocks in stacks.items():
+        if stack in sizes:
+            raise ValueError(f"split map uses {stack!r} both as a width group and as a block stack")
+        sizes[stack] = stack_blocks(shapes, stack, blocks)
     if not sizes:
         raise ValueError("split map binds no dimension to any group: nothing to split")
-    return sizes
+    return GroupSizes(sizes, set(stacks))
 
 
 def tied_aliases(model: nn.Module) -> dict[str, str]:

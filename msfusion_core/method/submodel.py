@@ -9,7 +9,7 @@ is family-specific; the sub-model's state-dict keys equal the full model's.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -33,6 +33,20 @@ def _first_1d(module: nn.Module) -> int:
         if t.ndim == 1:
             return t.shape[0]
     raise ValueError(f"{type(module).__name__} has no 1-D tensor to read its size from")
+
+
+def _keep_blocks(model: nn.Module, stack: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Cut the ModuleList/Sequential at ``stack`` to the blocks ``state`` holds (none: all)."""
+    indices = (k[len(stack) + 1 :].split(".", 1)[0] for k in state if k.startswith(stack + "."))
+    held = {int(i) for i in indices if i.isdigit()}
+    blocks = model.get_submodule(stack)
+    if not held or len(held) == len(blocks):
+        return
+    if held != set(range(len(held))):
+        raise ValueError(f"state holds blocks {sorted(held)} of {stack!r}; a sub-model's blocks are numbered 0..n-1")
+    kept = list(blocks)[: len(held)]
+    parent, _, name = stack.rpartition(".")
+    setattr(model.get_submodule(parent), name, nn.ModuleList(kept) if isinstance(blocks, nn.ModuleList) else nn.Sequential(*kept))
 
 
 @contextmanager
@@ -73,18 +87,25 @@ def _nonpersistent_buffers(build: Callable[[], nn.Module]) -> dict[str, torch.Te
 
 
 def build_submodel(
-    build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], post_build: Callable[[nn.Module], None] | None = None
+    build: Callable[[], nn.Module],
+    state: Mapping[str, torch.Tensor],
+    post_build: Callable[[nn.Module], None] | None = None,
+    stacks: Collection[str] = (),
 ) -> nn.Module:
     """Instantiate ``build()`` at the sizes of ``state`` (a full or sliced ``model_state``, all keys).
 
     ``post_build`` is the family's hook for size attributes of its own modules that the generic
     leaf rules below do not know (``ModelFamily.post_build``: BERT attention's head count).
+    ``stacks``: the split map's block stacks (``block_stacks``); each keeps only as many blocks as
+    ``state`` holds (its blocks 0..n-1, the sub-model's local numbering).
 
     Tied tensors are given once and stay tied. Raises ValueError naming the key when ``state``
     misses a key of the model or has an extra one.
     """
     with torch.device("meta"):
         model = build()
+    for stack in stacks:
+        _keep_blocks(model, stack, state)
     aliases = tied_aliases(model)
     expected = set(model.state_dict().keys()) - set(aliases)
     missing, extra = expected - set(state), set(state) - expected

@@ -1,4 +1,5 @@
-"""A Llama-style decoder language model from `transformers`, split by attention heads and FFN units.
+"""A Llama-style decoder language model from `transformers`, split by attention heads and FFN units,
+and in depth by decoder layers.
 
 Per layer i two width groups: ``L{i}.heads`` (q/k/v output rows in blocks of ``head_dim``, o_proj
 input columns) and ``L{i}.ffn`` (gate/up output rows, down_proj input columns). The residual width,
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from msfusion_core.method.split_map import Binding
+from msfusion_core.method.split_map import Binding, Blocks
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def build_llama_lm(vocab_size: int, size: LlamaSize) -> LlamaForCausalLM:
     return LlamaForCausalLM(llama_config(vocab_size, size))
 
 
-def llama_split_map(model: LlamaForCausalLM) -> dict[str, tuple[Binding, ...]]:
+def llama_split_map(model: LlamaForCausalLM) -> dict[str, tuple[Binding, ...] | Blocks]:
     head_dim = model.config.head_dim
     split: dict[str, tuple[Binding, ...]] = {}
     for i, _layer in enumerate(model.model.layers):
@@ -67,6 +68,8 @@ def llama_split_map(model: LlamaForCausalLM) -> dict[str, tuple[Binding, ...]]:
         split[f"{p}.mlp.gate_proj.weight"] = (ffn, None)  # [ffn, hidden]
         split[f"{p}.mlp.up_proj.weight"] = (ffn, None)
         split[f"{p}.mlp.down_proj.weight"] = (None, ffn)  # [hidden, ffn]
+    # Depth: each decoder layer is a block x + attn(x) + mlp(·), its branches ended by o_proj and down_proj.
+    split["model.layers"] = Blocks(("self_attn.o_proj.weight", "mlp.down_proj.weight"))
     return split
 
 
