@@ -534,3 +534,52 @@ EXPERIMENTS["C1L"] = Experiment(
     arms=C1_ARMS,
     small_of={"msfusion-mu0-r0.25": "small-r0.25", "msfusion-span1.5-r0.25": "small-r0.25"},
 )
+
+# DLM (issue 34): depth windows on a language model, each arm against its own small control at
+# the same per-participant cost. LM2's decoder and data, twice as deep: 8 layers, of which a
+# participant (r = 1/4) holds 2. `shallow` is the 2-layer model trained by all; `msfusion-depth`
+# gives each participant a window of 2 consecutive layers, double-shifted across participants and
+# rounds under the adaptive overlap from o = 0.5, and evaluates the expectation of the sub-models
+# (each layer's branches scaled by its share, 2/8). Without the contrastive term, so that its
+# FLOPs per participant equal shallow's; `-mu1` measures the term once.
+DLM_SETTING: dict[str, Any] = LM2_SETTING | {"model-layers": 8, "split-ratio-tiers": "0.25"}
+DEPTH = {"planner": "msfusion-depth", "overlap-schedule": "adaptive", "overlap-start": 0.5, "inclusion-scaling": True, "contrastive-mu": 0.0}
+DLM_ARMS: dict[str, dict[str, Any]] = {
+    "shallow": {"planner": "shallow", "contrastive-mu": 0.0},
+    "msfusion-depth": DEPTH,
+    # What makes it work: the evaluation rule, the overlap, the window length, the contrastive term.
+    "msfusion-depth-unscaled": DEPTH | {"inclusion-scaling": False},
+    "msfusion-depth-o0": DEPTH | {"overlap-schedule": "constant", "overlap-start": 0.0},
+    "msfusion-depth-o75": DEPTH | {"overlap-schedule": "constant", "overlap-start": 0.75},
+    "msfusion-depth-mu1": DEPTH | {"contrastive-mu": 1.0},
+    "msfusion-depth-k1": DEPTH | {"split-ratio-tiers": "0.125"},
+    "shallow-k1": {"planner": "shallow", "contrastive-mu": 0.0, "split-ratio-tiers": "0.125"},
+    "msfusion-depth-k4": DEPTH | {"split-ratio-tiers": "0.5"},
+    "shallow-k4": {"planner": "shallow", "contrastive-mu": 0.0, "split-ratio-tiers": "0.5"},
+    # Width windows at about the same per-participant FLOPs (every layer at a quarter of its heads
+    # and FFN units), and their own small control.
+    "msfusion-width": SHIPPED | {"contrastive-mu": 0.0},
+    "small": METHODS["small"],
+}
+EXPERIMENTS["DLM"] = Experiment(
+    "DLM",
+    "Depth windows on WikiText-2 (byte-level BPE of 2,048 tokens): LM2's Llama-style decoder (hidden 128, 2 heads of "
+    "64, FFN 512, tied embedding) with 8 layers, 8 nodes with whole articles, r = 1/4 (2 of the 8 layers), 48 rounds of "
+    "8 AdamW steps, lr 0.002 divided by 10 after rounds 24 and 36; perplexity on 400 sequences of the test and "
+    "validation splits every 4 rounds. -k1/-k4: windows of 1 and 4 layers (r = 1/8, 1/2) against shallow models of "
+    "as many layers; -o0/-o75: the overlap held at 0 and 0.75; -unscaled: θ evaluated as it is.",
+    DLM_SETTING,
+    ("full", "shallow", "msfusion-depth", "msfusion-depth-unscaled", "msfusion-depth-o0", "msfusion-depth-o75",
+     "msfusion-depth-mu1", "msfusion-depth-k1", "shallow-k1", "msfusion-depth-k4", "shallow-k4", "msfusion-width", "small"),
+    target=167.0,  # LM2's: a third of the unigram's test perplexity under this tokenizer
+    num_supernodes=8,
+    seeds=(0, 1, 2),
+    metric="perplexity",
+    arms=DLM_ARMS,
+    method_seeds={m: (0,) for m in DLM_ARMS if m not in ("shallow", "msfusion-depth")},
+    small_of={
+        "msfusion-depth": "shallow", "msfusion-depth-unscaled": "shallow", "msfusion-depth-o0": "shallow",
+        "msfusion-depth-o75": "shallow", "msfusion-depth-mu1": "shallow", "msfusion-depth-k1": "shallow-k1",
+        "msfusion-depth-k4": "shallow-k4", "msfusion-width": "small",
+    },
+)
