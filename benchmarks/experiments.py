@@ -583,3 +583,23 @@ EXPERIMENTS["DLM"] = Experiment(
         "msfusion-depth-k4": "shallow-k4", "msfusion-width": "small",
     },
 )
+
+# DC (issue 34): depth windows on images, on C1's protocol (10 nodes, Dirichlet 0.5, 250 fresh
+# examples a round, 300 rounds, lr /10 after rounds 150 and 225, the whole test split every 10
+# rounds) with a residual CNN of about the compact CNN's cost per image: two stages of 4 identical
+# residual blocks (16 and 32 channels). A participant (r = 1/2) holds 2 consecutive blocks of each
+# stage; `shallow` is the model with 2 blocks per stage, trained by all.
+DC_SETTING: dict[str, Any] = C1_SETTING | {"model": "rescnn", "model-width": 16, "model-layers": 4, "split-ratio-tiers": "0.5"}
+EXPERIMENTS["DC"] = Experiment(
+    "DC",
+    "Depth windows on CIFAR-10, C1's protocol: a residual CNN (stem 16, 4 residual blocks of 16 channels at 16x16, "
+    "a 32-channel transition, 4 blocks of 32 channels at 8x8, GAP, fc), 10 nodes, Dirichlet 0.5, 250 fresh examples "
+    "per node and round, lr 0.05 divided by 10 after rounds 150 and 225, 300 rounds; r = 1/2: 2 of each stage's 4 "
+    "blocks; central accuracy on the whole test split every 10 rounds.",
+    DC_SETTING,
+    ("full", "shallow", "msfusion-depth"),
+    target=0.6,
+    seeds=(0, 1, 2),
+    arms={"shallow": DLM_ARMS["shallow"], "msfusion-depth": DEPTH},
+    small_of={"msfusion-depth": "shallow"},
+)

@@ -14,8 +14,8 @@ from msfusion_core.local.augment import as_float
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, GrowOverlap, make_schedule
-from msfusion_core.method.planner import PLANNER_NAMES, PLANNERS, Planner, make_planner
-from msfusion_core.method.split_map import Binding, SplitMap, layer_split_map, model_state
+from msfusion_core.method.planner import PLANNER_NAMES, PLANNERS, Planner, make_planner, msfusion_planner
+from msfusion_core.method.split_map import Binding, Blocks, SplitMap, layer_split_map, model_state
 from server_app.strategy import MSfusion
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "SCHEDULES",
     "AdaptiveOverlap",
     "Binding",
+    "Blocks",
     "ConstantOverlap",
     "GrowOverlap",
     "MSfusion",
@@ -42,5 +43,6 @@ __all__ = [
     "make_schedule",
     "memory_budget",
     "model_state",
+    "msfusion_planner",
     "node_capacity",
 ]

@@ -29,6 +29,7 @@ MODEL_DATASETS: dict[str, tuple[str, ...]] = {
     "digits-cnn": ("digits",),
     "cifar-cnn": ("cifar10",),
     "resnet18": ("cifar10",),
+    "rescnn": ("cifar10",),
     "llama": ("wikitext2",),
     "minilm": ("sst2",),
 }
@@ -55,8 +56,8 @@ class Settings:
     num_server_rounds: int = 10
     planner: str = "msfusion"
     model: str = "digits-cnn"
-    model_width: int = 0  # 0: the family's default (32 for digits-cnn, 64 for resnet18, hidden 512 for llama)
-    model_layers: int = 0  # llama only: decoder layers; 0: the default (8)
+    model_width: int = 0  # 0: the family's default (32 for digits-cnn, 64 for resnet18, 16 for rescnn, hidden 512 for llama)
+    model_layers: int = 0  # llama: decoder layers (default 8); rescnn: blocks per stage (default 4); 0: the default
     dataset: str = "digits"
     data_path: str = ""  # local directory (CIFAR-10/SST-2 Parquet, WikiText-2 .txt); empty: the Hub (or embedded digits)
     seq_len: int = 64  # text: tokens per language-model sequence / maximum tokens of a sentence

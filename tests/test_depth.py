@@ -253,3 +253,42 @@ def test_a_block_declaration_that_does_not_fit_is_refused():
         group_sizes(model_shapes(Residual()), {"blocks": Blocks(("nothing.weight",))})
     with pytest.raises(ValueError, match="holds no parameters"):
         group_sizes(model_shapes(Residual()), {"stack": Blocks(("out.weight",))})
+
+
+def test_residual_cnn_windows_hold_k_blocks_of_each_stage():
+    fam = get_family("rescnn", num_classes=10, width=8, layers=4)
+    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion-depth", contrastive_mu=0.0))
+    assert {g: server.group_sizes[g] for g in server.group_sizes.depth} == {"stage1": 4, "stage2": 4}
+    plan = server.plan_round(3, [(n, 0.5) for n in range(4)])
+    for pp in plan.participants.values():
+        sub = build_submodel(fam.build, server.download(pp), stacks=server.slicer.stacks)
+        assert len(sub.stage1) == 2 and len(sub.stage2) == 2 and sub.stage1[0].conv1.weight.shape == (8, 8, 3, 3)
+        assert sub(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_depth_windows_run_through_the_app_at_shallows_cost(tmp_path):
+    """The real Strategy and ClientApp over WikiText-2: plans, sub-models, replies, the evaluated
+    model and its checkpoint. A window of 1 of 4 layers costs a participant what the 1-layer
+    shallow model costs: the same bytes and FLOPs."""
+    import json
+    from pathlib import Path
+
+    from server_app.local_grid import run_local
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
+    config = {
+        "model": "llama", "model-width": 64, "model-layers": 4, "dataset": "wikitext2", "data-path": str(data),
+        "partitioner": "iid", "seq-len": 16, "optimizer": "adamw", "lr": 0.002, "batch-size": 8, "local-examples": 16,
+        "num-server-rounds": 2, "split-ratio-tiers": "0.25", "central-eval-examples": 32, "contrastive-mu": 0.0,
+        "output-dir": str(tmp_path), "seed": 1,
+    }
+    rows = {}
+    for planner in ("msfusion-depth", "shallow"):
+        run_local(config | {"planner": planner, "run-name": planner}, 4, num_threads=1)
+        rows[planner] = [json.loads(line) for line in open(tmp_path / planner / "metrics.jsonl")]
+        last = rows[planner][-1]
+        assert [r["round"] for r in rows[planner]] == [0, 1, 2] and last["accepted"] == 4 and last["failed"] == 0
+        assert last["central-loss"] < rows[planner][0]["central-loss"]
+    depth, shallow = rows["msfusion-depth"][-1], rows["shallow"][-1]
+    assert depth["bytes-down-per-participant"] == shallow["bytes-down-per-participant"] < depth["full-model-bytes"]
+    assert depth["flops-per-participant"] == pytest.approx(shallow["flops-per-participant"], rel=1e-9)

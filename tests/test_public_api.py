@@ -14,6 +14,7 @@ PINNED = [
     "SCHEDULES",
     "AdaptiveOverlap",
     "Binding",
+    "Blocks",
     "ConstantOverlap",
     "GrowOverlap",
     "MSfusion",
@@ -32,6 +33,7 @@ PINNED = [
     "make_schedule",
     "memory_budget",
     "model_state",
+    "msfusion_planner",
     "node_capacity",
 ]
 

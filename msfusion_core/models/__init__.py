@@ -9,6 +9,7 @@ from functools import partial
 from torch import nn
 
 from msfusion_core.models.cnn import CifarCNN, DigitsCNN, cifar_cnn_split_map, digits_cnn_split_map
+from msfusion_core.models.rescnn import ResidualCNN, residual_cnn_split_map
 from msfusion_core.models.resnet import ResNet18, resnet18_split_map
 from msfusion_core.method.split_map import SplitMap, model_state
 
@@ -60,17 +61,20 @@ def _family(
     return ModelFamily(name, build, split_map, representation_layer, local, post_build)
 
 
-FAMILY_NAMES = ("digits-cnn", "cifar-cnn", "resnet18", "llama", "minilm")
+FAMILY_NAMES = ("digits-cnn", "cifar-cnn", "resnet18", "rescnn", "llama", "minilm")
 
 
 def get_family(name: str, num_classes: int = 10, width: int | None = None, layers: int | None = None) -> ModelFamily:
-    """``num_classes`` is the vocabulary size for the language model; ``width`` its hidden size."""
+    """``num_classes`` is the vocabulary size for the language model; ``width`` its hidden size.
+    ``layers``: the language model's decoder layers, the residual CNN's blocks per stage."""
     if name == "digits-cnn":
         return _family(name, partial(DigitsCNN, num_classes, width or 32), digits_cnn_split_map, "fc")
     if name == "cifar-cnn":
         return _family(name, partial(CifarCNN, num_classes, width or 32), cifar_cnn_split_map, "fc")
     if name == "resnet18":
         return _family(name, partial(ResNet18, num_classes, width or 64), resnet18_split_map, "fc")
+    if name == "rescnn":
+        return _family(name, partial(ResidualCNN, num_classes, width or 16, layers or 4), residual_cnn_split_map, "fc")
     if name == "llama":
         from msfusion_core.models.llama import (
             LlamaSize,
