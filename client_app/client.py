@@ -70,7 +70,8 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
             capacity = node.capacity
             if node.memory_budget_mb is not None:
                 capacity, found = footprint.capacity_for_budget(
-                    setup, context.run_config, context.node_config, node.memory_budget_mb, cap=node.capacity
+                    setup, context.run_config, context.node_config, node.memory_budget_mb, cap=node.capacity,
+                    depth_share=protocol.read_capacity_query(msg.content),
                 )
                 log(INFO, "memory budget %g MB: capacity %g (%s)", node.memory_budget_mb, capacity, footprint.describe(found))
         except (ValueError, KeyError, RuntimeError) as exc:

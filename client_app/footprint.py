@@ -83,8 +83,11 @@ def node_setup(setup: Callable | str, run_config: Mapping[str, Any], node_config
     return resolve(setup)(Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(), run_config=dict(run_config)))
 
 
-def measure_in_this_process(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int) -> Footprint:
-    """The measurement itself (run it in a fresh process: it reads this process's RSS)."""
+def measure_in_this_process(
+    setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int, depth_share: float = 0.0
+) -> Footprint:
+    """The measurement itself (run it in a fresh process: it reads this process's RSS). The
+    sub-model is the capacity's prefix, spent on blocks and width as ``depth_share`` says."""
     from msfusion_core.data.tensors import TensorData
     from msfusion_core.method.planner import plan_static_prefix
 
@@ -94,7 +97,7 @@ def measure_in_this_process(setup: Callable | str, run_config: Mapping[str, Any]
     batch = TensorData(data.x[: cfg.batch_size], data.y[: cfg.batch_size])
     del data
     part = node.participant
-    plan = plan_static_prefix([(0, capacity)], part.group_sizes)[0]
+    plan = plan_static_prefix([(0, capacity)], part.group_sizes, depth_share)[0]
     part.local_state()  # the family's local tensors: part of the baseline, as in a ClientApp
     load_peak = _status_mb("VmHWM")
     baseline = _status_mb("VmRSS")
@@ -184,13 +187,15 @@ def in_child(fn: Callable, *args: Any) -> Any:
     return payload
 
 
-def measure(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int = MEASURED_STEPS) -> Footprint | None:
+def measure(
+    setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], capacity: float, steps: int = MEASURED_STEPS, depth_share: float = 0.0
+) -> Footprint | None:
     """Measure ``capacity`` in a fresh child process; None when the child was killed (out of memory).
 
     ``setup`` is the ClientApp's setup function (``make_client_app``'s argument), or its
     ``"module:name"``; a function must be module-level, since the child imports it by name."""
     try:
-        found = in_child(measure_in_this_process, setup, dict(run_config), dict(node_config), float(capacity), steps)
+        found = in_child(measure_in_this_process, setup, dict(run_config), dict(node_config), float(capacity), steps, float(depth_share))
     except RuntimeError as exc:
         raise RuntimeError(f"measuring the training footprint at capacity {capacity:g} failed: {exc}") from exc
     return None if found is None else Footprint(**found)
@@ -215,24 +220,28 @@ def choose_capacity(budget_mb: float, footprints: Mapping[float, Footprint | Non
     )
 
 
-def footprint_key(node: Any, node_config: Mapping[str, Any], capacity: float, steps: int) -> str:
+def footprint_key(node: Any, node_config: Mapping[str, Any], capacity: float, steps: int, depth_share: float = 0.0) -> str:
     """What a measurement depends on: the model's shapes, the training settings, the node's own
-    config (its partition; not its budget or split-ratio), the capacity and the steps. The run's
+    config (its partition; not its budget or split-ratio), the capacity, the steps and how the
+    capacity is spent on blocks (``depth_share``, when not 0). The run's
     other settings (rounds, planner, evaluation) do not change what a ClientApp process holds, so a
     node measured before its first run, or for another planner, is not measured again."""
     part, cfg = node.participant, node.train_config
     train = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {"preprocess": getattr(cfg.preprocess, "__qualname__", "")}
     own = {k: v for k, v in node_config.items() if k not in (MEMORY_BUDGET_KEY, "split-ratio")}
     blob = json.dumps(
-        [sorted((k, list(v)) for k, v in part.full_shapes.items()), sorted(train.items()), sorted(own.items()), float(capacity), steps],
+        [sorted((k, list(v)) for k, v in part.full_shapes.items()), sorted(train.items()), sorted(own.items()), float(capacity), steps]
+        + ([float(depth_share)] if depth_share else []),
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def tier_keys(setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], tiers: Sequence[float], steps: int) -> dict[float, str]:
+def tier_keys(
+    setup: Callable | str, run_config: Mapping[str, Any], node_config: Mapping[str, Any], tiers: Sequence[float], steps: int, depth_share: float = 0.0
+) -> dict[float, str]:
     node = node_setup(setup, run_config, node_config)
-    return {r: footprint_key(node, node_config, r, steps) for r in tiers}
+    return {r: footprint_key(node, node_config, r, steps, depth_share) for r in tiers}
 
 
 def cache_dir(node_config: Mapping[str, Any]) -> Path:
@@ -247,10 +256,13 @@ def capacity_for_budget(
     cap: float = 1.0,
     tiers: Sequence[float] = CAPACITY_TIERS,
     steps: int = MEASURED_STEPS,
+    depth_share: float = 0.0,
 ) -> tuple[float, dict[float, Footprint | None]]:
     """The capacity this node's budget affords, and the footprints it measured (cached per setting
     in ``<cache-dir>/footprints.json``). Tiers are measured from the smallest up, stopping at the
-    first that does not fit, so a capped node never tries what is far beyond it."""
+    first that does not fit, so a capped node never tries what is far beyond it. ``depth_share``:
+    the server's planner's (sent with the capacity query), so the sub-models measured are those
+    the node will train."""
     if callable(setup) and "<" in getattr(setup, "__qualname__", "<"):
         raise ValueError(
             f"{MEMORY_BUDGET_KEY} needs a module-level setup function (the measurement imports it by name in a child "
@@ -265,7 +277,11 @@ def capacity_for_budget(
     primed = False
     tiers = sorted(t for t in tiers if t <= cap)
     # A parent handed a setup's name (the command line) stays light: the setup runs in a child.
-    keys = tier_keys(setup, run_config, node_config, tiers, steps) if callable(setup) else in_child(tier_keys, setup, dict(run_config), dict(node_config), tiers, steps)
+    keys = (
+        tier_keys(setup, run_config, node_config, tiers, steps, depth_share)
+        if callable(setup)
+        else in_child(tier_keys, setup, dict(run_config), dict(node_config), tiers, steps, depth_share)
+    )
     for r in tiers:
         key = keys[r]
         if key not in cache and not primed and node_config.get(CACHE_DIR_KEY):
@@ -275,7 +291,7 @@ def capacity_for_budget(
         if key in cache:
             found[r] = Footprint(**cache[key]) if cache[key] is not None else None
         else:
-            found[r] = measure(setup, run_config, node_config, r, steps)
+            found[r] = measure(setup, run_config, node_config, r, steps, depth_share)
             cache[key] = dataclasses.asdict(found[r]) if found[r] is not None else None
         if found[r] is None or found[r].peak_mb > budget_mb:
             break
@@ -314,12 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-config", default="", help="the run's settings, as flwr run takes them: 'model=\"resnet18\" batch-size=64'")
     parser.add_argument("--node-config", required=True, help="as the SuperNode's --node-config, with memory-budget-mb and cache-dir")
     parser.add_argument("--setup", default="client_app.app:setup_from_run_config", help="the ClientApp's setup function, module:name")
+    parser.add_argument("--depth-share", type=float, default=0.0, help="as the server's planner: 0 width windows (msfusion, the baselines), 1 blocks (msfusion-depth, shallow)")
     args = parser.parse_args(argv)
     run_config, node_config = pairs(args.run_config), pairs(args.node_config)
     if MEMORY_BUDGET_KEY not in node_config:
         parser.error(f"--node-config needs {MEMORY_BUDGET_KEY}")
     try:
-        capacity, found = capacity_for_budget(args.setup, run_config, node_config, float(node_config[MEMORY_BUDGET_KEY]), float(node_config.get("split-ratio", 1.0)))
+        capacity, found = capacity_for_budget(
+            args.setup, run_config, node_config, float(node_config[MEMORY_BUDGET_KEY]), float(node_config.get("split-ratio", 1.0)), depth_share=args.depth_share
+        )
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     print(json.dumps({"capacity": capacity, "footprints": {str(r): f and dataclasses.asdict(f) for r, f in found.items()}}))

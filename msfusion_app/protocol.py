@@ -36,6 +36,7 @@ __all__ = [
     "PLAN_KEY",
     "PlanMessage",
     "capacity_query",
+    "read_capacity_query",
     "capacity_reply",
     "decode_arrays",
     "evaluate_reply",
@@ -58,8 +59,18 @@ def decode_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 # -- capacity ------------------------------------------------------------------------------------
-def capacity_query() -> RecordDict:
-    return RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity"})})
+def capacity_query(depth_share: float = 0.0) -> RecordDict:
+    """``depth-share``: how the server's planner spends a capacity on blocks against width
+    (``axis_capacity``), so that a node with a memory budget measures the sub-models it will train."""
+    return RecordDict({PLAN_KEY: ConfigRecord({"query": "capacity", "depth-share": float(depth_share)})})
+
+
+def read_capacity_query(content: RecordDict) -> float:
+    """The query's ``depth-share`` (0 from a server that does not send one)."""
+    share = content[PLAN_KEY].get("depth-share", 0.0) if PLAN_KEY in content.config_records else 0.0
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"the capacity query's depth-share must be in [0, 1], got {share!r}")
+    return float(share)
 
 
 def capacity_reply(partition_id: int, capacity: float) -> RecordDict:

@@ -362,7 +362,7 @@ class MSfusion(Strategy):
         failures: list[tuple[int, str]] = []
         if not unknown:
             return failures
-        queries = [Message(protocol.capacity_query(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
+        queries = [Message(protocol.capacity_query(self.planner.depth_share), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
         taken = {info.partition_id for info in self.nodes.values()}
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             src = reply.metadata.src_node_id

@@ -184,3 +184,29 @@ def test_rotary_buffers_come_from_a_build_that_holds_no_weights():
     assert buffers.keys() == expected.keys() and buffers
     assert all(torch.equal(buffers[k], expected[k]) for k in expected)
     assert all(p.device.type == "cpu" for p in torch.nn.Linear(2, 2).parameters())  # the patch is gone
+
+
+def test_a_depth_planner_has_nodes_measure_windows_of_blocks():
+    """The server's query says how a capacity is spent (its planner's depth-share): under
+    msfusion-depth a node at r = 1/4 measures the sub-model it will train, a quarter of the layers
+    at full width, not every layer at a quarter of its width."""
+    from pathlib import Path
+
+    from msfusion_core.local.measure import num_bytes
+    from msfusion_core.method.split_map import model_state
+
+    assert protocol.read_capacity_query(protocol.capacity_query(1.0)) == 1.0
+    assert protocol.read_capacity_query(RecordDict()) == 0.0
+    with pytest.raises(ValueError, match="depth-share must be in"):
+        protocol.read_capacity_query(protocol.capacity_query(2.0))
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
+    lm = {"model": "llama", "model-width": 64, "model-layers": 4, "dataset": "wikitext2", "data-path": str(data), "partitioner": "iid",
+          "seq-len": 16, "batch-size": 4, "optimizer": "adamw"}
+    run_config, node = Settings.from_mapping(lm).to_mapping(), {"partition-id": 0, "num-partitions": 8}
+    depth = footprint.measure_in_this_process("client_app.app:setup_from_run_config", run_config, node, 0.25, 1, depth_share=1.0)
+    one_layer = get_family("llama", num_classes=Settings.from_mapping(lm).family().build().config.vocab_size, width=64, layers=1)
+    assert depth.bytes_down == num_bytes(model_state(one_layer.build()))
+    width = footprint.measure_in_this_process("client_app.app:setup_from_run_config", run_config, node, 0.25, 1)
+    assert width.bytes_down != depth.bytes_down
+    key = footprint.footprint_key(footprint.node_setup("client_app.app:setup_from_run_config", run_config, node), node, 0.25, 6, 1.0)
+    assert key != footprint.footprint_key(footprint.node_setup("client_app.app:setup_from_run_config", run_config, node), node, 0.25, 6)

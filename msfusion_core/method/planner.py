@@ -258,10 +258,13 @@ def per_group_offsets(seed: int, server_round: int, group_sizes: Mapping[str, in
     return {g: int(np.random.default_rng([seed, server_round, zlib.crc32(g.encode())]).integers(k)) for g, k in group_sizes.items()}
 
 
-def plan_static_prefix(participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]) -> dict[int, ParticipantPlan]:
-    """HeteroFL: every participant trains the first m units of every width group, every round."""
+def plan_static_prefix(
+    participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int], depth_share: float = 0.0
+) -> dict[int, ParticipantPlan]:
+    """HeteroFL: every participant trains the first m units of every group, every round (of every
+    width group, all blocks, unless ``depth_share`` spends capacity on blocks)."""
     return {
-        n: ParticipantPlan(n, r, {g: Window(0, m, group_sizes[g]) for g, m in window_lengths(r, group_sizes).items()})
+        n: ParticipantPlan(n, r, {g: Window(0, m, group_sizes[g]) for g, m in window_lengths(r, group_sizes, depth_share).items()})
         for n, r in _sorted_participants(participants)
     }
 
@@ -296,6 +299,7 @@ class GrowthEvent:
 
 class Planner(Protocol):
     name: str
+    depth_share: float  # how a capacity is spent on blocks against width (``axis_capacity``)
 
     def plan(
         self, server_round: int, participants: Sequence[tuple[int, float]], group_sizes: Mapping[str, int]
@@ -469,6 +473,7 @@ class BaselinePlanner:
     """A published baseline: a fixed rule for the windows, θ evaluated as it is, no contrastive term."""
 
     name = "baseline"
+    depth_share = 0.0  # width windows; every block held
     contrastive_mu = 0.0  # the baselines train as published, without MSfusion's contrastive term
     needs_validation = False
 
@@ -542,15 +547,14 @@ class FullPlanner(BaselinePlanner):
 class SmallModelPlanner(FullPlanner):
     """``small`` ("exclusive learning"): the global model itself is the width-r model, and every
     participant trains all of it. This planner owns that width: the server builds θ from
-    ``global_units``, and plans are over the small model's own groups."""
+    ``global_units``, and plans are over the small model's own groups. (``shallow``, with
+    ``depth_share`` 1, is the model with fewer blocks instead.)"""
 
     name = "small"
 
     def __init__(self, seed: int = 0, capacity: float = 0.5) -> None:
         super().__init__(seed)
         self.capacity = check_capacity(capacity, "the small model")
-
-    depth_share = 0.0  # the small model is narrower; ``shallow`` (1) has fewer blocks
 
     def global_units(self, group_sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
         return {g: np.arange(m) for g, m in window_lengths(self.capacity, group_sizes, self.depth_share).items()}
