@@ -292,3 +292,26 @@ def test_depth_windows_run_through_the_app_at_shallows_cost(tmp_path):
     depth, shallow = rows["msfusion-depth"][-1], rows["shallow"][-1]
     assert depth["bytes-down-per-participant"] == shallow["bytes-down-per-participant"] < depth["full-model-bytes"]
     assert depth["flops-per-participant"] == pytest.approx(shallow["flops-per-participant"], rel=1e-9)
+
+
+def test_at_full_capacity_depth_windows_are_fedavg_of_the_full_model():
+    """r = 1: every window is every block, every block is averaged over everyone, the expectation
+    rule scales by 1: msfusion-depth trains exactly what `full` trains."""
+    gen = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen))
+    cfg = TrainConfig(batch_size=16, lr=0.05, mu=0.0)
+    thetas = {}
+    for name in ("full", "msfusion-depth"):
+        torch.manual_seed(0)
+        server = SubmodelServer(Residual, SPLIT, make_planner(name, contrastive_mu=0.0))
+        part = Participant(Residual, SPLIT, "head")
+        for t in (1, 2):
+            plan = server.plan_round(t, [(n, 1.0) for n in range(3)])
+            replies = []
+            for n, pp in plan.participants.items():
+                update, _ = part.train(pp, server.download(pp), data, cfg, seed=n, round_index=t - 1)
+                replies.append(Reply(n, update.state, update.result.num_examples))
+            server.aggregate(plan, replies)
+        thetas[name] = server.evaluated_state()
+    for key, value in thetas["full"].items():
+        torch.testing.assert_close(thetas["msfusion-depth"][key], value, rtol=0, atol=0)
