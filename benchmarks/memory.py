@@ -2,6 +2,7 @@
 ClientApp process costs before it trains at all.
 
     python -m benchmarks.memory [--models resnet18-w64 c1-cnn lm2-llama] [--repeats 3]
+    python -m benchmarks.memory --models dlm-width dlm-depth --out docs/results/DLM/memory
 
 For each model and capacity, ``--repeats`` fresh processes each load the node's partition (read
 back from the node's partition cache, as every round after a node's first does), build only the
@@ -28,17 +29,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.experiments import C1_SETTING, LM2_SETTING, cifar_setting
+from benchmarks.experiments import C1_SETTING, DLM_SETTING, LM2_SETTING, cifar_setting
 from client_app.app import setup_from_run_config
 from client_app.footprint import CAPACITY_TIERS, CACHE_DIR_KEY, in_child, load_in_this_process, measure
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "memory"
 NUM_PARTITIONS = 10
-MODELS: dict[str, dict[str, Any]] = {
-    "resnet18-w64": cifar_setting(64),  # batch 64, 32x32 CIFAR-10, SGD with momentum
-    "c1-cnn": C1_SETTING,  # batch 32
-    "lm2-llama": LM2_SETTING,  # batch 16 sequences of 64 tokens, AdamW
+# name: (setting, depth share: how a capacity is spent on blocks, as the planner that trains it does)
+MODELS: dict[str, tuple[dict[str, Any], float]] = {
+    "resnet18-w64": (cifar_setting(64), 0.0),  # batch 64, 32x32 CIFAR-10, SGD with momentum
+    "c1-cnn": (C1_SETTING, 0.0),  # batch 32
+    "lm2-llama": (LM2_SETTING, 0.0),  # batch 16 sequences of 64 tokens, AdamW
+    # DLM's 8-layer decoder: every layer at width r (msfusion, small) or r·L whole layers (msfusion-depth, shallow)
+    "dlm-width": (DLM_SETTING, 0.0),
+    "dlm-depth": (DLM_SETTING, 1.0),
 }
 IMPORTS = {
     "torch + flwr": "import torch, flwr.clientapp, flwr.app",
@@ -61,12 +66,12 @@ def import_costs(repeats: int) -> dict[str, dict[str, float]]:
     }
 
 
-def model_costs(setting: dict[str, Any], repeats: int, cache: str) -> dict[str, Any]:
+def model_costs(setting: dict[str, Any], repeats: int, cache: str, depth_share: float = 0.0) -> dict[str, Any]:
     node = {"partition-id": 0, "num-partitions": NUM_PARTITIONS, CACHE_DIR_KEY: cache}
     first_load_mb = in_child(load_in_this_process, setup_from_run_config, setting, node)  # fills the partition cache
     rows = []
     for r in sorted(CAPACITY_TIERS, reverse=True):
-        runs = [measure(setup_from_run_config, setting, node, r) for _ in range(repeats)]
+        runs = [measure(setup_from_run_config, setting, node, r, depth_share=depth_share) for _ in range(repeats)]
         if any(f is None for f in runs):
             raise RuntimeError(f"a measurement at r={r} was killed: is this process under a memory cap?")
         median = {k: statistics.median(getattr(f, k) for f in runs) for k in ("baseline_mb", "extra_mb", "peak_mb", "step_seconds")}
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     summary["models"] = {}
     with tempfile.TemporaryDirectory(prefix="msfusion-memory-") as cache:
         for name in args.models:
-            summary["models"][name] = model_costs(MODELS[name], args.repeats, f"{cache}/{name}")  # each its own first load
+            setting, depth_share = MODELS[name]
+            summary["models"][name] = model_costs(setting, args.repeats, f"{cache}/{name}", depth_share)  # each its own first load
             print(name, json.dumps(summary["models"][name]["capacities"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
