@@ -2,7 +2,7 @@
 ClientApp process costs before it trains at all.
 
     python -m benchmarks.memory [--models resnet18-w64 c1-cnn lm2-llama] [--repeats 3]
-    python -m benchmarks.memory --models dlm-width dlm-depth --out docs/results/DLM/memory
+    python -m benchmarks.memory --models dlm-width dlm-depth dc-depth --out docs/results/depth_memory
 
 For each model and capacity, ``--repeats`` fresh processes each load the node's partition (read
 back from the node's partition cache, as every round after a node's first does), build only the
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.experiments import C1_SETTING, DLM_SETTING, LM2_SETTING, cifar_setting
+from benchmarks.experiments import C1_SETTING, DC_SETTING, DLM_SETTING, LM2_SETTING, cifar_setting
 from client_app.app import setup_from_run_config
 from client_app.footprint import CAPACITY_TIERS, CACHE_DIR_KEY, in_child, load_in_this_process, measure
 
@@ -44,6 +44,7 @@ MODELS: dict[str, tuple[dict[str, Any], float]] = {
     # DLM's 8-layer decoder: every layer at width r (msfusion, small) or r·L whole layers (msfusion-depth, shallow)
     "dlm-width": (DLM_SETTING, 0.0),
     "dlm-depth": (DLM_SETTING, 1.0),
+    "dc-depth": (DC_SETTING, 1.0),  # DC's residual CNN: r·4 whole blocks of each stage
 }
 IMPORTS = {
     "torch + flwr": "import torch, flwr.clientapp, flwr.app",
