@@ -516,9 +516,12 @@ def last_rounds_at_each_lr(lr_factor: Callable[[int], float] | None, last_round:
 
 
 def first_window_start(plan: RoundPlan) -> float:
+    """Where the first participant's first split window starts (a group it holds whole, every
+    block under width windows or every unit under depth windows, says nothing of the shift)."""
     first = plan.participants[min(plan.participants)]
-    window = next(iter(first.groups.values()))
-    return float(window.start) if isinstance(window, Window) else float("nan")
+    windows = [w for w in first.groups.values() if isinstance(w, Window)]
+    split = [w for w in windows if w.length < w.size] or windows
+    return float(split[0].start) if split else float("nan")
 
 
 # What a round reports to Flower's Result.train_metrics_clientapp: the headline.
