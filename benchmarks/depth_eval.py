@@ -39,21 +39,22 @@ from msfusion_core.method.submodel import build_submodel
 from server_app.app import ServerData
 
 
-def ensemble_loss(models: list[torch.nn.Module], data, preprocess, batch_size: int = 16) -> float:
-    """Per-token (per-example) NLL of the mean of the models' predicted probabilities."""
+def ensemble_scores(models: list[torch.nn.Module], data, preprocess, batch_size: int = 16) -> tuple[float, float]:
+    """(per-token or per-example NLL, accuracy) of the mean of the models' predicted probabilities."""
     for m in models:
         m.eval()
-    total, count = 0.0, 0
+    total, correct, count = 0.0, 0.0, 0
     with torch.no_grad():
         for i in range(0, int(data.y.shape[0]), batch_size):
             x, y = preprocess(data.x[i : i + batch_size], False, None), data.y[i : i + batch_size]
             probs = torch.stack([F.softmax(logits_of(m(x)).float(), -1) for m in models]).mean(0)
             total += float(F.nll_loss(probs.clamp_min(1e-12).log().reshape(-1, probs.shape[-1]), y.reshape(-1), reduction="sum"))
+            correct += float((probs.argmax(-1) == y).sum())
             count += int(y.numel())
-    return total / count
+    return total / count, correct / count
 
 
-def rules(run_dir: Path) -> dict[str, float]:
+def rules(run_dir: Path) -> dict:
     settings = Settings.from_mapping(json.loads((run_dir / "config.json").read_text()))
     family, data = settings.family(), ServerData(settings)
     checkpoint = latest_checkpoint(run_dir)
@@ -73,21 +74,22 @@ def rules(run_dir: Path) -> dict[str, float]:
     sizes = {g: all_sizes[g] for g in all_sizes.depth}
     whole = {g: np.arange(k) for g, k in all_sizes.items() if g not in all_sizes.depth}
     windows = []
-    for start in range(max(sizes.values())):  # each window once (stacks of unequal depth cycle independently)
+    for start in range(max(sizes.values())):  # each start once, the same in every stack
         units = whole | {s: Window(start % n, window_length(capacity, n), n).indices() for s, n in sizes.items()}
         windows.append(slicer.extract(theta, units))
     shares = {s: np.full(n, window_length(capacity, n) / n) for s, n in sizes.items()}
     window_models = [model(w) for w in windows]
-    out = {
-        "round": checkpoint.server_round,
-        "expectation": evaluate(model(scale_inputs(theta, slicer, shares)), data.test, data.preprocess)[0],
-        "unscaled": evaluate(model(theta), data.test, data.preprocess)[0],
-        "window_mean": sum(evaluate(m, data.test, data.preprocess)[0] for m in window_models) / len(window_models),
-        "window_best": min(evaluate(m, data.test, data.preprocess)[0] for m in window_models),
-        "ensemble": ensemble_loss(window_models, data.test, data.preprocess),
+    per_window = [evaluate(m, data.test, data.preprocess) for m in window_models]
+    scores = {
+        "expectation": evaluate(model(scale_inputs(theta, slicer, shares)), data.test, data.preprocess),
+        "unscaled": evaluate(model(theta), data.test, data.preprocess),
+        "window_mean": tuple(sum(v) / len(per_window) for v in zip(*per_window)),
+        "window_best": min(per_window),
+        "ensemble": ensemble_scores(window_models, data.test, data.preprocess),
     }
-    if settings.dataset == "wikitext2":
-        out |= {f"{k}_perplexity": math.exp(v) for k, v in list(out.items()) if k != "round"}
+    out: dict = {"round": checkpoint.server_round}
+    for rule, (loss, accuracy) in scores.items():
+        out[rule] = {"loss": loss, "accuracy": accuracy} | ({"perplexity": math.exp(loss)} if settings.dataset == "wikitext2" else {})
     return out
 
 

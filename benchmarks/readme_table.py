@@ -42,6 +42,9 @@ ROWS = (
     Row("C1", "1/2", "C1/summary.json", "small-r0.5", "msfusion-shipped-r0.5", "full"),
     Row("[SST2L](docs/results.md#sst2l-pretrained-minilm-on-sst-2-run-to-flat-curves-issue-16-part-4): pretrained MiniLM on SST-2, "
         "8 nodes, 40 rounds (evaluated unscaled, as the SST-2 preset does)", "1/2", "SST2L/summary.json", "small", "msfusion-shipped-unscaled", "full"),
+    Row("[DC](docs/results.md#dc-depth-windows-on-cifar-10-c1s-protocol-issue-34--47-points-below-shallow-no-headroom): "
+        "depth windows, residual CNN on CIFAR-10, C1's protocol (`small` here is `shallow`, 2 of 4 blocks per stage; MSfusion is "
+        "`msfusion-depth`)", "1/2", "DC/summary.json", "shallow", "msfusion-depth", "full"),
     Row("[residual MLP](docs/results.md#does-more-training-make-the-model-worse-a-normalised-residual-stream), normalised stream, "
         "digits, 8 nodes, 2 seeds", "1/8", "residual_stream.json", "small", "msfusion", "full", "fedrolex"),
 )
