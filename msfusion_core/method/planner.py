@@ -25,6 +25,9 @@ window over the K − c units after the core, evenly spaced across participants 
 
 o = 1 is the width-r ``small`` model embedded in the full one (with the non-core units silenced at
 initialisation: msfusion_core.method.growth); o = 0 is pure double shifting.
+
+A depth group (a stack of ``Blocks``) is planned by the same rules, its units being blocks; how a
+participant's capacity is spent between blocks and width is ``depth_share`` (``axis_capacity``).
 """
 
 from __future__ import annotations
