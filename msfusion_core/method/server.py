@@ -136,8 +136,12 @@ class SubmodelServer:
 
     def expected_shapes(self, plan: ParticipantPlan) -> dict[str, tuple[int, ...]]:
         """The reply's parameters under the sub-model's own (local) keys, with their shapes."""
+        return {local: shape for local, (shape, _) in self._expected(plan).items()}
+
+    def _expected(self, plan: ParticipantPlan) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         units = plan.unit_indices()
-        return {local: self.slicer.sub_shape(k, self.state[k].shape, units) for k, local in self.slicer.held(self.param_keys, units).items()}
+        held = self.slicer.held(self.param_keys, units)
+        return {local: (self.slicer.sub_shape(k, self.state[k].shape, units), self.state[k].dtype) for k, local in held.items()}
 
     # -- replies ---------------------------------------------------------------------------
     def validate(self, plan: ParticipantPlan, reply: Reply) -> None:
@@ -146,10 +150,9 @@ class SubmodelServer:
             raise ReplyError(f"num-examples must be a positive integer, got {reply.num_examples!r}")
         if reply.metrics is not None:
             check_train_metrics(reply.metrics)
-        units = plan.unit_indices()
-        dtypes = {local: self.state[k].dtype for k, local in self.slicer.held(self.param_keys, units).items()}
+        expected = self._expected(plan)
         try:
-            check_arrays(reply.state, self.expected_shapes(plan), "reply", dtypes)
+            check_arrays(reply.state, {k: s for k, (s, _) in expected.items()}, "reply", {k: d for k, (_, d) in expected.items()})
         except ValueError as exc:
             raise ReplyError(str(exc)) from exc
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from msfusion_core.method.split_map import DimBinding, SplitMap, block_stacks, normalize_split_map
+from msfusion_core.method.split_map import DimBinding, SplitMap, block_key, block_stacks, normalize_split_map
 
 UnitIndices = Mapping[str, np.ndarray | torch.Tensor]  # group -> unit indices
 
@@ -42,10 +42,8 @@ class Slicer:
     def block_of(self, key: str) -> tuple[str, int, str] | None:
         """(stack, block index, name within the block) of a key inside a block stack, else None."""
         for stack in self.stacks:
-            if key.startswith(stack + "."):
-                index, _, rest = key[len(stack) + 1 :].partition(".")
-                if index.isdigit():
-                    return stack, int(index), rest
+            if (found := block_key(key, stack)) is not None:
+                return stack, *found
         return None
 
     def local_key(self, key: str, units: UnitIndices) -> str | None:

@@ -86,14 +86,22 @@ def normalize_split_map(split_map: SplitMap) -> dict[str, tuple[DimBinding | Non
     return {name: tuple(normalize_binding(b) for b in dims) for name, dims in split_map.items() if not isinstance(dims, Blocks)}
 
 
+def block_key(key: str, stack: str) -> tuple[int, str] | None:
+    """(block index, name within the block) of ``key`` if it is in a block of ``stack``, else None:
+    ``"model.layers.3.mlp.down_proj.weight"`` in ``"model.layers"`` is ``(3, "mlp.down_proj.weight")``."""
+    if not key.startswith(stack + "."):
+        return None
+    index, _, rest = key[len(stack) + 1 :].partition(".")
+    return (int(index), rest) if index.isdigit() else None
+
+
 def stack_blocks(shapes: Mapping[str, torch.Size | tuple[int, ...]], stack: str, blocks: Blocks) -> int:
     """L, the number of blocks of ``stack`` in ``shapes``; a ValueError naming the stack when its
     blocks are not of identical shape or lack a declared branch output."""
     per_block: dict[int, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
-        index, _, rest = key[len(stack) + 1 :].partition(".")
-        if key.startswith(stack + ".") and index.isdigit():
-            per_block.setdefault(int(index), {})[rest] = tuple(shape)
+        if (found := block_key(key, stack)) is not None:
+            per_block.setdefault(found[0], {})[found[1]] = tuple(shape)
     if not per_block:
         raise ValueError(f"split map declares blocks at {stack!r}, which holds no parameters of the model")
     if sorted(per_block) != list(range(len(per_block))):

@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from msfusion_core.method.split_map import tied_aliases
+from msfusion_core.method.split_map import block_key, tied_aliases
 
 # Size attributes that forward() reads (or that repr/consistency checks read), by leaf type.
 _SIZE_ATTRS: list[tuple[type, Callable[[nn.Module], dict[str, object]]]] = [
@@ -37,8 +37,7 @@ def _first_1d(module: nn.Module) -> int:
 
 def _keep_blocks(model: nn.Module, stack: str, state: Mapping[str, torch.Tensor]) -> None:
     """Cut the ModuleList/Sequential at ``stack`` to the blocks ``state`` holds (none: all)."""
-    indices = (k[len(stack) + 1 :].split(".", 1)[0] for k in state if k.startswith(stack + "."))
-    held = {int(i) for i in indices if i.isdigit()}
+    held = {found[0] for k in state if (found := block_key(k, stack)) is not None}
     blocks = model.get_submodule(stack)
     if not held or len(held) == len(blocks):
         return
