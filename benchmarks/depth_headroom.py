@@ -7,7 +7,8 @@ Each run trains DLM's decoder with ``layers`` layers in one process on WikiText-
 (16 sequences of 64 tokens a step, drawn with replacement, seed 0), with DLM's optimizer and lr,
 divided by 10 after 1/2 and 3/4 of the steps as DLM's rounds are. ``restart`` > 0 builds a fresh
 optimizer every ``restart`` steps, as each federated round does (DLM: 8 local steps); 0 keeps one.
-Test perplexity on the server's 400 sequences is taken at every quarter of the run.
+Test perplexity on the server's 400 sequences is taken at every quarter of the run. A run with
+a longer context (``seq_len``) takes as many tokens a step, in fewer sequences.
 
 Writes one ``docs/results/DLM/headroom/<name>.json`` per run (finished runs are skipped) and
 ``docs/results/DLM/headroom/table.md``.
@@ -19,6 +20,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,18 +35,31 @@ from msfusion_core.local.training import evaluate, logits_of, make_optimizer, st
 OUT = REPO / "docs" / "results" / "DLM" / "headroom"
 BATCH_SEED = 0
 
-# name: (layers, steps, restart). 2,400 steps of 16 sequences are about one epoch of the train split.
-RUNS: dict[str, tuple[int, int, int]] = {
-    "L2-800": (2, 800, 0),
-    "L8-800": (8, 800, 0),
-    "L2-800-restart8": (2, 800, 8),
-    "L8-800-restart8": (8, 800, 8),
-    "L1-2400": (1, 2400, 0),
-    "L2-2400": (2, 2400, 0),
-    "L4-2400": (4, 2400, 0),
-    "L8-2400": (8, 2400, 0),
-    "L2-4800": (2, 4800, 0),
-    "L8-4800": (8, 4800, 0),
+
+
+@dataclass(frozen=True)
+class Run:
+    layers: int
+    steps: int
+    restart: int = 0  # a fresh optimizer every `restart` steps; 0: one for the run
+    seq_len: int = 64
+
+
+# 2,400 steps of 16 sequences of 64 tokens are 0.69 of an epoch of the train split.
+RUNS: dict[str, Run] = {
+    "L2-800": Run(2, 800),
+    "L8-800": Run(8, 800),
+    "L2-800-restart8": Run(2, 800, restart=8),
+    "L8-800-restart8": Run(8, 800, restart=8),
+    "L1-2400": Run(1, 2400),
+    "L2-2400": Run(2, 2400),
+    "L4-2400": Run(4, 2400),
+    "L8-2400": Run(8, 2400),
+    "L2-4800": Run(2, 4800),
+    "L8-4800": Run(8, 4800),
+    # Does a longer context give depth more to do? The same tokens, 4 sequences of 256 a step.
+    "L2-4800-T256": Run(2, 4800, seq_len=256),
+    "L8-4800-T256": Run(8, 4800, seq_len=256),
 }
 
 
@@ -79,14 +94,14 @@ def train_central(settings: Settings, steps: int, restart: int) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     lines = [
-        "| run | layers | steps | epochs | optimizer | test perplexity by quarter | final | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | layers | context | steps | epochs | optimizer | test perplexity by quarter | final | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         opt = f"fresh every {r['restart']} steps" if r["restart"] else "one for the run"
         quarters = ", ".join(f"{c['test_perplexity']:.1f}" for c in r["curve"])
         lines.append(
-            f"| {name} | {r['layers']} | {r['steps']} | {r['epochs']:.2f} | {opt} | {quarters} | **{r['final_test_perplexity']:.1f}** | {r['curve'][-1]['seconds']:.0f} |"
+            f"| {name} | {r['layers']} | {r['seq_len']} | {r['steps']} | {r['epochs']:.2f} | {opt} | {quarters} | **{r['final_test_perplexity']:.1f}** | {r['curve'][-1]['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -100,14 +115,17 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     base = EXPERIMENTS["DLM"].setting
     for name in args.only or RUNS:
-        layers, steps, restart = RUNS[name]
+        run = RUNS[name]
         target = args.out / f"{name}.json"
         if target.exists():
             continue
-        print(f"{name}: {layers} layers, {steps} steps, optimizer restart {restart or 'never'}", flush=True)
-        settings = Settings.from_mapping(base | {"model-layers": layers})
-        result = {"layers": layers, "steps": steps, "restart": restart, "batch_size": settings.batch_size, "lr": settings.lr}
-        result |= train_central(settings, steps, restart)
+        print(f"{name}: {run}", flush=True)
+        tokens_per_step = base["batch-size"] * base["seq-len"]
+        settings = Settings.from_mapping(
+            base | {"model-layers": run.layers, "seq-len": run.seq_len, "batch-size": tokens_per_step // run.seq_len}
+        )
+        result = asdict(run) | {"batch_size": settings.batch_size, "lr": settings.lr}
+        result |= train_central(settings, run.steps, run.restart)
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         tmp.replace(target)
