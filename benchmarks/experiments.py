@@ -560,6 +560,8 @@ DLM_ARMS: dict[str, dict[str, Any]] = {
     # and FFN units), and their own small control.
     "msfusion-width": SHIPPED | {"contrastive-mu": 0.0},
     "small": METHODS["small"],
+    # The combined form: a window of 4 of the 8 layers, each at half its heads and FFN units.
+    "msfusion-combined": DEPTH | {"planner": "msfusion-combined"},
 }
 EXPERIMENTS["DLM"] = Experiment(
     "DLM",
@@ -570,7 +572,7 @@ EXPERIMENTS["DLM"] = Experiment(
     "as many layers; -o0/-o75: the overlap held at 0 and 0.75; -unscaled: θ evaluated as it is.",
     DLM_SETTING,
     ("full", "shallow", "msfusion-depth", "msfusion-depth-unscaled", "msfusion-depth-o0", "msfusion-depth-o75",
-     "msfusion-depth-mu1", "msfusion-depth-k1", "shallow-k1", "msfusion-depth-k4", "shallow-k4", "msfusion-width", "small"),
+     "msfusion-depth-mu1", "msfusion-depth-k1", "shallow-k1", "msfusion-depth-k4", "shallow-k4", "msfusion-width", "small", "msfusion-combined"),
     target=167.0,  # LM2's: a third of the unigram's test perplexity under this tokenizer
     num_supernodes=8,
     seeds=(0, 1, 2),
@@ -580,7 +582,7 @@ EXPERIMENTS["DLM"] = Experiment(
     small_of={
         "msfusion-depth": "shallow", "msfusion-depth-unscaled": "shallow", "msfusion-depth-o0": "shallow",
         "msfusion-depth-o75": "shallow", "msfusion-depth-mu1": "shallow", "msfusion-depth-k1": "shallow-k1",
-        "msfusion-depth-k4": "shallow-k4", "msfusion-width": "small",
+        "msfusion-depth-k4": "shallow-k4", "msfusion-width": "small", "msfusion-combined": "shallow",
     },
 )
 

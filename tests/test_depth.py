@@ -196,7 +196,9 @@ def test_width_planners_hold_every_block():
 
 def test_combined_windows_hold_a_window_of_blocks_each_at_reduced_width():
     fam = get_family("llama", num_classes=50, width=64, layers=4)  # 1 head of 64 per layer, 256 FFN units
-    server = SubmodelServer(fam.build, fam.split_map, msfusion_planner(depth_share=0.5), post_build=fam.post_build)
+    planner = make_planner("msfusion-combined")
+    assert planner.depth_share == msfusion_planner(depth_share=0.5).depth_share == 0.5 and planner.name == "msfusion-combined"
+    server = SubmodelServer(fam.build, fam.split_map, planner, post_build=fam.post_build)
     plan = server.plan_round(1, [(0, 0.25), (1, 0.25)])
     pp = plan.participants[0]
     blocks = pp.indices("model.layers")

@@ -147,7 +147,7 @@ def test_a_persistent_small_excess_does_not_wind_the_overlap_up(rho):
 
 def test_one_class_per_rule_chosen_by_name_and_the_form_by_the_schedule():
     assert set(SCHEDULES) == {"adaptive", "constant", "grow"}
-    assert set(PLANNERS) == {"msfusion", "msfusion-depth", "fedrolex", "heterofl", "fd", "full", "small", "shallow"}
+    assert set(PLANNERS) == {"msfusion", "msfusion-depth", "msfusion-combined", "fedrolex", "heterofl", "fd", "full", "small", "shallow"}
     assert type(make_planner("msfusion")) is SpreadPlanner and type(make_planner("msfusion").schedule) is AdaptiveOverlap
     assert type(make_planner("msfusion", schedule=make_schedule("grow"))) is CorePlanner is FORMS["core"]
     assert make_schedule("grow").current == 1.0 and make_schedule("constant", 0.3).current == 0.3
