@@ -27,14 +27,13 @@ import torch
 
 from benchmarks.experiments import EXPERIMENTS
 from benchmarks.flower_procs import REPO
-from msfusion_app.settings import Settings
+from msfusion_app.settings import LR_DECAY_FACTOR, Settings
 from msfusion_core.data import load_test
 from msfusion_core.data.text import wikitext_split
 from msfusion_core.local.training import evaluate, logits_of, make_optimizer, step_decay, token_loss
 
 OUT = REPO / "docs" / "results" / "DLM" / "headroom"
 BATCH_SEED = 0
-
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,10 @@ def train_central(settings: Settings, steps: int, restart: int) -> dict:
         if optimizer is None or (restart and (step - 1) % restart == 0):
             optimizer = make_optimizer(model, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * step_decay(step, steps, milestones, 0.1)
+            group["lr"] = cfg.lr * step_decay(step, steps, milestones, LR_DECAY_FACTOR)
         rows = torch.randint(0, int(train.x.shape[0]), (cfg.batch_size,), generator=draws)
         model.train()
-        loss = token_loss(logits_of(model(train.x[rows])), train.y[rows])
+        loss = token_loss(logits_of(model(cfg.preprocess(train.x[rows], True, None))), train.y[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
