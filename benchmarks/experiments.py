@@ -599,9 +599,19 @@ EXPERIMENTS["DC"] = Experiment(
     "per node and round, lr 0.05 divided by 10 after rounds 150 and 225, 300 rounds; r = 1/2: 2 of each stage's 4 "
     "blocks; central accuracy on the whole test split every 10 rounds.",
     DC_SETTING,
-    ("full", "shallow", "msfusion-depth"),
+    ("full", "shallow", "msfusion-depth", "msfusion-width-r0.75", "small-r0.75", "msfusion-combined-r0.75"),
     target=0.6,
     seeds=(0, 1, 2),
-    arms={"shallow": DLM_ARMS["shallow"], "msfusion-depth": DEPTH},
-    small_of={"msfusion-depth": "shallow"},
+    arms={
+        "shallow": DLM_ARMS["shallow"],
+        "msfusion-depth": DEPTH,
+        # At about shallow's FLOPs per participant (a conv's cost goes with the square of its width):
+        # width windows at r = 3/4 against the width-3/4 model trained by all, and the combined form
+        # at r = 3/4 (3 of each stage's 4 blocks, each at width 0.87).
+        "msfusion-width-r0.75": SHIPPED | {"contrastive-mu": 0.0, "split-ratio-tiers": "0.75"},
+        "small-r0.75": METHODS["small"] | {"split-ratio-tiers": "0.75"},
+        "msfusion-combined-r0.75": DEPTH | {"planner": "msfusion-combined", "split-ratio-tiers": "0.75"},
+    },
+    method_seeds={m: (0,) for m in ("msfusion-width-r0.75", "small-r0.75", "msfusion-combined-r0.75")},
+    small_of={"msfusion-depth": "shallow", "msfusion-width-r0.75": "small-r0.75", "msfusion-combined-r0.75": "shallow"},
 )
