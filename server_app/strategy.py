@@ -82,7 +82,8 @@ class MSfusion(Strategy):
     ----------
     build : callable returning the full-width ``nn.Module`` (re-run on the meta device for sub-models).
     split_map : the model's split map (``msfusion_core.method.split_map``).
-    planner : a planner name (msfusion, fedrolex, heterofl, fd, full, small) or a ``Planner``.
+    planner : a planner name (a key of ``msfusion_core.method.planner.PLANNERS``: msfusion,
+        msfusion-depth, msfusion-combined, the baselines, shallow) or a ``Planner``.
     fraction_train : fraction of known nodes sampled per round (at least ``min_train_nodes``).
     fraction_evaluate : fraction of nodes asked to evaluate their sub-model on local data (0: none).
     min_reply_fraction : a round in which fewer than this share of the sampled nodes (and fewer
