@@ -569,7 +569,8 @@ EXPERIMENTS["DLM"] = Experiment(
     "64, FFN 512, tied embedding) with 8 layers, 8 nodes with whole articles, r = 1/4 (2 of the 8 layers), 48 rounds of "
     "8 AdamW steps, lr 0.002 divided by 10 after rounds 24 and 36; perplexity on 400 sequences of the test and "
     "validation splits every 4 rounds. -k1/-k4: windows of 1 and 4 layers (r = 1/8, 1/2) against shallow models of "
-    "as many layers; -o0/-o75: the overlap held at 0 and 0.75; -unscaled: θ evaluated as it is.",
+    "as many layers; -o0/-o75: the overlap held at 0 and 0.75; -unscaled: θ evaluated as it is; msfusion-width and small: "
+    "every layer at a quarter width; msfusion-combined: windows of 4 layers, each at half width.",
     DLM_SETTING,
     ("full", "shallow", "msfusion-depth", "msfusion-depth-unscaled", "msfusion-depth-o0", "msfusion-depth-o75",
      "msfusion-depth-mu1", "msfusion-depth-k1", "shallow-k1", "msfusion-depth-k4", "shallow-k4", "msfusion-width", "small", "msfusion-combined"),
@@ -597,7 +598,8 @@ EXPERIMENTS["DC"] = Experiment(
     "Depth windows on CIFAR-10, C1's protocol: a residual CNN (stem 16, 4 residual blocks of 16 channels at 16x16, "
     "a 32-channel transition, 4 blocks of 32 channels at 8x8, GAP, fc), 10 nodes, Dirichlet 0.5, 250 fresh examples "
     "per node and round, lr 0.05 divided by 10 after rounds 150 and 225, 300 rounds; r = 1/2: 2 of each stage's 4 "
-    "blocks; central accuracy on the whole test split every 10 rounds.",
+    "blocks; central accuracy on the whole test split every 10 rounds. -r0.75: width windows, the width-3/4 small model "
+    "and the combined form (3 of 4 blocks, each at width 0.87) at r = 3/4, about shallow's FLOPs.",
     DC_SETTING,
     ("full", "shallow", "msfusion-depth", "msfusion-width-r0.75", "small-r0.75", "msfusion-combined-r0.75"),
     target=0.6,
