@@ -362,7 +362,7 @@ class DoubleShiftPlanner:
         blocks only (``msfusion-depth``); between, a window of blocks each at reduced width."""
         if not 0.0 <= depth_share <= 1.0:
             raise ValueError(f"depth_share must be in [0, 1], got {depth_share}")
-        self.name = {0.0: "msfusion", 0.5: "msfusion-combined", 1.0: "msfusion-depth"}.get(depth_share, f"msfusion-depth{depth_share:g}")
+        self.name = next((n for n, a in MSFUSION_FORMS.items() if a == depth_share), f"msfusion-depth{depth_share:g}")
         self.depth_share = depth_share
         self.schedule = schedule if schedule is not None else AdaptiveOverlap()
         self.seed = seed
@@ -571,10 +571,11 @@ class ShallowPlanner(SmallModelPlanner):
     depth_share = 1.0
 
 
+# MSfusion's named forms by ``depth_share``: width windows, r^(1/2) of the blocks each at width
+# r^(1/2), and windows of whole blocks.
+MSFUSION_FORMS: dict[str, float] = {"msfusion": 0.0, "msfusion-combined": 0.5, "msfusion-depth": 1.0}
 PLANNERS: dict[str, Any] = {
-    "msfusion": msfusion_planner,
-    "msfusion-depth": partial(msfusion_planner, depth_share=1.0),
-    "msfusion-combined": partial(msfusion_planner, depth_share=0.5),  # r^(1/2) of the blocks, each at width r^(1/2)
+    **{name: partial(msfusion_planner, depth_share=share) for name, share in MSFUSION_FORMS.items()},
     "fedrolex": FedRolexPlanner,
     "heterofl": HeteroFLPlanner,
     "fd": FederatedDropoutPlanner,
@@ -601,5 +602,5 @@ def make_planner(
         raise ValueError(f"unknown planner {name!r}; known: {', '.join(PLANNERS)}")
     msfusion = {"schedule": schedule, "core_capacity": small_capacity, "inclusion_scaling": inclusion_scaling, "contrastive_mu": contrastive_mu}
     small = {"capacity": small_capacity}
-    options = {"msfusion": msfusion, "msfusion-depth": msfusion, "msfusion-combined": msfusion, "small": small, "shallow": small}
+    options = dict.fromkeys(MSFUSION_FORMS, msfusion) | {"small": small, "shallow": small}
     return PLANNERS[name](seed=seed, **options.get(name, {}))
