@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.experiments import cifar_setting
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     REPO,
     VENV_BIN,
     flower_cleanup,

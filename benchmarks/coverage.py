@@ -14,7 +14,7 @@ import json
 
 import torch
 
-from benchmarks.flower_procs import REPO
+from msfusion.loopback import REPO
 from msfusion_core.method.coverage import TrainCounts
 from msfusion_core.models import get_family
 from msfusion_core.method.overlap import ConstantOverlap

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.experiments import EXPERIMENTS
-from benchmarks.flower_procs import REPO
+from msfusion.loopback import REPO
 from msfusion_app.settings import LR_DECAY_FACTOR, Settings
 from msfusion_core.data import load_test
 from msfusion_core.data.text import wikitext_split

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.experiments import EXPERIMENTS
-from benchmarks.flower_procs import REPO, read_jsonl
+from msfusion.loopback import REPO, read_jsonl
 from benchmarks.run import METRICS
 
 

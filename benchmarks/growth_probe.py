@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.flower_procs import REPO
+from msfusion.loopback import REPO
 from msfusion_app.runlog import latest_checkpoint
 from msfusion_app.settings import Settings
 from msfusion_core.data import TensorData, load_partition, load_test

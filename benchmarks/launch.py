@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.flower_procs import REPO, flower_cleanup, flower_env, newest_run, read_jsonl, run_cli
+from msfusion.loopback import REPO, flower_cleanup, flower_env, newest_run, read_jsonl, run_cli
 
 
 @dataclass(frozen=True)

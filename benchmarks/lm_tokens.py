@@ -19,7 +19,7 @@ import math
 import torch
 
 from benchmarks.experiments import EXPERIMENTS, METHODS
-from benchmarks.flower_procs import REPO
+from msfusion.loopback import REPO
 from msfusion_app.settings import Settings
 from msfusion_core.data.text import encode_lines, wikitext_lines, wikitext_vocab_size
 from msfusion_core.local.measure import count_flops, num_parameters

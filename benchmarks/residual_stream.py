@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from benchmarks.flower_procs import REPO
+from msfusion.loopback import REPO
 from msfusion_core.data import TensorData
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig, evaluate

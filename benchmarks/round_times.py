@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.flower_procs import REPO
+from msfusion.loopback import REPO
 from benchmarks.launch import flwr_run
 
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"

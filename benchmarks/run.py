@@ -2,7 +2,7 @@
 
     python -m benchmarks.run C1 [--methods msfusion-r0.25,small-r0.25] [--seeds 0,1] [--engine flwr]
 
-Runs go through the in-process runner by default (``server_app.local_grid``: the real Strategy and
+Runs go through the in-process runner by default (``msfusion.local_grid``: the real Strategy and
 ClientApp in this process, no Ray, no SuperLink); ``--engine flwr`` runs the same grid through
 `flwr run .` on a local simulation instead. Both write the same run directory.
 
@@ -38,7 +38,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from benchmarks.experiments import EXPERIMENTS, METHODS, Experiment, Variant  # noqa: E402
-from benchmarks.flower_procs import REPO, read_jsonl  # noqa: E402
+from msfusion.loopback import REPO, read_jsonl  # noqa: E402
 from benchmarks.launch import flwr_run, toml_value  # noqa: E402
 from msfusion_core.method.planner import FullPlanner, make_planner  # noqa: E402
 
@@ -70,7 +70,7 @@ def run_once(
         return RunOutcome(result.status, result.wall_seconds)
     if engine != "local":
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    from server_app.local_grid import run_local
+    from msfusion.local_grid import run_local
 
     started = time.perf_counter()
     try:

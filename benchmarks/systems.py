@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.experiments import EXPERIMENTS
-from benchmarks.flower_procs import REPO, read_jsonl
+from msfusion.loopback import REPO, read_jsonl
 from benchmarks.run import finished
 
 TIMES = {

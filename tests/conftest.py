@@ -1,7 +1,7 @@
 import sys
 from pathlib import Path
 
-# Tests import the repo's own helpers (benchmarks/: process management) and each other.
+# Tests import the repo and their own helpers (tests/).
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:

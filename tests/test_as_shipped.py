@@ -17,7 +17,7 @@ from msfusion_core.method.planner import make_planner
 from msfusion_core.method.submodel import build_submodel
 from msfusion_core.models import get_family
 from server_app.app import make_strategy, run
-from server_app.local_grid import LocalGrid
+from msfusion.local_grid import LocalGrid
 from server_app.strategy import MSfusion
 
 DIGITS = get_family("digits-cnn")

@@ -93,7 +93,7 @@ def test_sigterm_stops_the_runner_and_every_flower_process(tmp_path):
     import sys
     import time
 
-    from benchmarks.flower_procs import (
+    from msfusion.loopback import (
         REPO,
         cmdline,
         descendants,

@@ -17,7 +17,7 @@ from msfusion_core.models import get_family
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig
 from server_app.app import make_strategy, run
-from server_app.local_grid import LocalGrid, simulated_node_configs
+from msfusion.local_grid import LocalGrid, simulated_node_configs
 from server_app.strategy import MSfusion
 
 DIGITS = get_family("digits-cnn")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     REPO,
     flower_cleanup,
     flower_env,

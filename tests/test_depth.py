@@ -275,7 +275,7 @@ def test_depth_windows_run_through_the_app_at_shallows_cost(tmp_path):
     import json
     from pathlib import Path
 
-    from server_app.local_grid import run_local
+    from msfusion.local_grid import run_local
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
     config = {

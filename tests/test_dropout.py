@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     descendants,
     flower_cleanup,
     flower_env,

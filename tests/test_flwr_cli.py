@@ -2,12 +2,12 @@
 
 `flwr run . --stream` exits 0 even when the run fails, so the run's status is read back with
 `flwr ls --format json`. `flwr run .` spawns a detached local SuperLink (and its SuperExec): the
-test stops them by PID (tests/flower_procs.py) and checks that nothing of its FLWR_HOME is left.
+test stops them by PID (msfusion/loopback.py) and checks that nothing of its FLWR_HOME is left.
 """
 
 from __future__ import annotations
 
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     REPO,
     flower_cleanup,
     flower_env,

@@ -3,7 +3,7 @@
 import subprocess
 import tomllib
 
-from benchmarks.flower_procs import REPO, flower_env
+from msfusion.loopback import REPO, flower_env
 
 SCRIPT = REPO / "scripts" / "flwr_connection.sh"
 

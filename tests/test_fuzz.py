@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_app.local_grid import LocalGrid
+from msfusion.local_grid import LocalGrid
 
 from msfusion_app.settings import Settings
 from server_app.app import make_strategy

@@ -21,7 +21,7 @@ from msfusion_core.method.planner import CorePlanner, ParticipantPlan, SpreadPla
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes, model_shapes
 from server_app.app import make_strategy, run
-from server_app.local_grid import LocalGrid, run_local, simulated_node_configs
+from msfusion.local_grid import LocalGrid, run_local, simulated_node_configs
 from server_app.strategy import MSfusion, last_rounds_at_each_lr
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     LOOPBACK,
     REPO,
     flower_cleanup,

@@ -9,7 +9,7 @@ from msfusion_app.settings import Settings
 from msfusion_core.local.training import TrainConfig, step_decay
 from msfusion_core.models import get_family
 from server_app.app import make_strategy
-from server_app.local_grid import LocalGrid, simulated_node_configs
+from msfusion.local_grid import LocalGrid, simulated_node_configs
 from server_app.strategy import MSfusion
 
 

@@ -27,7 +27,7 @@ from msfusion_core.data.tensors import TensorData
 from msfusion_core.method import submodel
 from msfusion_core.models import get_family
 from server_app.app import run
-from server_app.local_grid import LocalGrid
+from msfusion.local_grid import LocalGrid
 
 DIGITS = {"model": "digits-cnn", "dataset": "digits", "partitioner": "iid"}
 

@@ -5,10 +5,10 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from benchmarks.flower_procs import flower_cleanup, flower_env, newest_run, run_cli
+from msfusion.loopback import flower_cleanup, flower_env, newest_run, run_cli
 from flwr.app import MessageType
 
-from server_app.local_grid import LocalGrid
+from recording_grid import RecordingGrid as LocalGrid
 
 APP = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_model"
 

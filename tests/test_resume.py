@@ -17,7 +17,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     REPO,
     flower_cleanup,
     flower_env,
@@ -81,7 +81,7 @@ def test_sigkill_after_round_two_then_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    from server_app.local_grid import LocalGrid
+    from msfusion.local_grid import LocalGrid
 
     from msfusion_app.settings import Settings
     from server_app.app import make_strategy, resume, run
@@ -130,7 +130,7 @@ def test_two_writers_never_share_a_run_directory(tmp_path):
 
 def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
     """A run killed after its initial evaluation resumes at Flower round 0, whose row is logged."""
-    from server_app.local_grid import LocalGrid
+    from msfusion.local_grid import LocalGrid
 
     from msfusion_app.settings import Settings
     from server_app.app import run
@@ -148,7 +148,7 @@ def test_resuming_from_the_round_zero_checkpoint_logs_round_zero_once(tmp_path):
 def test_a_damaged_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
     """The README promises the last complete round: a truncated newest checkpoint falls back to
     the one before it instead of failing with 'invalid header length'."""
-    from server_app.local_grid import LocalGrid
+    from msfusion.local_grid import LocalGrid
 
     from msfusion_app.settings import Settings
     from msfusion_app.runlog import latest_checkpoint
@@ -168,7 +168,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, capl
 
 
 def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
-    from server_app.local_grid import LocalGrid
+    from msfusion.local_grid import LocalGrid
 
     from msfusion import make_client_app
     from msfusion_app.settings import Settings
@@ -211,7 +211,7 @@ def test_resuming_with_another_run_length_recomputes_what_depends_on_it(tmp_path
     """The grow schedule's patience (a tenth of the run) and trial barriers come from the run's
     length: a run resumed with more rounds takes the new ones, and the state its checkpoint held."""
     from server_app.app import make_strategy, run
-    from server_app.local_grid import LocalGrid, simulated_node_configs
+    from msfusion.local_grid import LocalGrid, simulated_node_configs
 
     from msfusion_app.settings import Settings
 

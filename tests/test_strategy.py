@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from server_app.local_grid import LocalGrid
+from msfusion.local_grid import LocalGrid
 
 from msfusion_app.settings import Settings
 from msfusion_core.method.planner import ParticipantPlan

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from benchmarks.flower_procs import (
+from msfusion.loopback import (
     REPO,
     Proc,
     flower_cleanup,

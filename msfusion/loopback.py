@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks that run real Flower processes (`flwr run`, SuperLink, SuperNodes).
+"""Real Flower processes on loopback (`flwr run`, SuperLink, SuperNodes), started and stopped by PID.
 
 Rules these helpers keep: every address is loopback (127.0.0.1), every wait is bounded, and every
 process a test starts is stopped by its PID (SIGTERM, a bounded wait, then SIGKILL), including the

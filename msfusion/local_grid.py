@@ -5,7 +5,7 @@ another (torch uses all of the machine's cores for each), and every node keeps i
 (node config and persistent state) across rounds, as under Flower. It is what experiment grids and
 the tests use; ``tests/test_engines.py`` checks that it trains the same model as ``flwr run``.
 
-    from server_app.local_grid import run_local
+    from msfusion.local_grid import run_local
     run_local({"num-server-rounds": 3, "output-dir": "/tmp/runs", "run-name": "demo"}, num_nodes=10)
 """
 
@@ -35,10 +35,6 @@ class LocalGrid(Grid):
             for n, cfg in node_configs.items()
         }
         self.apps: dict[int, Callable[[Message, Context], Message]] = {n: app for n in node_configs}
-        # The latest message of each type sent to each node, for callers to inspect. Only the latest:
-        # every message holds a sub-model, and keeping all of them grew an LM2 run (8 nodes × 34 MB
-        # a round) to 22 GB by round 71, when the kernel's OOM killer ended it.
-        self.last_sent: dict[tuple[int, str], Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
@@ -47,7 +43,6 @@ class LocalGrid(Grid):
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            self.last_sent[node, msg.metadata.message_type] = msg
             replies.append(self.apps[node](msg, self.contexts[node]))
         return replies
 
