@@ -24,7 +24,7 @@ from logging import INFO
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
+from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
@@ -32,7 +32,6 @@ from client_app import footprint
 from msfusion_app import protocol
 from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.participant import Participant, PreviousSubmodel
-from msfusion_core.method.contrastive import check_mu
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 from msfusion_core.method.planner import ParticipantPlan, check_capacity
 
@@ -135,25 +134,18 @@ def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
     return app
 
 
-def with_server_settings(cfg: TrainConfig, settings: ConfigRecord) -> TrainConfig:
+def with_server_settings(cfg: TrainConfig, settings: protocol.RoundSettings) -> TrainConfig:
     """The node's training settings, with those the server decides for every node applied: μ, and
-    the round's learning-rate multiplier (``lr-factor``, the server's schedule)."""
-    if "contrastive-mu" in settings:
-        cfg = dataclasses.replace(cfg, mu=check_mu(settings["contrastive-mu"], "the server's contrastive-mu"))
-    if "lr-factor" in settings:
-        factor = settings["lr-factor"]
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
-            raise ValueError(f"the server sent lr-factor={factor!r}; expected a positive number")
-        cfg = dataclasses.replace(cfg, lr=cfg.lr * float(factor))
-    return cfg
+    the round's learning-rate multiplier (the server's schedule)."""
+    return dataclasses.replace(cfg, mu=settings.contrastive_mu, lr=cfg.lr * settings.lr_factor)
 
 
-def node_seed(node: NodeSetup, settings: ConfigRecord) -> int:
+def node_seed(node: NodeSetup, settings: protocol.RoundSettings) -> int:
     """The node's own seed if it set one, else one derived from the run's seed and its partition
     id, so that no two nodes draw the same batches."""
     if node.seed is not None:
         return node.seed
-    return int(np.random.SeedSequence([int(settings.get("run-seed", 0)), node.partition_id]).generate_state(1)[0])
+    return int(np.random.SeedSequence([settings.run_seed, node.partition_id]).generate_state(1)[0])
 
 
 def memory_budget(context: Context) -> float | None:
@@ -184,7 +176,7 @@ def node_capacity(context: Context, tiers: Sequence[float] = (0.5,)) -> float:
     return check_capacity(tiers[pid % len(tiers)], f"tier of partition {pid}")
 
 
-def read_message(msg: Message, part: Participant) -> tuple[ParticipantPlan, dict[str, torch.Tensor], int, ConfigRecord]:
+def read_message(msg: Message, part: Participant) -> tuple[ParticipantPlan, dict[str, torch.Tensor], int, protocol.RoundSettings]:
     """The plan (rebuilt and verified against this node's model), the received arrays (checked
     against it), the round, and the settings the server sent with the plan."""
     read = protocol.read_plan_message(msg.content)

@@ -13,8 +13,8 @@ from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.augment import as_float
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
-from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, GrowOverlap, make_schedule
-from msfusion_core.method.planner import PLANNER_NAMES, PLANNERS, Planner, make_planner, msfusion_planner
+from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, make_schedule
+from msfusion_core.method.planner import PLANNER_NAMES, PLANNERS, MSfusionPlanner, Planner, PlannerOptions, make_planner
 from msfusion_core.method.split_map import Binding, Blocks, SplitMap, layer_split_map, model_state
 from server_app.strategy import MSfusion
 
@@ -26,11 +26,12 @@ __all__ = [
     "Binding",
     "Blocks",
     "ConstantOverlap",
-    "GrowOverlap",
     "MSfusion",
+    "MSfusionPlanner",
     "NodeSetup",
     "Participant",
     "Planner",
+    "PlannerOptions",
     "SplitMap",
     "TensorData",
     "TrainConfig",
@@ -43,6 +44,5 @@ __all__ = [
     "make_schedule",
     "memory_budget",
     "model_state",
-    "msfusion_planner",
     "node_capacity",
 ]

@@ -2,7 +2,7 @@
 
     QUERY     server → node   {plan: {query: "capacity"}}
               node → server   {node: {partition-id, split-ratio}}
-    TRAIN     server → node   {arrays: the sub-model, plan: {server-round, plan (compact JSON), settings...}}
+    TRAIN     server → node   {arrays: the sub-model, plan: {server-round, plan (compact JSON)}, settings: RoundSettings}
               node → server   {arrays: the trained parameters, metrics: {num-examples, loss, flops, ...}}
     EVALUATE  server → node   as TRAIN
               node → server   {metrics: {loss, accuracy, num-examples}}
@@ -15,8 +15,9 @@ node in ``Participant.check_received``). Bytes are the tensors' payload, ``paylo
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from msfusion_core.local.measure import num_bytes as payload_bytes
+from msfusion_core.method.contrastive import check_mu
 from msfusion_core.method.planner import ParticipantPlan, check_capacity
 from msfusion_core.method.server import Reply, ReplyError
 
-ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY = "arrays", "plan", "metrics", "node"
+ARRAYS_KEY, PLAN_KEY, METRICS_KEY, NODE_KEY, SETTINGS_KEY = "arrays", "plan", "metrics", "node", "settings"
 
 __all__ = [
     "ARRAYS_KEY",
@@ -35,6 +37,8 @@ __all__ = [
     "NODE_KEY",
     "PLAN_KEY",
     "PlanMessage",
+    "RoundSettings",
+    "SETTINGS_KEY",
     "capacity_query",
     "read_capacity_query",
     "capacity_reply",
@@ -87,10 +91,38 @@ def read_capacity_reply(content: RecordDict, default_capacity: float, who: str) 
 
 
 # -- plans: TRAIN and EVALUATE -------------------------------------------------------------------
-def plan_message(arrays: ArrayRecord, plan: ParticipantPlan, server_round: int, settings: Mapping[str, Any]) -> RecordDict:
-    """A node's sub-model and its plan; ``settings`` are the run's per-round ones (μ, the run seed)."""
-    cfg = ConfigRecord(dict(settings) | {"server-round": int(server_round), "plan": json.dumps(plan.to_compact())})
-    return RecordDict({ARRAYS_KEY: arrays, PLAN_KEY: cfg})
+@dataclass(frozen=True)
+class RoundSettings:
+    """What the server decides for every node each round: MSfusion's contrastive weight μ, the run's
+    seed (nodes derive their own from it) and the learning-rate multiplier of the server's schedule.
+    One record, checked when it is made, on either side of the wire."""
+
+    contrastive_mu: float = 0.0
+    run_seed: int = 0
+    lr_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_mu(self.contrastive_mu, "the server's contrastive_mu")
+        if isinstance(self.run_seed, bool) or not isinstance(self.run_seed, int):
+            raise ValueError(f"the server's run_seed must be an integer, got {self.run_seed!r}")
+        factor = self.lr_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise ValueError(f"the server sent lr_factor={factor!r}; expected a positive number")
+
+    def record(self) -> ConfigRecord:
+        return ConfigRecord(asdict(self))
+
+    @classmethod
+    def read(cls, record: ConfigRecord) -> RoundSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
+
+def plan_message(arrays: ArrayRecord, plan: ParticipantPlan, server_round: int, settings: RoundSettings, extra: Mapping[str, Any] | None = None) -> RecordDict:
+    """A node's sub-model, its plan and the round's settings; ``extra``: a caller's own config
+    (Flower's ``train_config``), sent beside the plan."""
+    cfg = ConfigRecord(dict(extra or {}) | {"server-round": int(server_round), "plan": json.dumps(plan.to_compact())})
+    return RecordDict({ARRAYS_KEY: arrays, PLAN_KEY: cfg, SETTINGS_KEY: settings.record()})
 
 
 @dataclass(frozen=True)
@@ -98,7 +130,7 @@ class PlanMessage:
     compact_plan: dict[str, Any]  # to verify against the node's own model (Participant.read_plan)
     arrays: dict[str, torch.Tensor]
     server_round: int
-    settings: ConfigRecord  # everything the server sent with the plan
+    settings: RoundSettings
 
 
 def read_plan_message(content: RecordDict) -> PlanMessage:
@@ -111,7 +143,8 @@ def read_plan_message(content: RecordDict) -> PlanMessage:
         compact = json.loads(str(cfg["plan"]))
     except json.JSONDecodeError as exc:
         raise ValueError(f"plan is not valid JSON: {exc}") from exc
-    return PlanMessage(compact, decode_arrays(content.array_records[ARRAYS_KEY]), int(cfg["server-round"]), cfg)
+    settings = RoundSettings.read(content.config_records[SETTINGS_KEY]) if SETTINGS_KEY in content.config_records else RoundSettings()
+    return PlanMessage(compact, decode_arrays(content.array_records[ARRAYS_KEY]), int(cfg["server-round"]), settings)
 
 
 # -- replies -------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from msfusion_core.atomic import atomic_write, atomic_write_text
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, so no guard against a second writer
@@ -59,7 +61,7 @@ class RunLog:
                 f"run directory {str(self.dir)!r} already holds a run: choose another run-name, "
                 "or continue it with resume-from"
             )
-        _atomic_write(self.dir / "config.json", json.dumps(dict(config), indent=2, sort_keys=True))
+        atomic_write_text(self.dir / "config.json", json.dumps(dict(config), indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
 
     @classmethod
@@ -71,7 +73,7 @@ class RunLog:
         path = log.dir / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         log.rows = [r for r in rows if r.get("round", 0) <= server_round]
-        _atomic_write(path, "".join(json.dumps(r) + "\n" for r in log.rows))
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in log.rows))
         log._write_csv()
         (log.dir / FAILED_MARKER).unlink(missing_ok=True)
         return log
@@ -93,19 +95,20 @@ class RunLog:
         columns: list[str] = []
         for r in self.rows:
             columns += [k for k, v in r.items() if not isinstance(v, list) and k not in columns]
-        with open(self.dir / "metrics.csv.tmp", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(self.dir / "metrics.csv.tmp", self.dir / "metrics.csv")
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        atomic_write(self.dir / "metrics.csv", write)
 
     def save_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> Path:
         """The global model (safetensors) and the strategy state (JSON, written last), atomically."""
         path = self.dir / "checkpoints" / f"round-{server_round:04d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"round": str(server_round)})
-        os.replace(tmp, path)  # never leave a half-written checkpoint behind a crash
-        _atomic_write(path.with_suffix(".json"), json.dumps(dict(extra) | {"round": server_round}, indent=1))
+        _save_tensors(path, state, {"round": str(server_round)})
+        atomic_write_text(path.with_suffix(".json"), json.dumps(dict(extra) | {"round": server_round}, indent=1))
         for old in sorted((self.dir / "checkpoints").glob("round-*.safetensors"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
@@ -113,11 +116,7 @@ class RunLog:
 
     def save_model(self, state: Mapping[str, torch.Tensor]) -> Path:
         """The run's result, ``model.safetensors``: load it with ``model.load_state_dict``."""
-        path = self.dir / "model.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, path)
-        return path
+        return _save_tensors(self.dir / "model.safetensors", state)
 
     def plot(self) -> Path | None:
         """accuracy.png: central accuracy vs round and vs cumulative per-participant FLOPs."""
@@ -203,10 +202,8 @@ def _plain(value: Any) -> Any:
 def mark_failed(run_dir: Path, reason: str) -> None:
     """``run_dir/FAILED``, saying why the run failed (the folder is made if it is not there yet)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / FAILED_MARKER, reason.rstrip() + "\n")
+    atomic_write_text(run_dir / FAILED_MARKER, reason.rstrip() + "\n")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _save_tensors(path: Path, state: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    return atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from msfusion_core.data.tensors import DATASETS, check_tokenizer
 from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
-from msfusion_core.method.overlap import SCHEDULES, make_schedule
-from msfusion_core.method.planner import PLANNER_NAMES, Planner, check_capacity, make_planner
+from msfusion_core.method.overlap import SCHEDULES
+from msfusion_core.method.planner import PLANNER_NAMES, Planner, PlannerOptions, check_capacity, make_planner
 from msfusion_core.local.augment import Preprocess, preprocess_for
 from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
 from msfusion_core.method.contrastive import CONTRASTIVE_MU, check_mu
@@ -65,8 +66,8 @@ class Settings:
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
-    overlap_schedule: str = "adaptive"  # msfusion: adaptive (the abstract's) | constant | grow (starts as small, grows on validation plateaus: the core form)
-    overlap_start: float = 0.5  # o_0 of adaptive and constant (grow starts at 1)
+    overlap_schedule: str = "adaptive"  # msfusion: adaptive (the abstract's) | constant
+    overlap_start: float = 0.5  # o_0
     validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on (grow needs them); WikiText-2: validation sequences
     inclusion_scaling: bool = True  # msfusion: the evaluated model scales each unit's readers by its expected share of sub-models
     contrastive_mu: float = CONTRASTIVE_MU  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
@@ -167,8 +168,7 @@ class Settings:
             )
         self.lr_milestones()
         self.capacity_tiers()
-        if self.make_planner().needs_validation and self.validation_examples == 0:
-            raise ValueError(f"overlap-schedule {self.overlap_schedule!r} is driven by validation: set validation-examples > 0 (e.g. 2000), the train rows the server holds out to validate on")
+        self.make_planner()
 
     def capacity_tiers(self) -> list[float]:
         try:
@@ -198,14 +198,8 @@ class Settings:
         return tiers[partition_id % len(tiers)]
 
     def make_planner(self) -> Planner:
-        return make_planner(
-            self.planner,
-            schedule=make_schedule(self.overlap_schedule, self.overlap_start),
-            seed=self.seed,
-            small_capacity=min(self.capacity_tiers()),
-            inclusion_scaling=self.inclusion_scaling,
-            contrastive_mu=self.contrastive_mu,
-        )
+        options = PlannerOptions(self.seed, min(self.capacity_tiers()), self.overlap_schedule, self.overlap_start, self.inclusion_scaling)
+        return make_planner(self.planner, options)
 
     def family(self) -> ModelFamily:
         from msfusion_core.data import num_classes
@@ -238,4 +232,29 @@ class Settings:
         return self.device
 
     def to_mapping(self) -> dict[str, Any]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    # What may differ between a run and its resumption.
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"resume_from", "num_server_rounds", "output_dir", "run_name", "round_timeout"})
+
+    def differences(self, saved: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """Against a run's saved config: the settings it predates (accepted at their default) and
+        those that differ (each with both values)."""
+        now, default = self.to_mapping(), Settings().to_mapping()
+        resumable = {_key(name) for name in self.RESUMABLE}
+        added = [k for k in now if k not in saved and now[k] == default[k]]
+        changed = [f"{k} (was {saved.get(k)!r}, now {now[k]!r})" for k in now if k not in resumable and k not in added and saved.get(k) != now[k]]
+        return [f"{k} = {now[k]!r}" for k in added], changed
+
+    @classmethod
+    def run_dir_of(cls, config: Mapping[str, Any]) -> Path | None:
+        """Where a run whose settings are refused says so: ``output-dir/run-name``, when both are usable."""
+        out, name = config.get(_key("output_dir"), cls.output_dir), config.get(_key("run_name"))
+        if not (isinstance(out, str) and isinstance(name, str) and name):
+            return None
+        return Path(out) / name
+
+
+def _key(field_name: str) -> str:
+    """A field's run-config key: ``foo_bar`` is ``foo-bar``."""
+    return field_name.replace("_", "-")

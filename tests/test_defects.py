@@ -47,7 +47,7 @@ def test_the_run_fails_after_max_failed_rounds_naming_what_the_nodes_said(tmp_pa
     settings = Settings(num_server_rounds=6, output_dir=str(tmp_path), run_name="r")
     grid = LocalGrid(simulated_node_configs(2), settings.to_mapping(), app=make_client_app(broken_setup))
     strategy = make_strategy(settings)
-    strategy.max_failed_rounds = 2  # the strategy's own (3 in the app)
+    strategy.failures.max_failed_rounds = 2  # the strategy's own (3 in the app)
     with pytest.raises(RuntimeError, match=r"no valid reply for 2 rounds .*nodes said: ValueError: partition file is unreadable$"):
         run(grid, settings, strategy)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -56,17 +56,17 @@ def test_the_run_fails_after_max_failed_rounds_naming_what_the_nodes_said(tmp_pa
 
 def test_a_round_with_one_valid_reply_resets_the_failure_count():
     strategy = make_strategy(Settings())
-    strategy.max_failed_rounds = 2
+    strategy.failures.max_failed_rounds = 2
     grid = LocalGrid(simulated_node_configs(2), {"local-examples": 32})
     for t in (1, 2, 3):
-        msgs = list(strategy.configure_train(t, strategy.last_arrays, ConfigRecord(), grid))
+        msgs = list(strategy.configure_train(t, strategy.handed, ConfigRecord(), grid))
         replies = list(grid.send_and_receive(msgs))
         strategy.aggregate_train(t, replies if t == 2 else [])  # rounds 1 and 3 get nothing
-    assert strategy.failed_rounds == 1
+    assert strategy.failures.failed_rounds == 1
 
 
 def test_flower_wrapped_exceptions_are_unwrapped():
-    from server_app.strategy import _last_line
+    from server_app.nodes import last_line as _last_line
 
     assert _last_line("<class 'AttributeError'>:<''ResMLP' object has no attribute 'nohead''>") == "AttributeError: 'ResMLP' object has no attribute 'nohead'"
     assert _last_line("Traceback...\n  File x\nValueError: bad") == "ValueError: bad"
@@ -76,13 +76,13 @@ def test_flower_wrapped_exceptions_are_unwrapped():
 def test_bytes_are_the_tensor_payload_both_ways_and_a_full_node_receives_the_full_model():
     strategy = make_strategy(Settings(split_ratio_tiers="1.0,0.5"))
     grid = LocalGrid(simulated_node_configs(2), {"local-examples": 32, "split-ratio-tiers": "1.0,0.5"})
-    msgs = list(strategy.configure_train(1, strategy.last_arrays, ConfigRecord(), grid))
+    msgs = list(strategy.configure_train(1, strategy.handed, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(msgs))
     strategy.aggregate_train(1, replies)
     record = strategy.rounds[1]
     metrics = record.metrics  # the whole row (Flower gets the headline)
     full_node = record.plan.participants[0]
-    assert record.bytes_down[0] == num_bytes(strategy.core.download(full_node)) == strategy.full_model_bytes
+    assert record.bytes_down[0] == num_bytes(strategy.core.download(full_node)) == strategy.core.full_model_bytes
     sent_params = {k: v for k, v in strategy.core.download(full_node).items() if k in strategy.core.param_keys}
     up_full = num_bytes(json_free_state(replies[0]))
     assert up_full == num_bytes(sent_params)  # the same tensors up as down (parameters; buffers go down only)
@@ -111,26 +111,26 @@ def test_arrays_changed_by_a_wrapper_are_trained_from():
     msgs = list(strategy.configure_train(1, ArrayRecord(noised), ConfigRecord(), grid))
     sent = msgs[0].content.array_records["arrays"].to_torch_state_dict()
     assert all(torch.equal(sent[k], noised[k]) for k in sent)
-    same = strategy.last_arrays
+    same = strategy.handed
     strategy.aggregate_train(1, list(grid.send_and_receive(msgs)))
-    assert strategy.last_arrays is not same  # a new aggregate, which the next round takes as is
+    assert strategy.handed is not same  # a new aggregate, which the next round takes as is
 
 
 # -- 6b. the strategy's own API with its baselines ---------------------------------------------
 def test_small_takes_the_full_models_arrays_and_reports_the_full_models_bytes():
     full = make_strategy(Settings(planner="full"))
     small = MSfusion(DIGITS.build, DIGITS.split_map, planner="small", small_capacity=0.25)
-    small.load_global(DIGITS.build().state_dict())  # the pattern docs/own-model.md shows
+    small.core.load_state(DIGITS.build().state_dict())  # the pattern docs/own-model.md shows
     assert small.core.state["conv1.weight"].shape[0] == 8
-    assert small.full_model_bytes == full.full_model_bytes
+    assert small.core.full_model_bytes == full.core.full_model_bytes
     with pytest.raises(ValueError, match=r"expected shape .* \(the global model is a slice of the full one: pass the full-width model's arrays"):
-        small.load_global({k: v[:1] if v.ndim else v for k, v in DIGITS.build().state_dict().items()})
+        small.core.load_state({k: v[:1] if v.ndim else v for k, v in DIGITS.build().state_dict().items()})
 
 
 def test_the_server_decides_mu_and_nodes_without_a_seed_draw_different_batches():
-    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion").train_settings["contrastive-mu"] == 1.0  # the method's
-    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="fedrolex").train_settings["contrastive-mu"] == 0.0  # as published
-    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion", contrastive_mu=0.0).train_settings["contrastive-mu"] == 0.0
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion").contrastive_mu == 1.0  # the method's
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="fedrolex").contrastive_mu == 0.0  # as published
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="msfusion", contrastive_mu=0.0).contrastive_mu == 0.0
     seen = {}
 
     def setup(ctx: Context) -> NodeSetup:
@@ -141,15 +141,16 @@ def test_the_server_decides_mu_and_nodes_without_a_seed_draw_different_batches()
     app = make_client_app(setup)
 
     def recording(msg, ctx):
-        seen[ctx.node_config["partition-id"]] = msg.content.config_records["plan"]
+        if "settings" in msg.content.config_records:
+            seen[ctx.node_config["partition-id"]] = msg.content.config_records["settings"]
         return app(msg, ctx)
 
     strategy = MSfusion(DIGITS.build, DIGITS.split_map, planner="fedrolex", seed=7)
     grid = LocalGrid(simulated_node_configs(2), app=app)
     grid.apps = {n: recording for n in grid.apps}
-    msgs = list(strategy.configure_train(1, strategy.last_arrays, ConfigRecord(), grid))
+    msgs = list(strategy.configure_train(1, strategy.handed, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(msgs))
-    assert all(seen[p]["contrastive-mu"] == 0.0 and seen[p]["run-seed"] == 7 for p in (0, 1))
+    assert all(seen[p]["contrastive_mu"] == 0.0 and seen[p]["run_seed"] == 7 for p in (0, 1))
     # Same data, same sub-model, μ = 0 sent: only the derived seeds differ, and so do the updates.
     assert all(r.content.metric_records["metrics"]["contrastive-loss"] == 0.0 for r in replies)
     a, b = (json_free_state(r) for r in replies)
@@ -174,7 +175,7 @@ def test_bad_settings_are_named(config, message):
 
 
 def test_the_progress_line_leaves_out_what_a_round_does_not_have():
-    from server_app.strategy import progress_line
+    from server_app.report import progress_line
 
     figures = {"overlap": float("nan"), "rejected": 0, "failed": 1, "train-loss": 0.3}
     line = progress_line(4, {"accuracy": 0.5, "loss": float("nan")}, figures, 1.5)

@@ -12,7 +12,7 @@ from msfusion_core.local.augment import token_ids
 from msfusion_core.local.training import TrainConfig
 from msfusion_core.method.aggregate import Contribution, scatter_average
 from msfusion_core.method.overlap import ConstantOverlap
-from msfusion_core.method.planner import ParticipantPlan, make_planner, msfusion_planner
+from msfusion_core.method.planner import MSfusionPlanner, ParticipantPlan, make_planner
 from msfusion_core.method.server import Reply, SubmodelServer
 from msfusion_core.method.slicing import Slicer, map_previous
 from msfusion_core.method.split_map import Blocks, group_sizes, model_shapes, model_state
@@ -67,7 +67,7 @@ def linear_branches() -> dict[str, torch.Tensor]:
 
 def depth_plan(server_round: int, participants: int, capacity: float, overlap: float = 0.5):
     sizes = group_sizes(model_shapes(Residual()), SPLIT)
-    planner = msfusion_planner(ConstantOverlap(overlap), depth_share=1.0, contrastive_mu=0.0)
+    planner = MSfusionPlanner(ConstantOverlap(overlap), depth_share=1.0)
     return planner, planner.plan(server_round, [(n, capacity) for n in range(participants)], sizes), sizes
 
 
@@ -101,7 +101,7 @@ def test_windows_shift_across_participants_and_rounds():
 
 
 def test_a_submodel_holds_only_its_blocks_renumbered_in_order():
-    server = SubmodelServer(Residual, SPLIT, make_planner("msfusion-depth", contrastive_mu=0.0))
+    server = SubmodelServer(Residual, SPLIT, make_planner("msfusion-depth"))
     plan = server.plan_round(7, [(n, 0.25) for n in range(8)])
     for pp in plan.participants.values():
         held = sorted(pp.indices("blocks").tolist())
@@ -117,7 +117,7 @@ def test_a_submodel_holds_only_its_blocks_renumbered_in_order():
 
 
 def test_the_server_checks_a_reply_against_the_blocks_its_plan_holds():
-    server = SubmodelServer(Residual, SPLIT, make_planner("msfusion-depth", contrastive_mu=0.0))
+    server = SubmodelServer(Residual, SPLIT, make_planner("msfusion-depth"))
     plan = server.plan_round(1, [(0, 0.25), (1, 0.25)])
     reply = dict(server.download(plan.participants[0]))
     server.validate(plan.participants[0], Reply(0, reply, 10))
@@ -127,7 +127,7 @@ def test_the_server_checks_a_reply_against_the_blocks_its_plan_holds():
 
 
 def test_blocks_are_averaged_over_those_who_held_them_against_a_brute_force_reference():
-    server = SubmodelServer(Residual, SPLIT, make_planner("msfusion-depth", contrastive_mu=0.0))
+    server = SubmodelServer(Residual, SPLIT, make_planner("msfusion-depth"))
     before = {k: v.clone() for k, v in server.state.items()}
     plan = server.plan_round(3, [(n, 0.25) for n in range(3)])  # 3 windows of 2: some blocks held by nobody
     gen = torch.Generator().manual_seed(1)
@@ -162,7 +162,7 @@ def test_scatter_average_skips_contributions_without_the_tensor():
 
 @pytest.mark.parametrize("participants,capacity", [(8, 0.25), (4, 0.25), (8, 0.5)])
 def test_the_evaluated_model_is_the_mean_of_the_rounds_submodels_for_linear_branches(participants, capacity):
-    server = SubmodelServer(Residual, SPLIT, msfusion_planner(ConstantOverlap(0.0 if participants == 4 else 0.5), depth_share=1.0))
+    server = SubmodelServer(Residual, SPLIT, MSfusionPlanner(ConstantOverlap(0.0 if participants == 4 else 0.5), depth_share=1.0))
     server.load_state(linear_branches())
     plan = server.plan_round(5, [(n, capacity) for n in range(participants)])
     coverage = plan.coverage(server.group_sizes)["blocks"]
@@ -197,7 +197,7 @@ def test_width_planners_hold_every_block():
 def test_combined_windows_hold_a_window_of_blocks_each_at_reduced_width():
     fam = get_family("llama", num_classes=50, width=64, layers=4)  # 1 head of 64 per layer, 256 FFN units
     planner = make_planner("msfusion-combined")
-    assert planner.depth_share == msfusion_planner(depth_share=0.5).depth_share == 0.5 and planner.name == "msfusion-combined"
+    assert planner.depth_share == MSfusionPlanner(depth_share=0.5).depth_share == 0.5 and planner.name == "msfusion-combined"
     server = SubmodelServer(fam.build, fam.split_map, planner, post_build=fam.post_build)
     plan = server.plan_round(1, [(0, 0.25), (1, 0.25)])
     pp = plan.participants[0]
@@ -226,7 +226,7 @@ def test_llama_depth_round_trains_with_the_contrastive_term_across_shifting_wind
         replies = []
         for nid in (1, 2):
             update, previous[nid] = part.train(plan.participants[nid], server.download(plan.participants[nid]), data, cfg, previous=previous.get(nid), round_index=t - 1)
-            assert set(update.state) == set(server.expected_shapes(plan.participants[nid]))
+            assert set(update.state) == set(server.reply_spec(plan.participants[nid]))
             assert update.result.flops > 0
             replies.append(Reply(nid, update.state, update.result.num_examples))
         server.aggregate(plan, replies)
@@ -259,7 +259,7 @@ def test_a_block_declaration_that_does_not_fit_is_refused():
 
 def test_residual_cnn_windows_hold_k_blocks_of_each_stage():
     fam = get_family("rescnn", num_classes=10, width=8, layers=4)
-    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion-depth", contrastive_mu=0.0))
+    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion-depth"))
     assert {g: server.group_sizes[g] for g in server.group_sizes.depth} == {"stage1": 4, "stage2": 4}
     plan = server.plan_round(3, [(n, 0.5) for n in range(4)])
     for pp in plan.participants.values():
@@ -305,7 +305,7 @@ def test_at_full_capacity_depth_windows_are_fedavg_of_the_full_model():
     thetas = {}
     for name in ("full", "msfusion-depth"):
         torch.manual_seed(0)
-        server = SubmodelServer(Residual, SPLIT, make_planner(name, contrastive_mu=0.0))
+        server = SubmodelServer(Residual, SPLIT, make_planner(name))
         part = Participant(Residual, SPLIT, "head")
         for t in (1, 2):
             plan = server.plan_round(t, [(n, 1.0) for n in range(3)])

@@ -54,7 +54,7 @@ COUNTS = ("num-examples", "flops", "bytes-up", "bytes-down", "train-seconds", "b
 def test_fuzzed_replies_are_rejected_and_theta_is_unchanged(round_one, defects, data):
     strategy, _grid, msgs, replies = round_one
     strategy.rounds[1].rejected.clear()
-    strategy.failed_rounds = 0  # every example is one bad round, not the hundredth in a row
+    strategy.failures.failed_rounds = 0  # every example is one bad round, not the hundredth in a row
     before = {k: v.clone() for k, v in strategy.core.state.items()}
     which = data.draw(st.integers(0, len(replies) - 1))
     good = replies[which]
@@ -119,7 +119,7 @@ def test_a_reply_with_extra_metrics_is_accepted_and_one_without_loss_is_not(roun
     assert out["accepted"] == 0 and out["rejected"] == 1
     assert strategy.rounds[1].rejected[0][1] == "metrics lack 'loss'"
     assert all(torch.equal(strategy.core.state[k], v) for k, v in before.items())
-    strategy.failed_rounds = 0
+    strategy.failures.failed_rounds = 0
 
 
 @FUZZ

@@ -5,6 +5,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from client_app.client import with_server_settings
+from msfusion_app.protocol import RoundSettings
 from msfusion_app.settings import Settings
 from msfusion_core.local.training import TrainConfig, step_decay
 from msfusion_core.models import get_family
@@ -35,11 +36,11 @@ def test_bad_schedules_are_named(config, message):
 
 def test_nodes_apply_the_factor_the_server_sends():
     cfg = TrainConfig(lr=0.05)
-    assert with_server_settings(cfg, ConfigRecord({"lr-factor": 0.1})).lr == pytest.approx(0.005)
-    assert with_server_settings(cfg, ConfigRecord({})).lr == 0.05  # a server without a schedule
+    assert with_server_settings(cfg, RoundSettings.read(ConfigRecord({"lr_factor": 0.1}))).lr == pytest.approx(0.005)
+    assert with_server_settings(cfg, RoundSettings.read(ConfigRecord({}))).lr == 0.05  # a server without a schedule
     for bad in (0.0, -1.0, float("inf"), True):
-        with pytest.raises(ValueError, match="lr-factor"):
-            with_server_settings(cfg, ConfigRecord({"lr-factor": bad}))
+        with pytest.raises(ValueError, match="lr_factor"):
+            RoundSettings.read(ConfigRecord({"lr_factor": bad}))
 
 
 def test_the_strategy_sends_the_factor_of_each_round_and_nodes_train_with_it():
@@ -48,8 +49,8 @@ def test_the_strategy_sends_the_factor_of_each_round_and_nodes_train_with_it():
     grid = LocalGrid(simulated_node_configs(2), config)
     largest_change = {}
     for t in (5, 6):  # before and after the milestone at round 5
-        msgs = list(strategy.configure_train(t, strategy.last_arrays, ConfigRecord(), grid))
-        assert [m.content.config_records["plan"]["lr-factor"] for m in msgs] == pytest.approx([1.0 if t == 5 else 0.1] * 2)
+        msgs = list(strategy.configure_train(t, strategy.handed, ConfigRecord(), grid))
+        assert [m.content.config_records["settings"]["lr_factor"] for m in msgs] == pytest.approx([1.0 if t == 5 else 0.1] * 2)
         replies = list(grid.send_and_receive(msgs))
         sent = [m.content.array_records["arrays"].to_torch_state_dict() for m in msgs]
         got = [r.content.array_records["arrays"].to_torch_state_dict() for r in replies]

@@ -6,18 +6,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, GrowOverlap, make_schedule
-from msfusion_core.method.planner import (
-    FORMS,
-    PLANNERS,
-    CorePlanner,
-    ParticipantPlan,
-    SpreadPlanner,
-    Window,
-    make_planner,
-    plan_double_shift,
-    window_length,
-)
+from msfusion_core.method.overlap import SCHEDULES, AdaptiveOverlap, ConstantOverlap, make_schedule
+from msfusion_core.method.planner import PLANNERS, MSfusionPlanner, ParticipantPlan, Window, make_planner
+from msfusion_core.method.windows import plan_double_shift, window_length
 
 capacities = st.floats(min_value=0.01, max_value=1.0)
 sizes = st.integers(min_value=1, max_value=64)
@@ -57,7 +48,7 @@ def test_spread_one_covers_every_unit_when_pr_at_least_one(k, t, p, r):
     assert covered.min() >= 1
 
 
-@pytest.mark.parametrize("spread", [SpreadPlanner.spread_for(0.2, [0.5, 0.25, 0.5]), 0.0])  # 0: FedRolex's rule
+@pytest.mark.parametrize("spread", [MSfusionPlanner.spread_for(0.2, [0.5, 0.25, 0.5]), 0.0])  # 0: FedRolex's rule
 def test_equal_training_over_k_rounds(spread):
     k, parts = 12, [(3, 0.5), (7, 0.25), (9, 0.5)]
     counts = np.zeros(k, dtype=int)
@@ -101,8 +92,8 @@ def test_heterogeneous_capacities_and_heterofl_prefix():
 def test_overlap_sets_spread_and_coverage():
     gs = {"g": 40}
     parts = [(i, 0.5) for i in range(4)]
-    lo = make_planner("msfusion", schedule=ConstantOverlap(0.0)).plan(1, parts, gs)
-    hi = make_planner("msfusion", schedule=ConstantOverlap(0.8)).plan(1, parts, gs)
+    lo = MSfusionPlanner(ConstantOverlap(0.0)).plan(1, parts, gs)
+    hi = MSfusionPlanner(ConstantOverlap(0.8)).plan(1, parts, gs)
     assert lo.spread == 1.0 and hi.spread == pytest.approx(0.4)
     # More overlap → units shared by more participants, fewer units covered.
     assert min(lo.coverage(gs)["g"]) >= 1
@@ -112,7 +103,7 @@ def test_overlap_sets_spread_and_coverage():
 
 def test_adaptive_overlap_follows_model_shift():
     sched = AdaptiveOverlap(0.3)  # η = 0.2, ρ* = 1, λ = 0.2, o_max = 0.9
-    pl = make_planner("msfusion", schedule=sched)
+    pl = MSfusionPlanner(sched)
     pl.observe(1, 2.0)  # more disagreement than independent updates → more overlap
     assert sched.overlap(2) == pytest.approx(0.5)
     pl.observe(2, 0.1)  # less → less, and the leak pulls 0.2·(0.5 − 0.3) back toward o_0
@@ -145,16 +136,15 @@ def test_a_persistent_small_excess_does_not_wind_the_overlap_up(rho):
     assert leaky.overlap(161) == pytest.approx(0.5, abs=1e-6)
 
 
-def test_one_class_per_rule_chosen_by_name_and_the_form_by_the_schedule():
-    assert set(SCHEDULES) == {"adaptive", "constant", "grow"}
+def test_one_class_per_rule_chosen_by_name_and_every_planner_named_by_its_key():
+    assert set(SCHEDULES) == {"adaptive", "constant"}
     assert set(PLANNERS) == {"msfusion", "msfusion-depth", "msfusion-combined", "fedrolex", "heterofl", "fd", "full", "small", "shallow"}
-    assert type(make_planner("msfusion")) is SpreadPlanner and type(make_planner("msfusion").schedule) is AdaptiveOverlap
-    assert type(make_planner("msfusion", schedule=make_schedule("grow"))) is CorePlanner is FORMS["core"]
-    assert make_schedule("grow").current == 1.0 and make_schedule("constant", 0.3).current == 0.3
-    with pytest.raises(ValueError, match="overlap start must be in"):
+    assert all(make_planner(name).name == name for name in PLANNERS)
+    assert type(make_planner("msfusion")) is MSfusionPlanner and type(make_planner("msfusion").schedule) is AdaptiveOverlap
+    assert type(make_planner("msfusion", overlap_schedule="constant", overlap_start=0.3).schedule) is ConstantOverlap
+    assert make_schedule("constant", 0.3).current == 0.3
+    with pytest.raises(ValueError, match="overlap-start must be in"):
         ConstantOverlap(1.5)
-    with pytest.raises(ValueError, match="grow needs patience >= 1"):
-        GrowOverlap(patience=0)
 
 
 @given(t=st.integers(0, 30), name=st.sampled_from(["msfusion", "fedrolex", "heterofl", "fd"]), r=capacities)
@@ -190,9 +180,9 @@ def test_capacity_out_of_range(r):
 def test_empty_participants_and_unknown_planner():
     with pytest.raises(ValueError, match="empty participant list"):
         make_planner("msfusion").plan(1, [], {"g": 4})
-    with pytest.raises(ValueError, match="unknown planner 'fedsplit'"):
+    with pytest.raises(ValueError, match="planner must be one of msfusion, .*; got 'fedsplit'"):
         make_planner("fedsplit")
-    with pytest.raises(ValueError, match="unknown overlap schedule 'exponential'; known: adaptive, constant, grow"):
+    with pytest.raises(ValueError, match="overlap-schedule must be one of adaptive, constant; got 'exponential'"):
         make_schedule("exponential")
 
 
@@ -209,17 +199,15 @@ def test_per_group_offsets_train_every_conv_weight(r, num):
     assert per_group["train_count_cv"] < aligned["train_count_cv"] / 4
 
 
-@pytest.mark.parametrize("form", [SpreadPlanner, CorePlanner])  # core: a shared core + double-shifted remainder
 @settings(max_examples=25, deadline=None)
 @given(k_a=st.integers(2, 24), k_b=st.integers(2, 24), num=st.integers(1, 6), r=st.sampled_from([1.0, 0.5, 0.25, 0.125]))
 @example(k_a=18, k_b=24, num=1, r=0.125)  # CI's falsifying example under the old 3,000-round bound
-def test_over_enough_rounds_every_pair_of_units_is_co_trained(form, k_a, k_b, num, r):
-    planner = form(ConstantOverlap(0.5), seed=3)
+def test_over_enough_rounds_every_pair_of_units_is_co_trained(k_a, k_b, num, r):
+    planner = MSfusionPlanner(ConstantOverlap(0.5), seed=3)
     seen = np.zeros((k_a, k_b), dtype=bool)
     # Offsets are seeded per (round, group), so a pair is co-trained in a round with probability at
     # least 1/(k_a·k_b) (each window has a unit, landing on any position). Over this many rounds a
-    # pair is missed with probability under 1e-9/(k_a·k_b). A fixed 3,000 was too few: k_a = 18,
-    # k_b = 24, one participant at r = 1/8 (core form) needs 3,216 rounds.
+    # pair is missed with probability under 1e-9/(k_a·k_b).
     rounds = math.ceil(k_a * k_b * math.log(k_a * k_b * 1e9))
     for t in range(1, rounds + 1):
         for p in planner.plan(t, [(i, r) for i in range(num)], {"a": k_a, "b": k_b}).participants.values():

@@ -16,11 +16,12 @@ PINNED = [
     "Binding",
     "Blocks",
     "ConstantOverlap",
-    "GrowOverlap",
     "MSfusion",
+    "MSfusionPlanner",
     "NodeSetup",
     "Participant",
     "Planner",
+    "PlannerOptions",
     "SplitMap",
     "TensorData",
     "TrainConfig",
@@ -33,7 +34,6 @@ PINNED = [
     "make_schedule",
     "memory_budget",
     "model_state",
-    "msfusion_planner",
     "node_capacity",
 ]
 

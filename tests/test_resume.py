@@ -180,7 +180,7 @@ def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
     settings = Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r")
     grid = LocalGrid({1: {"partition-id": 0, "num-partitions": 1}}, app=make_client_app(no_node))
     strategy = make_strategy(settings)
-    strategy.max_failed_rounds = 1
+    strategy.failures.max_failed_rounds = 1
     with pytest.raises(RuntimeError, match="this node has no data"):
         run(grid, settings, strategy)
     assert "no valid reply for 1 round (up" in (tmp_path / "r" / "FAILED").read_text()
@@ -192,39 +192,29 @@ def test_a_failed_run_is_marked_and_leaves_no_lock(tmp_path):
 
 
 def test_a_schedule_checkpoints_its_state_not_its_configuration():
-    from msfusion_core.method.overlap import GrowOverlap
+    from msfusion_core.method.overlap import AdaptiveOverlap
 
-    grow = GrowOverlap(patience=2)
-    grow.set_run_length(100)
-    for t, loss in enumerate([1.0, 1.0, 1.0, 1.0], start=1):
-        grow.observe_validation(t, loss)
-    assert grow.current == 0.875  # a plateau: one step, on trial
-    saved = grow.state_dict()
-    assert not {"patience", "step", "trial_barriers", "start"} & set(saved), saved
-    again = GrowOverlap()
-    again.set_run_length(40)
+    schedule = AdaptiveOverlap(0.3)
+    schedule.observe_shift(2.0)
+    saved = schedule.state_dict()
+    assert saved == {"current": pytest.approx(0.5)}  # o_t; o_0 is configuration
+    again = AdaptiveOverlap(0.3)
     again.load_state_dict(saved)
-    assert again.state == grow.state and again.trial_barriers == (40,) and again.patience == 4
+    assert again.overlap(2) == schedule.overlap(2) and again.start == 0.3
 
 
-def test_resuming_with_another_run_length_recomputes_what_depends_on_it(tmp_path):
-    """The grow schedule's patience (a tenth of the run) and trial barriers come from the run's
-    length: a run resumed with more rounds takes the new ones, and the state its checkpoint held."""
+def test_a_run_resumed_with_more_rounds_continues_its_count(tmp_path):
     from server_app.app import make_strategy, run
     from msfusion.local_grid import LocalGrid, simulated_node_configs
 
     from msfusion_app.settings import Settings
 
-    base = {"overlap_schedule": "grow", "validation_examples": 50, "contrastive_mu": 0.0, "local_examples": 16}
+    base = {"contrastive_mu": 0.0, "local_examples": 16}
     grid = LocalGrid(simulated_node_configs(2), Settings(**base).to_mapping())
-    first = make_strategy(Settings(num_server_rounds=5, output_dir=str(tmp_path), run_name="r", **base))
-    run(grid, Settings(num_server_rounds=5, output_dir=str(tmp_path), run_name="r", **base), first)
-    assert (first.planner.schedule.patience, first.planner.schedule.trial_barriers) == (1, (5,))
-    saved = json.loads((tmp_path / "r" / "checkpoints" / "round-0005.json").read_text())
-    assert "patience" not in json.dumps(saved) and "trial_barriers" not in json.dumps(saved)
-    resumed = Settings(num_server_rounds=20, resume_from=str(tmp_path / "r"), **base)
+    run(grid, Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r", **base))
+    resumed = Settings(num_server_rounds=6, resume_from=str(tmp_path / "r"), **base)
     strategy = make_strategy(resumed)
     run(LocalGrid(simulated_node_configs(2), resumed.to_mapping()), resumed, strategy)
-    assert (strategy.planner.schedule.patience, strategy.planner.schedule.trial_barriers) == (2, (20,))
+    assert strategy.core.resumed_after == 3 and sorted(strategy.rounds) == [4, 5, 6]
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == list(range(21))
+    assert [r["round"] for r in rows] == list(range(7))

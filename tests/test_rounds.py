@@ -7,7 +7,7 @@ from msfusion_core.data import TensorData, load_partition, load_test
 from msfusion_core.models import get_family
 from msfusion_core.method.overlap import AdaptiveOverlap
 from msfusion_core.local.participant import Participant
-from msfusion_core.method.planner import make_planner
+from msfusion_core.method.planner import MSfusionPlanner, make_planner
 from msfusion_core.method.server import Reply, ReplyError, SubmodelServer
 from msfusion_core.local.training import TrainConfig, calibrate_batchnorm, evaluate
 
@@ -117,7 +117,7 @@ def test_adaptive_overlap_does_not_feed_on_its_own_coverage(agree, moves):
     between participants lowers it (more coverage)."""
     fam = get_family("digits-cnn")
     schedule = AdaptiveOverlap(0.5)
-    server = SubmodelServer(fam.build, fam.split_map, make_planner("msfusion", schedule=schedule))
+    server = SubmodelServer(fam.build, fam.split_map, MSfusionPlanner(schedule))
     nodes = [(100 + i, 0.5) for i in range(8)]
     gen = torch.Generator().manual_seed(0)
     for t in range(1, 11):

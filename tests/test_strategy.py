@@ -241,7 +241,7 @@ def test_nodes_joining_later_are_queried():
 def test_initial_arrays_must_fit():
     strategy = make_strategy(Settings())
     with pytest.raises(ValueError, match="do not fit the model"):
-        strategy.load_global({k: torch.zeros(1) for k in strategy.core.state})
+        strategy.core.load_state({k: torch.zeros(1) for k in strategy.core.state})
 
 
 def test_disconnected_nodes_are_forgotten_and_a_restarted_node_reclaims_its_partition():

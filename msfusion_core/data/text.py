@@ -30,6 +30,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from msfusion_core.atomic import atomic_write
 import numpy as np
 import torch
 
@@ -140,9 +141,7 @@ def bpe_tokenizer(data_path: str | None, vocab_size: int):
             vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
         )
         tok.train_from_iterator(wikitext_lines(data_path)["train"]["text"], trainer=trainer)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tok.save(str(tmp))
-        os.replace(tmp, cache)  # atomic: concurrent nodes never read a half-written file
+        atomic_write(cache, lambda tmp: tok.save(str(tmp)))  # concurrent nodes never read a half-written file
         return tok
 
     return _cached(("wikitext-bpe", str(folder), vocab_size), load)

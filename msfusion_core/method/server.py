@@ -14,15 +14,14 @@ from torch import nn
 from msfusion_core.method.aggregate import AggregateResult, Contribution, scatter_average
 from msfusion_core.method.checks import check_arrays
 from msfusion_core.method.coverage import TrainCounts
-from msfusion_core.method.growth import scale_inputs, silence_non_core_inputs
+from msfusion_core.method.inclusion import scale_inputs
 from msfusion_core.local.measure import num_bytes
 from msfusion_core.method.planner import ParticipantPlan, Planner, RoundPlan
 from msfusion_core.method.slicing import Slicer
-from msfusion_core.method.split_map import SplitMap, cross_unit_norms, group_sizes, model_shapes, model_state
+from msfusion_core.method.split_map import SplitMap, group_sizes, model_shapes, model_state
 from msfusion_core.method.submodel import build_submodel
 
 THETA_PREFIX = "resume/theta/"  # checkpoint keys of θ, the state training continues from
-BEFORE_STEP_PREFIX = "before-step/"  # checkpoint keys of θ from before a growth step on trial
 
 
 class ReplyError(ValueError):
@@ -65,21 +64,9 @@ def check_train_metrics(metrics: Mapping[str, Any]) -> None:
             raise ReplyError(f"metric {key!r} must be non-negative, got {value!r}")
 
 
-def check_core_form_fits(model: nn.Module, split_map: SplitMap, sizes: Mapping[str, int], core: Mapping[str, int]) -> None:
-    """The core form evaluates the small model while units outside the core are silenced; a layer
-    that normalises across a group's units still reads them, so refuse such a model up front."""
-    for layer, group in cross_unit_norms(model, split_map).items():
-        if core.get(group, sizes[group]) < sizes[group]:
-            raise ValueError(
-                f"the core form (overlap-schedule 'grow') cannot start as the small model here: layer {layer!r} "
-                f"({type(model.get_submodule(layer)).__name__}) normalises across the units of split group "
-                f"{group!r}, so units nobody trains would still change its output; use the spread form "
-                f"(overlap-schedule 'adaptive', the default, or 'constant'), or a split map that keeps {group!r} whole"
-            )
-
-
 class SubmodelServer:
-    """Holds θ (parameters and buffers); plans rounds; slices sub-models; validates and aggregates replies.
+    """The one owner of the global model: θ (parameters and buffers), the planner, the round's
+    plan, aggregation, the evaluated model and everything a checkpoint holds.
 
     Parameters travel both ways; buffers (BatchNorm running statistics) travel down only, since
     the static-BN policy recomputes them for whichever model is evaluated.
@@ -113,15 +100,11 @@ class SubmodelServer:
         if self.global_units is not None:
             state = self.slicer.extract(state, self.global_units)
             self.group_sizes = self.group_sizes.resized({g: len(i) for g, i in self.global_units.items()})
-        core = planner.initial_core(self.group_sizes)
-        if core is not None:
-            check_core_form_fits(model, split_map, self.group_sizes, core)
-            state = silence_non_core_inputs(state, self.slicer, self.group_sizes, core)
         self.state: dict[str, torch.Tensor] = state
         # θ's trained tensors (``shallow``'s global model keeps only its first blocks).
         self.param_keys = [k for k, _ in model.named_parameters() if k in state and k not in self.local_keys]
         self.last_plan: RoundPlan | None = None  # what θ was last trained under (the evaluated model's scaling)
-        self.before_step: dict[str, torch.Tensor] | None = None  # θ when a growth step on trial was taken
+        self.resumed_after = 0  # the run round a restored checkpoint ended (0: a fresh run)
         self.train_counts = TrainCounts(self.slicer, {k: tuple(self.state[k].shape) for k in self.param_keys})
 
     # -- planning and slicing -------------------------------------------------------------
@@ -134,11 +117,8 @@ class SubmodelServer:
         keys = [k for k in self.state if k not in self.local_keys]
         return self.slicer.extract(self.state, plan.unit_indices(), keys)
 
-    def expected_shapes(self, plan: ParticipantPlan) -> dict[str, tuple[int, ...]]:
-        """The reply's parameters under the sub-model's own (local) keys, with their shapes."""
-        return {local: shape for local, (shape, _) in self._expected(plan).items()}
-
-    def _expected(self, plan: ParticipantPlan) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def reply_spec(self, plan: ParticipantPlan) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The reply's parameters under the sub-model's own (local) keys, with their shapes and dtypes."""
         units = plan.unit_indices()
         held = self.slicer.held(self.param_keys, units)
         return {local: (self.slicer.sub_shape(k, self.state[k].shape, units), self.state[k].dtype) for k, local in held.items()}
@@ -150,7 +130,7 @@ class SubmodelServer:
             raise ReplyError(f"num-examples must be a positive integer, got {reply.num_examples!r}")
         if reply.metrics is not None:
             check_train_metrics(reply.metrics)
-        expected = self._expected(plan)
+        expected = self.reply_spec(plan)
         try:
             check_arrays(reply.state, {k: s for k, (s, _) in expected.items()}, "reply", {k: d for k, (_, d) in expected.items()})
         except ValueError as exc:
@@ -172,29 +152,6 @@ class SubmodelServer:
             self.planner.observe(plan.server_round, result.relative_shift)
         return result
 
-    def observe_validation(self, server_round: int, loss: float) -> bool:
-        """The global model's loss on the server's held-out split, for the planner's overlap rule.
-        A growth step keeps a copy of θ; undoing the step returns θ to it, so the evaluated model is
-        again the one every participant trains, as it was before the step. Returns whether θ
-        changed (a step undone), so that the caller evaluates the model the round ends with."""
-        event = self.planner.observe_validation(server_round, loss, self.group_sizes)
-        if event is None:
-            return False
-        if event.kind == "stepped":
-            self.before_step = {k: v.clone() for k, v in self.state.items()}
-            return False
-        undone = event.kind == "undone"
-        if undone:
-            if self.before_step is not None:
-                self.state = self.before_step
-            else:
-                self.state = silence_non_core_inputs(self.state, self.slicer, self.group_sizes, event.core)
-            if self.last_plan is not None:  # the evaluated model's scaling is that of the overlap returned to
-                participants = [(p.node_id, p.capacity) for p in self.last_plan.participants.values()]
-                self.last_plan = self.planner.plan(self.last_plan.server_round, participants, self.group_sizes)
-        self.before_step = None
-        return undone
-
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace θ (same keys and shapes: a clear error otherwise). When the global model keeps only
         some units (``small``), a full-width model's state is accepted too, and cut the same way."""
@@ -213,22 +170,31 @@ class SubmodelServer:
                 )
         self.state = {k: torch.as_tensor(state[k]).to(self.state[k].dtype).clone() for k in self.state}
 
-    # -- checkpoint state ------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything of the method's a resumed run needs as tensors, each under a prefix that
-        says what it is: θ, the per-coordinate train counts and, while a growth step is on trial,
-        θ from before it."""
-        theta = {THETA_PREFIX + k: v for k, v in self.state.items()}
-        before = {BEFORE_STEP_PREFIX + k: v for k, v in (self.before_step or {}).items()}
-        return theta | self.train_counts.state_dict() | before
+    def adopt(self, given: Mapping[str, torch.Tensor], handed: Mapping[str, torch.Tensor]) -> None:
+        """Train from ``given`` instead of the evaluated model ``handed`` out: a Flower wrapper
+        (server-side DP, say) may have changed it. Same keys and shapes: its change is applied to θ;
+        otherwise ``given`` is a model to train from (``load_state``)."""
+        if given.keys() == handed.keys() and all(torch.equal(given[k], t) for k, t in handed.items()):
+            return
+        if given.keys() != handed.keys() or any(given[k].shape != t.shape for k, t in handed.items()):
+            self.load_state(given)
+        else:
+            self.load_state({k: t + (given[k] - handed[k]).to(t.dtype) if k in handed else t for k, t in self.state.items()})
 
-    def load_state_tensors(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore what ``state_tensors`` saved (a checkpoint from before the θ prefix held θ under its own keys)."""
-        theta = {k[len(THETA_PREFIX):]: v for k, v in state.items() if k.startswith(THETA_PREFIX)}
-        self.load_state(theta or state)
-        self.train_counts.load_state_dict(state)
-        before = {k[len(BEFORE_STEP_PREFIX):]: v for k, v in state.items() if k.startswith(BEFORE_STEP_PREFIX)}
-        self.before_step = {k: torch.as_tensor(v).clone() for k, v in before.items()} or None
+    # -- checkpoint state ------------------------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What a resumed run needs: tensors (θ under ``THETA_PREFIX``, the per-coordinate train
+        counts) and plain data (the planner's state). Node sampling and client seeds are functions of
+        (seed, round), so no RNG state is saved."""
+        theta = {THETA_PREFIX + k: v for k, v in self.state.items()}
+        return theta | self.train_counts.state_dict(), {"planner": self.planner.state_dict()}
+
+    def restore(self, completed_round: int, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
+        """Continue after ``completed_round`` from what ``checkpoint_state`` saved."""
+        self.load_state({k[len(THETA_PREFIX):]: v for k, v in tensors.items() if k.startswith(THETA_PREFIX)})
+        self.train_counts.load_state_dict(tensors)
+        self.planner.load_state_dict(extra["planner"])
+        self.resumed_after = completed_round
 
     # -- the global model ------------------------------------------------------------------
     def global_model(self) -> nn.Module:

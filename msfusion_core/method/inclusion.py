@@ -1,13 +1,7 @@
-"""Function-preserving growth: a full-width model that computes exactly what its width-r core does.
+"""The evaluated model's inclusion scaling: every weight that reads a unit, multiplied by a factor.
 
-Under ``overlap-form = "core"`` training starts as the ``small`` model embedded in the full one:
-every participant trains the same first units of every group. For the evaluated full-width model to
-be that small model too, the units outside the core must not reach the output while nobody trains
-them. So every weight that reads from a non-core unit starts at zero (Net2Net-style growth). The
-non-core units keep their own initial weights; the readers learn once remainder windows reach them.
-Silencing is one case of scaling the readers of each unit by a factor (``scale_inputs``): the core
-form's inclusion scaling evaluates the model with each unit's readers scaled by its expected share
-of sub-models, which at o = 1 is exactly the silencing.
+MSfusion evaluates the expectation of its sub-models: each unit's readers are scaled by the unit's
+expected share of sub-models (dropout's weight-scaling rule).
 
 Which dimension reads: torch's Linear and Conv weights are [out, in, ...], so a bound dimension
 after the first of a tensor with two or more dimensions is an input (attention's output projection
@@ -54,11 +48,3 @@ def scale_inputs(state: Mapping[str, torch.Tensor], slicer: Slicer, factors: Map
         if scaled is not t:
             out[name] = scaled
     return out
-
-
-def silence_non_core_inputs(
-    state: Mapping[str, torch.Tensor], slicer: Slicer, group_sizes: Mapping[str, int], core: Mapping[str, int]
-) -> dict[str, torch.Tensor]:
-    """A copy of ``state`` in which every weight reading from units ``core[g]`` .. ``K_g − 1`` is zero."""
-    factors = {g: (np.arange(k) < core[g]).astype(np.float64) for g, k in group_sizes.items() if core[g] < k}
-    return scale_inputs(state, slicer, factors)
