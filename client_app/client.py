@@ -59,79 +59,81 @@ class NodeSetup:
 
 def make_client_app(setup: Callable[[Context], NodeSetup]) -> ClientApp:
     app = ClientApp()
-
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        """Tell the server this node's partition id and capacity: its ``split-ratio``, or, with a
-        memory budget, the largest capacity tier whose measured training fits it."""
-        try:
-            node = setup(context)
-            capacity = node.capacity
-            if node.memory_budget_mb is not None:
-                capacity, found = footprint.capacity_for_budget(
-                    setup, context.run_config, context.node_config, node.memory_budget_mb, cap=node.capacity,
-                    depth_share=protocol.read_capacity_query(msg.content),
-                )
-                log(INFO, "memory budget %g MB: capacity %g (%s)", node.memory_budget_mb, capacity, footprint.describe(found))
-        except (ValueError, KeyError, RuntimeError) as exc:
-            return error_reply(msg, exc)
-        return Message(protocol.capacity_reply(node.partition_id, capacity), reply_to=msg)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        started = time.perf_counter()
-        try:
-            node = setup(context)
-            plan, received, server_round, settings = read_message(msg, node.participant)
-            train_config = with_server_settings(node.train_config, settings)
-            seed = node_seed(node, settings)
-            data = node.train_data()
-        except (ValueError, KeyError) as exc:
-            return error_reply(msg, exc)
-        if 0 < node.examples_per_round < int(data.y.shape[0]):
-            rng = np.random.default_rng([seed, server_round, node.partition_id])
-            pick = torch.from_numpy(rng.permutation(int(data.y.shape[0]))[: node.examples_per_round])
-            data = TensorData(data.x[pick], data.y[pick])
-        update, keep = node.participant.train(
-            plan,
-            received,
-            data,
-            train_config,
-            previous=load_previous(context),
-            seed=seed * 100_003 + server_round,
-            round_index=server_round - 1,
-        )
-        save_previous(context, keep)
-        metrics = {
-            "num-examples": update.result.num_examples,
-            "loss": update.result.loss,
-            "ce-loss": update.result.ce_loss,
-            "contrastive-loss": update.result.contrastive_loss,
-            "flops": float(update.result.flops),
-            "bytes-down": update.bytes_down,
-            "bytes-up": update.bytes_up,
-            "train-seconds": update.result.seconds,
-            "build-seconds": time.perf_counter() - started - update.result.seconds,
-        }
-        return Message(protocol.train_reply(update.state, metrics), reply_to=msg)
-
-    @app.evaluate()
-    def evaluate_submodel(msg: Message, context: Context) -> Message:
-        """Evaluate the sub-model this node can hold (BN calibrated on its training data) on its test data."""
-        try:
-            node = setup(context)
-            _plan, received, _, _ = read_message(msg, node.participant)
-        except (ValueError, KeyError) as exc:
-            return error_reply(msg, exc)
-        model = node.participant.model(received)
-        preprocess = node.train_config.preprocess
-        if node.bn_calibration_batches:
-            calibrate_batchnorm(model, node.train_data(), preprocess, num_batches=node.bn_calibration_batches)
-        test = node.test_data()
-        loss, accuracy = evaluate(model, test, preprocess)
-        return Message(protocol.evaluate_reply(loss, accuracy, int(test.y.shape[0])), reply_to=msg)
-
+    app.query()(lambda msg, context: answer_query(setup, msg, context))
+    app.train()(lambda msg, context: train(setup, msg, context))
+    app.evaluate()(lambda msg, context: evaluate_submodel(setup, msg, context))
     return app
+
+
+def answer_query(setup: Callable[[Context], NodeSetup], msg: Message, context: Context) -> Message:
+    """Tell the server this node's partition id and capacity: its ``split-ratio``, or, with a
+    memory budget, the largest capacity tier whose measured training fits it."""
+    try:
+        node = setup(context)
+        capacity = node.capacity
+        if node.memory_budget_mb is not None:
+            capacity, found = footprint.capacity_for_budget(
+                setup, context.run_config, context.node_config, node.memory_budget_mb, cap=node.capacity,
+                depth_share=protocol.read_capacity_query(msg.content),
+            )
+            log(INFO, "memory budget %g MB: capacity %g (%s)", node.memory_budget_mb, capacity, footprint.describe(found))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        return error_reply(msg, exc)
+    return Message(protocol.capacity_reply(node.partition_id, capacity), reply_to=msg)
+
+
+def train(setup: Callable[[Context], NodeSetup], msg: Message, context: Context) -> Message:
+    """Train the received sub-model on this round's local examples; reply with its parameters."""
+    started = time.perf_counter()
+    try:
+        node = setup(context)
+        plan, received, server_round, settings = read_message(msg, node.participant)
+        train_config = with_server_settings(node.train_config, settings)
+        seed = node_seed(node, settings)
+        data = round_examples(node, node.train_data(), seed, server_round)
+    except (ValueError, KeyError) as exc:
+        return error_reply(msg, exc)
+    update, keep = node.participant.train(
+        plan, received, data, train_config, previous=load_previous(context), seed=seed * 100_003 + server_round, round_index=server_round - 1
+    )
+    save_previous(context, keep)
+    metrics = {
+        "num-examples": update.result.num_examples,
+        "loss": update.result.loss,
+        "ce-loss": update.result.ce_loss,
+        "contrastive-loss": update.result.contrastive_loss,
+        "flops": float(update.result.flops),
+        "bytes-down": update.bytes_down,
+        "bytes-up": update.bytes_up,
+        "train-seconds": update.result.seconds,
+        "build-seconds": time.perf_counter() - started - update.result.seconds,
+    }
+    return Message(protocol.train_reply(update.state, metrics), reply_to=msg)
+
+
+def round_examples(node: NodeSetup, data: TensorData, seed: int, server_round: int) -> TensorData:
+    """A fresh random subset of ``examples_per_round`` local examples, or all of them."""
+    if not 0 < node.examples_per_round < int(data.y.shape[0]):
+        return data
+    rng = np.random.default_rng([seed, server_round, node.partition_id])
+    pick = torch.from_numpy(rng.permutation(int(data.y.shape[0]))[: node.examples_per_round])
+    return TensorData(data.x[pick], data.y[pick])
+
+
+def evaluate_submodel(setup: Callable[[Context], NodeSetup], msg: Message, context: Context) -> Message:
+    """Evaluate the sub-model this node can hold (BN calibrated on its training data) on its test data."""
+    try:
+        node = setup(context)
+        _plan, received, _, _ = read_message(msg, node.participant)
+    except (ValueError, KeyError) as exc:
+        return error_reply(msg, exc)
+    model = node.participant.model(received)
+    preprocess = node.train_config.preprocess
+    if node.bn_calibration_batches:
+        calibrate_batchnorm(model, node.train_data(), preprocess, num_batches=node.bn_calibration_batches)
+    test = node.test_data()
+    loss, accuracy = evaluate(model, test, preprocess)
+    return Message(protocol.evaluate_reply(loss, accuracy, int(test.y.shape[0])), reply_to=msg)
 
 
 def with_server_settings(cfg: TrainConfig, settings: protocol.RoundSettings) -> TrainConfig:

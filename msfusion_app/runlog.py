@@ -118,7 +118,7 @@ class RunLog:
         """The run's result, ``model.safetensors``: load it with ``model.load_state_dict``."""
         return _save_tensors(self.dir / "model.safetensors", state)
 
-    def plot(self) -> Path | None:
+    def plot(self, title: str) -> Path | None:
         """accuracy.png: central accuracy vs round and vs cumulative per-participant FLOPs."""
         rows = [r for r in self.rows if isinstance(r.get("central-accuracy"), (int, float))]
         if not rows:
@@ -136,8 +136,7 @@ class RunLog:
             total += f if isinstance(f, (int, float)) and math.isfinite(f) else 0.0
             flops.append(total)
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        config = json.loads((self.dir / "config.json").read_text()) if (self.dir / "config.json").exists() else {}
-        fig.suptitle(f"{config.get('planner', '?')} on {config.get('dataset', '?')} ({config.get('model', '?')}): {self.dir.name}")
+        fig.suptitle(f"{title}: {self.dir.name}")
         ax1.xaxis.get_major_locator().set_params(integer=True)
         ax1.plot(rounds, acc, marker="o")
         ax1.set(xlabel="round", ylabel="central accuracy", title="accuracy vs round")

@@ -157,7 +157,7 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        check_mu(self.contrastive_mu)
+        check_mu(self.contrastive_mu, "contrastive-mu")
         if not 0.0 <= self.overlap_start <= 1.0:
             raise ValueError(f"overlap-start must be in [0, 1], got {self.overlap_start}")
         wanted = MODEL_DATASETS.get(self.model)

@@ -180,7 +180,7 @@ def run(grid: Grid, settings: Settings, strategy: MSfusion | None = None) -> Res
         fail(exc, runlog.dir, after_round=len(runlog.rows) - 1)
     finally:
         runlog.close()
-    runlog.plot()
+    runlog.plot(f"{settings.planner} on {settings.dataset} ({settings.model})")
     if len(result.arrays):
         runlog.save_model(result.arrays.to_torch_state_dict())
     log(INFO, "MSfusion run finished: %s (the model: model.safetensors)", runlog.dir.resolve())

@@ -114,6 +114,40 @@ def capture_input(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tens
 _FLOPS_PER_EXAMPLE: dict[tuple, float] = {}
 
 
+def _contrastive_step(model: nn.Module, frozen: list[nn.Module], opt: torch.optim.Optimizer, cfg: TrainConfig, zbox: dict, boxes: list[dict]):
+    """One optimiser step; returns the (total, ce, contrastive) losses, detached. ``zbox`` and
+    ``boxes`` capture the representation z of ``model`` and of the frozen models."""
+
+    def step(x: torch.Tensor, y: torch.Tensor, regularise: bool) -> torch.Tensor:
+        logits = logits_of(model(x))
+        ce = token_loss(logits, y)
+        con = torch.zeros((), device=ce.device)
+        if regularise:
+            with torch.no_grad():
+                for m in frozen:
+                    m(x)
+            z_prev = boxes[1]["z"] if len(boxes) > 1 else None
+            con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
+        total = ce + cfg.mu * con
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        return torch.stack([total, ce, con]).detach()
+
+    return step
+
+
+def _counted(step, key: tuple, x: torch.Tensor, y: torch.Tensor, regularise: bool) -> tuple[torch.Tensor, float]:
+    """``step``'s losses and its FLOPs, measured on the first step of each shape, once per process."""
+    if key not in _FLOPS_PER_EXAMPLE:
+        with FlopCounterMode(display=False) as counter:
+            losses = step(x, y, regularise)
+        _FLOPS_PER_EXAMPLE[key] = counter.get_total_flops() / x.shape[0]
+    else:
+        losses = step(x, y, regularise)
+    return losses, _FLOPS_PER_EXAMPLE[key] * x.shape[0]
+
+
 def train_submodel(
     model: nn.Module,
     data: TensorData,
@@ -134,45 +168,24 @@ def train_submodel(
     if n == 0:
         raise ValueError("cannot train on an empty partition")
     use_con = cfg.mu > 0 and global_model is not None
-    frozen = [global_model] if use_con else []  # frozen[0] is always the received model
-    if use_con and prev_model is not None:
-        frozen.append(prev_model)
+    frozen = [m for m in (global_model, prev_model) if m is not None] if use_con else []  # frozen[0]: the received model
     device = torch.device(cfg.device)
-    model.to(device)
+    for m in [model, *frozen]:
+        m.to(device).train()  # static BN: batch statistics, as in training
     for m in frozen:
-        m.to(device)
-        m.train()  # static BN: batch statistics, as in training
         m.requires_grad_(False)
-    model.train()
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    flops = 0.0
+    start, flops = time.perf_counter(), 0.0
     # total, ce: summed over batches; contrastive: over regularised batches. Kept on the training
     # device, so a batch adds no host sync.
     totals = torch.zeros(3, device=device)
-    batches = regularised = 0
     signature = shape_signature(model)  # the FLOP cache key's model part, fixed during training
-
-    def step(x: torch.Tensor, y: torch.Tensor, regularise: bool) -> torch.Tensor:
-        logits = logits_of(model(x))
-        ce = token_loss(logits, y)
-        con = torch.zeros((), device=ce.device)
-        if regularise:
-            with torch.no_grad():
-                for m in frozen:
-                    m(x)
-            z_prev = boxes[1]["z"] if len(boxes) > 1 else None
-            con = contrastive_loss(zbox["z"], boxes[0]["z"], z_prev, cfg.tau)
-        total = ce + cfg.mu * con
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return torch.stack([total, ce, con]).detach()
-
+    batches = regularised = 0
     with ExitStack() as stack:
         zbox = stack.enter_context(capture_input(model, representation_layer))
         boxes = [stack.enter_context(capture_input(m, representation_layer)) for m in frozen]
+        step = _contrastive_step(model, frozen, opt, cfg, zbox, boxes)
         per_epoch = -(-n // cfg.batch_size)
         for epoch in range(cfg.epochs):
             carries = regularised_batches(cfg.regularised_fraction, per_epoch, (round_index * cfg.epochs + epoch) * per_epoch).tolist()
@@ -187,15 +200,8 @@ def train_submodel(
                 x = cfg.preprocess(data.x[idx].to(device), True, gen)
                 y = data.y[idx].to(device)
                 regularise = bool(frozen) and carries[b]
-                terms = len(frozen) if regularise else None
-                key = (signature, tuple(x.shape), terms)
-                if key not in _FLOPS_PER_EXAMPLE:  # measure the first step of each shape, once
-                    with FlopCounterMode(display=False) as counter:
-                        losses = step(x, y, regularise)
-                    _FLOPS_PER_EXAMPLE[key] = counter.get_total_flops() / x.shape[0]
-                else:
-                    losses = step(x, y, regularise)
-                flops += _FLOPS_PER_EXAMPLE[key] * x.shape[0]
+                losses, step_flops = _counted(step, (signature, tuple(x.shape), len(frozen) if regularise else None), x, y, regularise)
+                flops += step_flops
                 totals += losses
                 batches += 1
                 regularised += regularise

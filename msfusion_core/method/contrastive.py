@@ -11,9 +11,9 @@ import torch.nn.functional as F
 CONTRASTIVE_MU = 1.0  # the method's contrastive weight μ (SPEC §4); the baselines train with 0
 
 
-def check_mu(mu: object, name: str = "contrastive-mu") -> float:
-    """μ as a float, or a ValueError naming ``name``: the one check wherever μ enters (a run
-    config, the strategy, a server's message, a TrainConfig)."""
+def check_mu(mu: object, name: str = "the contrastive weight μ") -> float:
+    """μ as a float, or a ValueError naming ``name``: the one rule wherever μ enters (a run
+    config, the strategy, a server's message)."""
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 <= mu < math.inf:
         raise ValueError(f"{name} must be a finite number >= 0, got {mu!r}")
     return float(mu)

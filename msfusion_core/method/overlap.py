@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
-def check_overlap(value: float, what: str = "overlap-start") -> float:
+def check_overlap(value: float, what: str = "o_0, the overlap start") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{what} must be in [0, 1], got {value!r}")
     return float(value)

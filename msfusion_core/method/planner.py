@@ -136,7 +136,7 @@ class BaselinePlanner:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed}
+        return {"name": self.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass

@@ -187,13 +187,13 @@ class SubmodelServer:
         counts) and plain data (the planner's state). Node sampling and client seeds are functions of
         (seed, round), so no RNG state is saved."""
         theta = {THETA_PREFIX + k: v for k, v in self.state.items()}
-        return theta | self.train_counts.state_dict(), {"planner": self.planner.state_dict()}
+        return theta | self.train_counts.state_dict(), {"planner_state": self.planner.state_dict()}
 
     def restore(self, completed_round: int, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
         """Continue after ``completed_round`` from what ``checkpoint_state`` saved."""
         self.load_state({k[len(THETA_PREFIX):]: v for k, v in tensors.items() if k.startswith(THETA_PREFIX)})
         self.train_counts.load_state_dict(tensors)
-        self.planner.load_state_dict(extra["planner"])
+        self.planner.load_state_dict(extra["planner_state"])
         self.resumed_after = completed_round
 
     # -- the global model ------------------------------------------------------------------
