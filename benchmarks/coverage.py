@@ -48,7 +48,8 @@ def plan_coverage(planner: str, r: float, num: int, rounds: int = 40, width: int
     counts = TrainCounts(Slicer(fam.split_map), conv)
     for t in range(1, rounds + 1):
         counts.add(PLANNERS[planner](t, [(i, r) for i in range(num)], sizes).values())
-    return {"never_trained_fraction": counts.never_trained_fraction(), "train_count_cv": counts.count_cv()}
+    never, cv = counts.summary()
+    return {"never_trained_fraction": never, "train_count_cv": cv}
 
 
 def main() -> None:

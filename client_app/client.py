@@ -74,7 +74,7 @@ def answer_query(setup: Callable[[Context], NodeSetup], msg: Message, context: C
         if node.memory_budget_mb is not None:
             capacity, found = footprint.capacity_for_budget(
                 setup, context.run_config, context.node_config, node.memory_budget_mb, cap=node.capacity,
-                depth_share=protocol.read_capacity_query(msg.content),
+                depth_share=protocol.read_capacity_query(msg.content), node=node,
             )
             log(INFO, "memory budget %g MB: capacity %g (%s)", node.memory_budget_mb, capacity, footprint.describe(found))
     except (ValueError, KeyError, RuntimeError) as exc:

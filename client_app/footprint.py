@@ -257,12 +257,13 @@ def capacity_for_budget(
     tiers: Sequence[float] = CAPACITY_TIERS,
     steps: int = MEASURED_STEPS,
     depth_share: float = 0.0,
+    node: Any = None,
 ) -> tuple[float, dict[float, Footprint | None]]:
     """The capacity this node's budget affords, and the footprints it measured (cached per setting
     in ``<cache-dir>/footprints.json``). Tiers are measured from the smallest up, stopping at the
     first that does not fit, so a capped node never tries what is far beyond it. ``depth_share``:
     the server's planner's (sent with the capacity query), so the sub-models measured are those
-    the node will train."""
+    the node will train. ``node``: the node's ``NodeSetup``, where the caller has it."""
     if callable(setup) and "<" in getattr(setup, "__qualname__", "<"):
         raise ValueError(
             f"{MEMORY_BUDGET_KEY} needs a module-level setup function (the measurement imports it by name in a child "
@@ -277,11 +278,12 @@ def capacity_for_budget(
     primed = False
     tiers = sorted(t for t in tiers if t <= cap)
     # A parent handed a setup's name (the command line) stays light: the setup runs in a child.
-    keys = (
-        tier_keys(setup, run_config, node_config, tiers, steps, depth_share)
-        if callable(setup)
-        else in_child(tier_keys, setup, dict(run_config), dict(node_config), tiers, steps, depth_share)
-    )
+    if node is not None:  # the caller's own setup of this node: not run again
+        keys = {r: footprint_key(node, node_config, r, steps, depth_share) for r in tiers}
+    elif callable(setup):
+        keys = tier_keys(setup, run_config, node_config, tiers, steps, depth_share)
+    else:
+        keys = in_child(tier_keys, setup, dict(run_config), dict(node_config), tiers, steps, depth_share)
     for r in tiers:
         key = keys[r]
         if key not in cache and not primed and node_config.get(CACHE_DIR_KEY):

@@ -45,10 +45,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
     """Environment for Flower subprocesses: offline, private FLWR_HOME, the venv's bin first on PATH.
 

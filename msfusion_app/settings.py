@@ -192,11 +192,6 @@ class Settings:
         """The multiplier of every node's lr in round ``run_round`` (the server sends it with each plan)."""
         return step_decay(run_round, self.num_server_rounds, self.lr_milestones(), LR_DECAY_FACTOR)
 
-    def capacity_for(self, partition_id: int) -> float:
-        """The simulated capacity of a partition: tiers cycled over partition ids."""
-        tiers = self.capacity_tiers()
-        return tiers[partition_id % len(tiers)]
-
     def make_planner(self) -> Planner:
         options = PlannerOptions(self.seed, min(self.capacity_tiers()), self.overlap_schedule, self.overlap_start, self.inclusion_scaling)
         return make_planner(self.planner, options)

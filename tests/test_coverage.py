@@ -31,17 +31,17 @@ def plan(node: int, start: int, length: int) -> ParticipantPlan:
 
 def test_never_trained_fraction_and_cv_by_hand():
     c = counts()
-    assert c.never_trained_fraction() == 1.0 and math.isnan(c.count_cv())
+    assert c.summary()[0] == 1.0 and math.isnan(c.summary()[1])
     # Unit 0 and unit 1 of h: rows 0-1 of a (4 of its 8 weights), columns 0-1 of b (2 of 4).
     c.add([plan(0, 0, 2)])
-    assert c.never_trained_fraction() == pytest.approx(6 / 12)
+    assert c.summary()[0] == pytest.approx(6 / 12)
     # A window that wraps (units 3, 0): unit 3 is new, unit 0 is trained twice.
     c.add([plan(1, 3, 2)])
     assert c.counts["a.weight"][:, 0].tolist() == [2, 1, 0, 1]
     assert c.counts["b.weight"][0].tolist() == [2, 1, 0, 1]
-    assert c.never_trained_fraction() == pytest.approx(3 / 12)
+    assert c.summary()[0] == pytest.approx(3 / 12)
     flat = np.array([2, 2, 1, 1, 0, 0, 1, 1, 2, 1, 0, 1], dtype=float)
-    assert c.count_cv() == pytest.approx(flat.std() / flat.mean())
+    assert c.summary()[1] == pytest.approx(flat.std() / flat.mean())
 
 
 def test_whole_tensors_count_once_per_submodel_and_counts_resume():

@@ -84,7 +84,7 @@ def test_ray_simulation_four_nodes_three_rounds(tmp_path, monkeypatch):
     assert len(received) == 12
     for item in received:
         plan = part.read_plan(json.loads(item["plan"]))
-        assert plan.capacity == settings.capacity_for(item["node"])
+        assert plan.capacity == settings.capacity_tiers()[item["node"] % len(settings.capacity_tiers())]
         for key, shape in part.full_shapes.items():
             assert tuple(item["shapes"][key]) == part.slicer.sub_shape(key, shape, plan.unit_indices())
 

@@ -3,9 +3,9 @@
 The server knows every plan, so it can count, per coordinate, the applied replies whose sub-model
 contained it. Two summaries matter (the C1 benchmark logs both every round):
 
-* ``never_trained_fraction``: coordinates no sub-model has contained so far; the evaluated
+* the never-trained fraction: coordinates no sub-model has contained so far; the evaluated
   full-width model keeps them at their initial values.
-* ``count_cv``: the coefficient of variation (sd / mean) of the per-coordinate counts; 0 when
+* the count CV: the coefficient of variation (sd / mean) of the per-coordinate counts; 0 when
   every coordinate is trained equally often.
 """
 
@@ -53,12 +53,6 @@ class TrainCounts:
         mean = total / n
         cv = math.sqrt(max(squares / n - mean * mean, 0.0)) / mean if mean > 0 else float("nan")
         return zeros / n, cv
-
-    def never_trained_fraction(self) -> float:
-        return self.summary()[0]
-
-    def count_cv(self) -> float:
-        return self.summary()[1]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {COUNT_PREFIX + k: c for k, c in self.counts.items()}

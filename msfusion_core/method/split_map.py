@@ -33,7 +33,7 @@ class Blocks:
     one unit per block. ``branch_outputs`` name, within a block, the tensors that end its residual
     branch (attention's and the FFN's output projections; a conv branch's last BatchNorm weight and
     bias): scaling them by p scales f by p, which is how the evaluated model takes a block's
-    expected share of sub-models (``growth.scale_inputs``)."""
+    expected share of sub-models (``inclusion.scale_inputs``)."""
 
     branch_outputs: tuple[str, ...]
 
@@ -221,23 +221,3 @@ def layer_split_map(model: nn.Module, layers: Mapping[str, tuple[Binding, Bindin
 # affine-only norms are per unit and are not listed; a class named *LayerNorm or *RMSNorm (Hugging
 # Face's LlamaRMSNorm, say) is taken to normalise across its last dimension too.
 _CROSS_UNIT_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-
-
-def cross_unit_norms(model: nn.Module, split_map: SplitMap) -> dict[str, str]:
-    """{layer name: group} for every normalisation layer whose statistics span a split group's units.
-
-    Under such a layer, a unit nobody trains still shifts every other unit's output through the
-    mean and variance, so silencing its readers does not take it out of the model."""
-    bound = normalize_split_map(split_map)
-    found: dict[str, str] = {}
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if not (isinstance(module, _CROSS_UNIT_NORMS) or kind.endswith(("LayerNorm", "RMSNorm"))):
-            continue
-        for pname, _ in module.named_parameters(recurse=False):
-            dims = bound.get(f"{name}.{pname}" if name else pname, ())
-            group = next((b.group for b in dims if b is not None), None)
-            if group is not None:
-                found[name] = group
-                break
-    return found
