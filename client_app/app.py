@@ -13,7 +13,7 @@ from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import Context
+from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 
 from client_app import footprint
@@ -53,14 +53,14 @@ def setup_from_run_config(context: Context) -> NodeSetup:
     def load() -> TensorData:
         return load_partition(
             settings.dataset, path, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len,
-            holdout=settings.validation_examples, tokenizer=settings.tokenizer,
+            tokenizer=settings.tokenizer,
         )
 
     def train_data() -> TensorData:
         if not cache:
             return load()
         parts = (settings.dataset, settings.partitioner, num, pid, settings.dirichlet_alpha, settings.seed, settings.seq_len)
-        key = (*parts, settings.validation_examples, settings.tokenizer, data_identity(path))
+        key = (*parts, settings.tokenizer, node_data_identity(context, path))
         return cached_tensors(Path(str(cache)).expanduser() / "partitions", key, load)
 
     def test_data() -> TensorData:
@@ -82,6 +82,20 @@ def setup_from_run_config(context: Context) -> NodeSetup:
         bn_calibration_batches=8 if has_batchnorm else 0,
         memory_budget_mb=budget,
     )
+
+
+IDENTITY_KEY = "msfusion-data-identity"
+
+
+def node_data_identity(context: Context, path: str | None) -> list:
+    """``data_identity(path)``, walked once per node and run: kept in the node's Flower state, which
+    outlives the fresh ClientApp process a SuperNode starts for every message."""
+    record = context.state.config_records.get(IDENTITY_KEY)
+    if record is not None and record.get("path") == str(path):
+        return json.loads(str(record["identity"]))
+    identity = data_identity(path)
+    context.state[IDENTITY_KEY] = ConfigRecord({"path": str(path), "identity": json.dumps(identity)})
+    return identity
 
 
 def data_identity(path: str | None) -> list:

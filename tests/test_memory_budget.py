@@ -174,6 +174,14 @@ def test_the_partition_cache_goes_stale_when_the_data_changes(tmp_path):
     assert client.data_identity(str(tmp_path)) != before
 
 
+def test_a_node_walks_its_data_folder_once(tmp_path, monkeypatch):
+    (tmp_path / "train.txt").write_text("a b c")
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    first = client.node_data_identity(context, str(tmp_path))
+    monkeypatch.setattr(client, "data_identity", lambda path: pytest.fail("walked again"))
+    assert client.node_data_identity(context, str(tmp_path)) == first == json.loads(json.dumps(first))
+
+
 def test_rotary_buffers_come_from_a_build_that_holds_no_weights():
     family = get_family("llama", num_classes=300, width=64, layers=2)
     submodel._nonpersistent_buffers.cache_clear()
