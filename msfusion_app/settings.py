@@ -68,7 +68,6 @@ class Settings:
     split_ratio_tiers: str = "0.5"  # capacities by partition id (cycled); a node's `split-ratio` wins
     overlap_schedule: str = "adaptive"  # msfusion: adaptive (the abstract's) | constant
     overlap_start: float = 0.5  # o_0
-    validation_examples: int = 0  # train rows the server holds out (no node trains on them) to validate on (grow needs them); WikiText-2: validation sequences
     inclusion_scaling: bool = True  # msfusion: the evaluated model scales each unit's readers by its expected share of sub-models
     contrastive_mu: float = CONTRASTIVE_MU  # msfusion's contrastive (MOON) weight; 0 saves its frozen forwards. Baselines train without it
     local_epochs: int = 1
@@ -104,6 +103,17 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        self._check_choices()
+        self._check_ranges()
+        check_mu(self.contrastive_mu, "contrastive-mu")
+        if not 0.0 <= self.overlap_start <= 1.0:
+            raise ValueError(f"overlap-start must be in [0, 1], got {self.overlap_start}")
+        self.lr_milestones()
+        self.capacity_tiers()
+        self.make_planner()
+
+    def _check_choices(self) -> None:
+        """Names from a fixed set, and the model, data set, tokenizer and partitioner that fit together."""
         choices = {
             "planner": PLANNER_NAMES,
             "model": FAMILY_NAMES,
@@ -129,6 +139,16 @@ class Settings:
             raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
         if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
             raise ValueError("wikitext2 has no labels for a Dirichlet split; use partitioner iid or articles")
+        wanted = MODEL_DATASETS.get(self.model)
+        if wanted is not None and self.dataset not in wanted:
+            raise ValueError(
+                f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); "
+                f"for {self.dataset!r} use model {' or '.join(m for m, d in MODEL_DATASETS.items() if self.dataset in d)}"
+            )
+
+    def _check_ranges(self) -> None:
+        """Counts, fractions and sizes, checked on the server before round 1: a value only the nodes
+        reject would fail every node in every round while the global model stays at its initial value."""
         for name in ("num_server_rounds", "local_epochs", "batch_size", "seq_len", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -139,8 +159,6 @@ class Settings:
             raise ValueError("fraction-train must be positive")
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet-alpha must be positive, got {self.dirichlet_alpha}")
-        # Checked here, on the server before round 1: a value only the nodes reject would fail every
-        # node in every round while the global model stays at its initial value.
         ranges = {
             "lr": (0.0, False, None),
             "round_timeout": (0.0, False, None),
@@ -149,7 +167,6 @@ class Settings:
             "central_eval_examples": (0, True, None),
             "model_width": (0, True, None),
             "model_layers": (0, True, None),
-            "validation_examples": (0, True, None),
         }
         for name, (low, inclusive, high) in ranges.items():
             value = getattr(self, name)
@@ -157,18 +174,6 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
                 bound = f"{'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"{key} must be {bound}, got {value!r}")
-        check_mu(self.contrastive_mu, "contrastive-mu")
-        if not 0.0 <= self.overlap_start <= 1.0:
-            raise ValueError(f"overlap-start must be in [0, 1], got {self.overlap_start}")
-        wanted = MODEL_DATASETS.get(self.model)
-        if wanted is not None and self.dataset not in wanted:
-            raise ValueError(
-                f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); "
-                f"for {self.dataset!r} use model {' or '.join(m for m, d in MODEL_DATASETS.items() if self.dataset in d)}"
-            )
-        self.lr_milestones()
-        self.capacity_tiers()
-        self.make_planner()
 
     def capacity_tiers(self) -> list[float]:
         try:
