@@ -13,27 +13,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from msfusion_core.data.tensors import DATASETS, check_tokenizer
-from msfusion_core.models import FAMILY_NAMES, ModelFamily, get_family
+from msfusion_core.data import DATASETS, get_dataset
+from msfusion_core.data.tensors import check_tokenizer
+from msfusion_core.models import FAMILIES, ModelFamily, get_family
 from msfusion_core.method.overlap import SCHEDULES
 from msfusion_core.method.planner import PLANNER_NAMES, Planner, PlannerOptions, check_capacity, make_planner
-from msfusion_core.local.augment import Preprocess, preprocess_for
+from msfusion_core.local.augment import Preprocess
 from msfusion_core.local.training import OPTIMIZERS, TrainConfig, step_decay
 from msfusion_core.method.contrastive import CONTRASTIVE_MU, check_mu
 
 
 LR_DECAY_FACTOR = 0.1  # the lr is divided by 10 at each of lr-decay-at (HeteroFL's and FedRolex's schedule)
-
-# Which datasets each model family takes: the input shape (8x8 grey digits, 32x32 RGB, tokens)
-# and the task (classes, next token) are the family's.
-MODEL_DATASETS: dict[str, tuple[str, ...]] = {
-    "digits-cnn": ("digits",),
-    "cifar-cnn": ("cifar10",),
-    "resnet18": ("cifar10",),
-    "rescnn": ("cifar10",),
-    "llama": ("wikitext2",),
-    "minilm": ("sst2",),
-}
 
 
 def _coerce(key: str, kind: type, value: Any) -> Any:
@@ -116,9 +106,8 @@ class Settings:
         """Names from a fixed set, and the model, data set, tokenizer and partitioner that fit together."""
         choices = {
             "planner": PLANNER_NAMES,
-            "model": FAMILY_NAMES,
-            "dataset": DATASETS,
-            "partitioner": ("iid", "dirichlet", "articles"),
+            "model": tuple(FAMILIES),
+            "dataset": tuple(DATASETS),
             "optimizer": OPTIMIZERS,
             "overlap_schedule": tuple(SCHEDULES),
         }
@@ -132,18 +121,18 @@ class Settings:
 
             if not torch.cuda.is_available():
                 raise ValueError(f"device {self.device!r}: torch sees no CUDA GPU here (use cpu or auto)")
+        data = get_dataset(self.dataset)
+        if self.partitioner not in data.partitioners:
+            raise ValueError(f"partitioner must be one of {', '.join(data.partitioners)} for dataset {self.dataset!r}; got {self.partitioner!r}")
         check_tokenizer(self.tokenizer)
-        if self.tokenizer != "word" and self.dataset != "wikitext2":
-            raise ValueError(f"tokenizer {self.tokenizer!r} is WikiText-2's; dataset {self.dataset!r} has its own")
-        if self.partitioner == "articles" and self.dataset != "wikitext2":
-            raise ValueError("partitioner 'articles' (whole WikiText-2 articles per node) needs dataset wikitext2")
-        if self.dataset == "wikitext2" and self.partitioner == "dirichlet":
-            raise ValueError("wikitext2 has no labels for a Dirichlet split; use partitioner iid or articles")
-        wanted = MODEL_DATASETS.get(self.model)
-        if wanted is not None and self.dataset not in wanted:
+        if self.tokenizer != "word" and not data.takes_tokenizer:
+            takers = " or ".join(name for name, spec in DATASETS.items() if spec.takes_tokenizer)
+            raise ValueError(f"tokenizer {self.tokenizer!r} is for dataset {takers}; dataset {self.dataset!r} takes only 'word'")
+        wanted = FAMILIES[self.model].datasets
+        if self.dataset not in wanted:
+            fitting = " or ".join(name for name, spec in FAMILIES.items() if self.dataset in spec.datasets) or "none registered"
             raise ValueError(
-                f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); "
-                f"for {self.dataset!r} use model {' or '.join(m for m, d in MODEL_DATASETS.items() if self.dataset in d)}"
+                f"model {self.model!r} does not fit dataset {self.dataset!r} (it takes {' or '.join(wanted)}); for {self.dataset!r} use model {fitting}"
             )
 
     def _check_ranges(self) -> None:
@@ -202,11 +191,8 @@ class Settings:
         return make_planner(self.planner, options)
 
     def family(self) -> ModelFamily:
-        from msfusion_core.data import num_classes
-
-        return get_family(
-            self.model, num_classes(self.dataset, self.data_path or None, self.tokenizer), self.model_width or None, self.model_layers or None
-        )
+        classes = get_dataset(self.dataset).num_classes(self.data_path or None, self.tokenizer)
+        return get_family(self.model, classes, self.model_width or None, self.model_layers or None)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -221,7 +207,7 @@ class Settings:
 
     def preprocess(self) -> Preprocess:
         """Stored batch -> model input for this run's data set."""
-        return preprocess_for(self.dataset)
+        return get_dataset(self.dataset).preprocess
 
     def torch_device(self) -> str:
         """The device to compute on: ``auto`` is cuda where torch sees a GPU, else cpu."""

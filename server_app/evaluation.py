@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from msfusion_app.settings import Settings
-from msfusion_core.data import TensorData, load_partition, load_test
+from msfusion_core.data import TensorData, get_dataset, load_partition, load_test
 from msfusion_core.local.training import calibrate_batchnorm, evaluate
 from msfusion_core.method.split_map import block_stacks
 from msfusion_core.method.submodel import build_submodel
@@ -29,7 +29,8 @@ class ServerData:
         path, limit, seq, tok = settings.data_path or None, settings.central_eval_examples or None, settings.seq_len, settings.tokenizer
         self.test = load_test(settings.dataset, path, limit=limit, seq_len=seq, tokenizer=tok)
         # A language model reports validation and test perplexity (exp of the per-token loss).
-        self.valid = load_test(settings.dataset, path, limit=limit, split="validation", seq_len=seq, tokenizer=tok) if settings.dataset == "wikitext2" else None
+        language_model = get_dataset(settings.dataset).language_model
+        self.valid = load_test(settings.dataset, path, limit=limit, split="validation", seq_len=seq, tokenizer=tok) if language_model else None
         # The server calibrates BatchNorm on training data it is allowed to see: a fixed IID sample
         # (none is loaded for a model without BatchNorm).
         keep = CALIBRATION_BATCHES * 128 if family.has_batchnorm else 0

@@ -1,5 +1,5 @@
 """MSfusion as shipped: the abstract's method from round one in the app and in a drop-in strategy,
-the grow variant that cannot be half-wired, one global model, and no collapse with more rounds."""
+and one global model (no collapse with more rounds: benchmarks/tests/test_residual_stream.py)."""
 
 import json
 
@@ -8,12 +8,9 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from safetensors.torch import load_file
 
-from benchmarks.residual_stream import ResidualMLP, residual_mlp_split_map, run as run_residual_stream, windowed
 from msfusion_app.settings import Settings
 from msfusion_core.data import load_test
 from msfusion_core.local.training import evaluate
-from msfusion_core.method.overlap import GrowOverlap
-from msfusion_core.method.planner import make_planner
 from msfusion_core.method.submodel import build_submodel
 from msfusion_core.models import get_family
 from server_app.app import make_strategy, run
@@ -32,7 +29,7 @@ def grid_of(capacities, run_config):
 
 def test_the_apps_default_is_the_abstracts_method_and_double_shifts_from_round_one(tmp_path):
     settings = Settings(num_server_rounds=3, output_dir=str(tmp_path), run_name="r", local_examples=32)
-    assert (settings.planner, settings.overlap_schedule, type(settings.make_planner()).__name__) == ("msfusion", "adaptive", "SpreadPlanner")
+    assert (settings.planner, settings.overlap_schedule, type(settings.make_planner()).__name__) == ("msfusion", "adaptive", "MSfusionPlanner")
     assert settings.contrastive_mu > 0 and settings.inclusion_scaling
     strategy = make_strategy(settings)
     run(grid_of([0.5] * 4, settings.to_mapping()), settings, strategy)
@@ -45,40 +42,13 @@ def test_the_apps_default_is_the_abstracts_method_and_double_shifts_from_round_o
 
 def test_a_drop_in_strategy_double_shifts_with_no_extra_wiring():
     strategy = MSfusion(DIGITS.build, DIGITS.split_map)
-    assert strategy.train_settings["contrastive-mu"] == 1.0  # the method's local loss, on by default
+    assert strategy.contrastive_mu == 1.0  # the method's local loss, on by default
     capacities = [1.0, 0.5, 0.5, 0.25]
     plans = [strategy.core.plan_round(t, [(p, r) for p, r in enumerate(capacities)]) for t in range(1, 9)]
     assert all(plan.overlap < 1.0 for plan in plans)
     quarter = [plan.participants[3].groups["c1"].start for plan in plans]
     assert len(set(quarter)) > 4  # the r = 1/4 node's window moves: not a fixed prefix (HeteroFL)
-    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="small").train_settings["contrastive-mu"] == 0.0  # baselines as published
-
-
-def test_the_grow_variant_refuses_to_start_without_a_validation_function():
-    grow = make_planner("msfusion", schedule=GrowOverlap())
-    strategy = MSfusion(DIGITS.build, DIGITS.split_map, grow)
-    with pytest.raises(ValueError, match="validation_fn"):
-        strategy.start(grid_of([0.5] * 2, {}), num_rounds=2)
-    with pytest.raises(ValueError, match="validation-examples"):
-        Settings.from_mapping({"overlap-schedule": "grow"})
-
-
-def test_the_grow_variant_takes_its_patience_and_trial_barriers_from_the_run_length_when_it_starts():
-    grow = make_planner("msfusion", schedule=GrowOverlap())
-    lr = Settings(num_server_rounds=40, lr_decay_at="0.5,0.75").lr_factor
-    strategy = MSfusion(DIGITS.build, DIGITS.split_map, grow, lr_factor=lr, validation_fn=lambda t, model: None)
-    strategy.start(grid_of([0.5] * 2, {"local-examples": 8}), num_rounds=1)
-    assert grow.schedule.trial_barriers == (1,) and grow.schedule.patience == 1
-    strategy.round_offset = 10  # a resumed run that now goes to round 40
-    strategy.start(grid_of([0.5] * 2, {"local-examples": 8}), num_rounds=30)
-    assert grow.schedule.trial_barriers == (20, 30, 40) and grow.schedule.patience == 4  # a tenth of the run
-
-
-def test_the_core_form_refuses_a_model_that_normalises_a_split_group_as_a_whole_naming_the_layer():
-    core = make_planner("msfusion", schedule=GrowOverlap())
-    with pytest.raises(ValueError, match="layer 'norm' \\(LayerNorm\\).*group 'stream'"):
-        MSfusion(ResidualMLP, residual_mlp_split_map(), core)
-    MSfusion(ResidualMLP, residual_mlp_split_map())  # the spread form evaluates the expectation instead
+    assert MSfusion(DIGITS.build, DIGITS.split_map, planner="small").contrastive_mu == 0.0  # baselines as published
 
 
 @pytest.mark.parametrize("planner", ["msfusion", "fedrolex", "small"])
@@ -108,22 +78,10 @@ def test_a_drop_in_strategys_evaluate_fn_is_handed_the_model_it_returns():
         model = DIGITS.build()
         model.load_state_dict(arrays.to_torch_state_dict())
         scored[server_round] = evaluate(model, test, preprocess)[1]
-        assert scored[server_round] == evaluate(strategy.global_model(), test, preprocess)[1]
+        assert scored[server_round] == evaluate(strategy.evaluated_model(), test, preprocess)[1]
         return MetricRecord({"accuracy": scored[server_round]})
 
     result = strategy.start(grid_of([0.5] * 3, {"local-examples": 64}), num_rounds=2, evaluate_fn=central)
     model = DIGITS.build()
     model.load_state_dict(result.arrays.to_torch_state_dict())
     assert evaluate(model, test, preprocess)[1] == scored[2]
-
-
-@pytest.mark.parametrize("arm", ["msfusion", "msfusion-o0"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_no_msfusion_form_ends_more_than_a_point_below_its_best_on_a_normalised_residual_stream(arm, seed):
-    final, best = windowed(run_residual_stream(arm, seed))
-    assert final >= best - 0.01, f"{arm} seed {seed}: final {final:.4f}, best {best:.4f}"
-
-
-def test_without_the_expectation_rule_the_spread_form_falls_on_that_model():
-    final, best = windowed(run_residual_stream("msfusion-no-expectation", 0))
-    assert final < best - 0.02  # the control: this test model does show the collapse

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from msfusion_core import data
+from msfusion_core.data import images
 from msfusion_core.local import augment
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -99,7 +100,7 @@ def _rows_sorted(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 
 def test_digits_dataset_dict() -> None:
-    dsd = data.load_dataset_dict("digits")
+    dsd = images.load_dataset_dict("digits")
     assert set(dsd) == {"train", "test"}
     assert dsd["train"].num_rows + dsd["test"].num_rows == 1797
     assert dsd["test"].num_rows == 360
@@ -109,7 +110,6 @@ def test_digits_dataset_dict() -> None:
         counts = np.bincount(np.asarray(dsd[split]["label"]), minlength=10)
         assert counts.min() > 0 and counts.max() / counts.min() < 1.2
     assert data.num_classes("digits") == 10
-    assert data.label_names("digits") == [str(i) for i in range(10)]
 
 
 @pytest.mark.parametrize("kind", ["iid", "dirichlet"])
@@ -121,7 +121,7 @@ def test_digits_partitions_cover_train_split(kind: str) -> None:
         assert p.y.dtype == torch.int64 and p.y.shape == (p.x.shape[0],)
         assert 0.0 <= float(p.x.min()) and float(p.x.max()) <= 1.0
         assert int(p.y.min()) >= 0 and int(p.y.max()) < 10
-    train = data.load_dataset_dict("digits")["train"].with_format("numpy")[:]
+    train = images.load_dataset_dict("digits")["train"].with_format("numpy")[:]
     x_all = torch.from_numpy(train["image"]).unsqueeze(1)
     y_all = torch.from_numpy(train["label"])
     x_cat = torch.cat([p.x for p in parts])
@@ -156,8 +156,8 @@ def test_digits_load_test() -> None:
 @needs_cifar
 def test_cifar_local_parquet_labels() -> None:
     for path in (str(SHARED_DATA), str(SHARED_DATA / "cifar10")):
-        assert data.label_names("cifar10", path) == CIFAR_NAMES
-    dsd = data.load_dataset_dict("cifar10", str(SHARED_DATA / "cifar10"))
+        assert images.load_dataset_dict("cifar10", path)["train"].features["label"].names == CIFAR_NAMES
+    dsd = images.load_dataset_dict("cifar10", str(SHARED_DATA / "cifar10"))
     assert dsd["train"].num_rows == 50_000 and dsd["test"].num_rows == 10_000
     assert data.num_classes("cifar10") == 10
     # decodes only the first 10 test images
@@ -172,7 +172,7 @@ def test_cifar_local_parquet_labels() -> None:
 
 def test_cifar_missing_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        data.load_dataset_dict("cifar10", str(tmp_path))
+        images.load_dataset_dict("cifar10", str(tmp_path))
 
 
 @needs_cifar
@@ -245,7 +245,7 @@ def test_preprocess_callables() -> None:
     ev = augment.cifar10_input(rnd, False)
     assert tr.shape == ev.shape == rnd.shape and not torch.equal(tr, ev)
     digits = torch.rand(5, 1, 8, 8, dtype=torch.float64)
-    d = augment.preprocess_for("digits")(digits, True, None)
+    d = data.get_dataset("digits").preprocess(digits, True, None)
     assert d.dtype == torch.float32 and torch.allclose(d, digits.float())
 
 
@@ -256,22 +256,22 @@ def test_preprocess_callables() -> None:
 
 def test_unknown_dataset() -> None:
     for call in (
-        lambda: data.load_dataset_dict("mnist"),
+        lambda: data.get_dataset("mnist"),
         lambda: data.load_test("mnist"),
         lambda: data.num_classes("mnist"),
-        lambda: data.label_names("mnist"),
         lambda: data.load_partition("mnist", None, "iid", 2, 0),
-        lambda: augment.preprocess_for("mnist"),
     ):
-        with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        with pytest.raises(ValueError, match="unknown dataset 'mnist'; known datasets: digits, cifar10, wikitext2, sst2"):
             call()
 
 
 def test_bad_partition_arguments() -> None:
     with pytest.raises(ValueError, match="unknown partitioner 'shards'"):
         data.make_partitioner("shards", 4)
-    with pytest.raises(ValueError, match="unknown partitioner 'shards'"):
+    with pytest.raises(ValueError, match="partitioner must be one of iid, dirichlet for dataset 'digits'; got 'shards'"):
         data.load_partition("digits", None, "shards", 4, 0)
+    with pytest.raises(ValueError, match="partitioner must be one of iid, articles for dataset 'wikitext2'; got 'dirichlet'"):
+        data.load_partition("wikitext2", None, "dirichlet", 4, 0)  # refused before any text is read
     for pid in (-1, 4, 100):
         with pytest.raises(ValueError, match="partition_id"):
             data.load_partition("digits", None, "dirichlet", 4, pid)

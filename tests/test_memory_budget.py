@@ -141,10 +141,10 @@ def test_importing_the_client_app_imports_no_data_or_plotting_library():
 
 def test_a_node_decodes_only_its_partition_and_gets_the_same_rows():
     images._TENSORS.clear(), images._ROWS.clear()
-    alone = load_partition("digits", None, "dirichlet", 4, 2, holdout=50)
+    alone = load_partition("digits", None, "dirichlet", 4, 2)
     assert not any(k[2] == "train" and k[3] is None for k in images._TENSORS)  # the whole split was not decoded
     images._split_tensors("digits", None, "train")
-    indexed = load_partition("digits", None, "dirichlet", 4, 2, holdout=50)
+    indexed = load_partition("digits", None, "dirichlet", 4, 2)
     assert torch.equal(alone.x, indexed.x) and torch.equal(alone.y, indexed.y)
 
 

@@ -7,7 +7,8 @@
   ClassLabel), read from local Parquet files when ``data_path`` is given.
 
 Decoded whole-split tensors and partition index lists are cached per process, so a simulation that
-builds many clients in one process decodes each split once.
+builds many clients in one process decodes each split once. ``datasets`` and ``flwr_datasets`` are
+imported by the functions that load, so registering ``DIGITS`` and ``CIFAR10`` costs nothing.
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ import io
 import threading
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import torch
 
-from msfusion_core.data.base import make_partitioner
-from msfusion_core.data.tensors import TensorData, holdout_rows
+from msfusion_core.data.registry import DatasetSpec
+from msfusion_core.data.tensors import TensorData
+from msfusion_core.local.augment import Preprocess, as_float, cifar10_input
+
+if TYPE_CHECKING:
+    import datasets
 
 _CIFAR10_HUB_ID = "uoft-cs/cifar10"
 _IMAGE_COLUMN = {"digits": "image", "cifar10": "img"}
 _DIGITS_TEST_SIZE = 0.2
 _DIGITS_SPLIT_SEED = 0
 _INDEX_COLUMN = "_row"
+NUM_CLASSES = 10  # digits and CIFAR-10 alike
 
 
 def _cifar_files(data_path: str | Path) -> dict[str, str]:
@@ -57,6 +63,7 @@ def _data_key(name: str, data_path: str | Path | None) -> str | None:
 
 
 def _digits_dataset_dict() -> datasets.DatasetDict:
+    import datasets
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -86,6 +93,8 @@ def _digits_dataset_dict() -> datasets.DatasetDict:
 
 @cache
 def _cached_dataset_dict(name: str, key: str | None) -> datasets.DatasetDict:
+    import datasets
+
     if name == "digits":
         return _digits_dataset_dict()
     if key is None:
@@ -193,6 +202,8 @@ def _partition_indices(
     The partitioner sees a label-only copy of the train split with a row-index column, so no
     image is decoded to partition and the indices can be read back from any partition it returns.
     """
+    from msfusion_core.data.base import make_partitioner
+
     key = (name, _data_key(name, data_path), partitioner, num_partitions, float(alpha), seed)
     with _LOCK:
         cached = _PARTITIONS.get(key)
@@ -217,10 +228,12 @@ def _partition_indices(
         return out
 
 
-def image_partition(
-    name: str, data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, alpha: float, seed: int, holdout: int
+def _partition(
+    name: str, data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, alpha: float, seed: int
 ) -> TensorData:
-    """Rows of partition ``partition_id`` of the train split, less the server's ``holdout`` rows."""
+    """Rows of partition ``partition_id`` of the train split."""
+    from msfusion_core.data.base import make_partitioner
+
     make_partitioner(partitioner, num_partitions, alpha=alpha, seed=seed)  # validate early
     try:
         indices = _partition_indices(name, data_path, partitioner, num_partitions, alpha, seed)
@@ -233,17 +246,13 @@ def image_partition(
             f"a Dirichlet(alpha={alpha}) split of {name} into {num_partitions} partitions failed ({exc}); "
             "use fewer partitions, a larger dirichlet-alpha, or partitioner 'iid'"
         ) from exc
-    rows = indices[int(partition_id)]
-    if holdout:
-        num_rows = _cached_dataset_dict(name, _data_key(name, data_path))["train"].num_rows
-        rows = rows[~np.isin(rows, holdout_rows(num_rows, holdout, seed))]
-    return _train_rows(name, data_path, rows)
+    return _train_rows(name, data_path, indices[int(partition_id)])
 
 
 def _train_rows(name: str, data_path: str | None, rows: np.ndarray) -> TensorData:
-    """Rows of the train split, as fresh tensors: indexed from the whole decoded split when this
-    process has it (a simulation serving many nodes), otherwise decoded alone (a node serving one
-    partition decodes its 1/N of the images, not all of them), and cached per process."""
+    """Rows of the train split: indexed from the whole decoded split when this process has it (a
+    simulation serving many nodes), otherwise decoded alone (a node serving one partition decodes
+    its 1/N of the images, not all of them) and cached per process."""
     key = _data_key(name, data_path)
     idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
     with _LOCK:
@@ -252,17 +261,21 @@ def _train_rows(name: str, data_path: str | None, rows: np.ndarray) -> TensorDat
             rows_key = (name, key, "train", hash(rows.tobytes()), len(rows))
             if rows_key not in _ROWS:
                 _ROWS[rows_key] = _decode(name, _cached_dataset_dict(name, key)["train"].select(rows), None)
-            part = _ROWS[rows_key]
-            return TensorData(part.x.clone(), part.y.clone())
+            return _ROWS[rows_key]
     return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
 
 
-def image_holdout(name: str, data_path: str | None, count: int, seed: int) -> TensorData:
-    full = _split_tensors(name, data_path, "train")
-    idx = torch.from_numpy(holdout_rows(int(full.y.shape[0]), count, seed).copy())
-    return TensorData(full.x.index_select(0, idx), full.y.index_select(0, idx))
+def _image_spec(name: str, preprocess: Preprocess) -> DatasetSpec:
+    def partition(data_path, partitioner, num_partitions, partition_id, alpha, seed, seq_len, tokenizer) -> TensorData:
+        return _partition(name, data_path, partitioner, num_partitions, partition_id, alpha, seed)
+
+    def test(data_path, limit, split, seq_len, tokenizer) -> TensorData:
+        if split not in (None, "test"):
+            raise ValueError(f"{name} has only a test split for evaluation, not {split!r}")
+        return _split_tensors(name, data_path, "test", limit)
+
+    return DatasetSpec(name, ("iid", "dirichlet"), preprocess, lambda data_path, tokenizer: NUM_CLASSES, partition, test)
 
 
-def image_test(name: str, data_path: str | None, limit: int | None) -> TensorData:
-    data = _split_tensors(name, data_path, "test", limit)
-    return TensorData(data.x.clone(), data.y.clone())
+DIGITS = _image_spec("digits", as_float)  # 8x8 images too small for crops
+CIFAR10 = _image_spec("cifar10", cifar10_input)

@@ -1,20 +1,12 @@
-"""What a loaded split is, with no data library behind it: the tensors, the held-out rows, and the
-names the loaders accept. A node that trains imports this; only loading data imports ``datasets``."""
+"""What a loaded split is, with no data library behind it: the tensors, and the tokenizer setting's
+form. A node that trains imports this; only loading data imports ``datasets``."""
 
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import NamedTuple
 
-import numpy as np
 import torch
-
-IMAGE_DATASETS: tuple[str, ...] = ("digits", "cifar10")
-TEXT_DATASETS: tuple[str, ...] = ("wikitext2", "sst2")
-DATASETS: tuple[str, ...] = IMAGE_DATASETS + TEXT_DATASETS
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet")
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "sst2": 2}  # WikiText-2's is its vocabulary's size
 
 
 class TensorData(NamedTuple):
@@ -26,19 +18,6 @@ class TensorData(NamedTuple):
 
     x: torch.Tensor
     y: torch.Tensor
-
-
-@cache
-def holdout_rows(num_rows: int, count: int, seed: int) -> np.ndarray:
-    """The train rows the server keeps to itself: ``count`` rows of a seeded permutation, sorted
-    (read-only; cached, since a node loads its partition every round).
-
-    Drawn independently of the partitioner, so every node drops the same rows whatever its share."""
-    if not 0 <= count < num_rows:
-        raise ValueError(f"cannot hold out {count} of {num_rows} train rows")
-    rows = np.sort(np.random.default_rng([seed, 0x48]).permutation(num_rows)[:count])
-    rows.flags.writeable = False
-    return rows
 
 
 _BPE_SPEC = re.compile(r"^bpe-([1-9][0-9]*)$")

@@ -30,11 +30,13 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from msfusion_core.atomic import atomic_write
 import numpy as np
 import torch
 
-from msfusion_core.data.tensors import TensorData, check_tokenizer, holdout_rows
+from msfusion_core.atomic import atomic_write
+from msfusion_core.data.registry import DatasetSpec
+from msfusion_core.data.tensors import TensorData, check_tokenizer
+from msfusion_core.local.augment import token_ids, trim_padding
 
 if TYPE_CHECKING:
     import datasets
@@ -43,7 +45,6 @@ EOS, UNK = "<eos>", "<unk>"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 SST2_HUB = "stanfordnlp/sst2"
 WIKITEXT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
-TEXT_PARTITIONERS = {"wikitext2": ("iid", "articles"), "sst2": ("iid", "dirichlet")}
 _ARTICLE_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = ", not " = = Section = = "
 
 _LOCK = threading.RLock()
@@ -182,8 +183,6 @@ def article_ids(lines: list[str]) -> np.ndarray:
 def wikitext_partition(
     data_path: str | None, partitioner: str, num_partitions: int, partition_id: int, seq_len: int, tokenizer: str = "word"
 ) -> TensorData:
-    if partitioner not in TEXT_PARTITIONERS["wikitext2"]:
-        raise ValueError(f"wikitext2 supports partitioners {TEXT_PARTITIONERS['wikitext2']}, got {partitioner!r}")
     train = wikitext_lines(data_path)["train"]
 
     def rows() -> list[np.ndarray]:
@@ -264,12 +263,8 @@ def sst2_partition(
     alpha: float,
     seed: int,
     seq_len: int,
-    holdout: int = 0,
 ) -> TensorData:
-    """One node's sentences, less the server's ``holdout`` rows; only they are tokenised (a node
-    never pays for the whole split)."""
-    if partitioner not in TEXT_PARTITIONERS["sst2"]:
-        raise ValueError(f"sst2 supports partitioners {TEXT_PARTITIONERS['sst2']}, got {partitioner!r}")
+    """One node's sentences; only they are tokenised (a node never pays for the whole split)."""
     train = sst2_splits(data_path)["train"]
 
     def rows() -> list[np.ndarray]:
@@ -282,16 +277,27 @@ def sst2_partition(
     key = ("sst2-partitions", str(_folder(data_path, "sst2")), partitioner, num_partitions, float(alpha), seed)
 
     def sentences() -> TensorData:  # tokenised once per process, not every round
-        mine = _cached(key, rows)[partition_id]
-        if holdout:
-            mine = mine[~np.isin(mine, holdout_rows(train.num_rows, holdout, seed))]
-        return encode_sentences(train.select(mine), seq_len)
+        return encode_sentences(train.select(_cached(key, rows)[partition_id]), seq_len)
 
-    return _cached((*key, partition_id, seq_len, holdout), sentences)
+    return _cached((*key, partition_id, seq_len), sentences)
 
 
-def sst2_holdout(data_path: str | None, count: int, seed: int, seq_len: int) -> TensorData:
-    """The server's ``count`` held-out train sentences (``holdout_rows``), tokenised."""
-    train = sst2_splits(data_path)["train"]
-    rows = holdout_rows(train.num_rows, count, seed)
-    return _cached(("sst2-holdout", str(_folder(data_path, "sst2")), count, seed, seq_len), lambda: encode_sentences(train.select(rows), seq_len))
+# -- the specs ---------------------------------------------------------------------------------
+WIKITEXT2 = DatasetSpec(
+    "wikitext2",
+    ("iid", "articles"),
+    token_ids,
+    num_classes=wikitext_vocab_size,
+    partition=lambda path, partitioner, n, pid, alpha, seed, seq_len, tok: wikitext_partition(path, partitioner, n, pid, seq_len, tok),
+    test=lambda path, limit, split, seq_len, tok: wikitext_split(path, split or "test", seq_len, tok),
+    language_model=True,
+    takes_tokenizer=True,
+)
+SST2 = DatasetSpec(
+    "sst2",
+    ("iid", "dirichlet"),
+    trim_padding,
+    num_classes=lambda path, tok: 2,
+    partition=lambda path, partitioner, n, pid, alpha, seed, seq_len, tok: sst2_partition(path, partitioner, n, pid, alpha, seed, seq_len),
+    test=lambda path, limit, split, seq_len, tok: sst2_tensors(path, split or "validation", seq_len),  # GLUE reports validation accuracy
+)

@@ -10,11 +10,9 @@ import torch.nn.functional as F
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
-    "PREPROCESS",
     "Preprocess",
     "as_float",
     "cifar10_input",
-    "preprocess_for",
     "random_crop_flip",
     "token_ids",
     "trim_padding",
@@ -56,7 +54,8 @@ def random_crop_flip(
 
 
 # A preprocess callable turns a stored batch into model input: (x, train, generator) -> input. It is
-# the data's, not the training loop's: TrainConfig, evaluate and calibrate_batchnorm take one.
+# the data's (a DatasetSpec names it), not the training loop's: TrainConfig, evaluate and
+# calibrate_batchnorm take one.
 Preprocess = Callable[[torch.Tensor, bool, "torch.Generator | None"], torch.Tensor]
 
 
@@ -85,13 +84,3 @@ def cifar10_input(x: torch.Tensor, train: bool = False, generator: torch.Generat
     mean = torch.tensor(CIFAR10_MEAN, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
     std = torch.tensor(CIFAR10_STD, dtype=xf.dtype, device=xf.device).view(1, -1, 1, 1)
     return (xf - mean) / std
-
-
-PREPROCESS: dict[str, Preprocess] = {"digits": as_float, "cifar10": cifar10_input, "wikitext2": token_ids, "sst2": trim_padding}
-
-
-def preprocess_for(dataset: str) -> Preprocess:
-    """The preprocess callable of one of the project's data sets (run config ``dataset``)."""
-    if dataset not in PREPROCESS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(PREPROCESS)}")
-    return PREPROCESS[dataset]

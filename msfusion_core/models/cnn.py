@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from msfusion_core.method.split_map import layer_split_map
+from msfusion_core.models.registry import FamilySpec, make_family
 
 
 def add_conv_stack(model: nn.Module, in_channels: int, w: int) -> None:
@@ -71,3 +74,15 @@ class CifarCNN(nn.Module):
 
 def cifar_cnn_split_map(model: CifarCNN) -> dict:
     return layer_split_map(model, CONV_STACK_GROUPS | {"fc": (None, "c3")})
+
+
+DIGITS_CNN = FamilySpec(
+    "digits-cnn",
+    ("digits",),
+    lambda classes, width, layers: make_family("digits-cnn", partial(DigitsCNN, classes, width or 32), digits_cnn_split_map, "fc"),
+)
+CIFAR_CNN = FamilySpec(
+    "cifar-cnn",
+    ("cifar10",),
+    lambda classes, width, layers: make_family("cifar-cnn", partial(CifarCNN, classes, width or 32), cifar_cnn_split_map, "fc"),
+)

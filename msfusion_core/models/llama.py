@@ -11,11 +11,16 @@ dropping a head drops its query, key and value together; `LlamaAttention` reshap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from msfusion_core.method.split_map import Binding, Blocks
+from msfusion_core.models.registry import FamilySpec, ModelFamily, make_family
+
+if TYPE_CHECKING:  # transformers is imported when a model is built, not when the family is registered
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class LlamaSize:
 
 
 def llama_config(vocab_size: int, size: LlamaSize) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=size.hidden,
@@ -54,6 +61,8 @@ def llama_config(vocab_size: int, size: LlamaSize) -> LlamaConfig:
 
 
 def build_llama_lm(vocab_size: int, size: LlamaSize) -> LlamaForCausalLM:
+    from transformers import LlamaForCausalLM
+
     return LlamaForCausalLM(llama_config(vocab_size, size))
 
 
@@ -76,3 +85,11 @@ def llama_split_map(model: LlamaForCausalLM) -> dict[str, tuple[Binding, ...] | 
 def num_heads(attention: nn.Module) -> int:
     """Heads a (sub-)model's attention layer really runs: q_proj rows / head_dim."""
     return attention.q_proj.out_features // attention.head_dim
+
+
+def llama_family(vocab_size: int, width: int | None, layers: int | None) -> ModelFamily:
+    size = LlamaSize(hidden=width or LlamaSize.hidden, layers=layers or LlamaSize.layers)
+    return make_family("llama", partial(build_llama_lm, vocab_size, size), llama_split_map, "lm_head")
+
+
+LLAMA = FamilySpec("llama", ("wikitext2",), llama_family)

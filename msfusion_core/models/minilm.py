@@ -10,14 +10,14 @@ non-padding tokens, as sentence-transformers pools this model; it is the classif
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
-from transformers.utils import logging as hf_logging
 
 from msfusion_core.method.split_map import Binding
+from msfusion_core.models.registry import FamilySpec, ModelFamily, make_family
 
 PAD_TOKEN_ID = 0
 LOCAL_PREFIX = "bert.embeddings."
@@ -35,6 +35,10 @@ class MiniLMClassifier(nn.Module):
     """``forward(input_ids [B, L]) -> logits [B, num_classes]``; id 0 is padding."""
 
     def __init__(self, num_classes: int = 2, pretrained: bool = True) -> None:
+        # transformers is imported when a model is built, not when the family is registered
+        from transformers import BertConfig, BertModel
+        from transformers.utils import logging as hf_logging
+
         super().__init__()
         path = minilm_path()
         if pretrained:
@@ -85,3 +89,14 @@ def minilm_split_map(model: MiniLMClassifier) -> dict[str, tuple[Binding, ...]]:
         split[f"{p}.intermediate.dense.bias"] = (ffn,)
         split[f"{p}.output.dense.weight"] = (None, ffn)  # [hidden, ffn]
     return split
+
+
+def minilm_family(num_classes: int, width: int | None, layers: int | None) -> ModelFamily:
+    if width or layers:
+        raise ValueError("minilm's width and depth are fixed by the pretrained checkpoint; leave model-width and model-layers at 0")
+    return make_family(
+        "minilm", partial(build_minilm_classifier, num_classes), minilm_split_map, "classifier", LOCAL_PREFIX, sync_attention_head_counts
+    )
+
+
+MINILM = FamilySpec("minilm", ("sst2",), minilm_family)

@@ -12,11 +12,14 @@ block's inner channels are a group of their own. Depth: each stage is a stack of
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from msfusion_core.method.split_map import Blocks, layer_split_map
+from msfusion_core.models.registry import FamilySpec, make_family
 
 
 class ResidualBlock(nn.Module):
@@ -61,3 +64,12 @@ def residual_cnn_split_map(model: ResidualCNN) -> dict:
             layers |= {f"{p}.conv1": (inner, f"s{s}"), f"{p}.bn1": (inner, None), f"{p}.conv2": (f"s{s}", inner), f"{p}.bn2": (f"s{s}", None)}
     branch_end = Blocks(("bn2.weight", "bn2.bias"))
     return layer_split_map(model, layers) | {"stage1": branch_end, "stage2": branch_end}
+
+
+RESCNN = FamilySpec(
+    "rescnn",
+    ("cifar10",),
+    lambda classes, width, layers: make_family(
+        "rescnn", partial(ResidualCNN, classes, width or 16, layers or 4), residual_cnn_split_map, "fc"
+    ),
+)

@@ -7,10 +7,13 @@ inner channels (after its first conv) are a group of their own.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from msfusion_core.method.split_map import layer_split_map
+from msfusion_core.models.registry import FamilySpec, make_family
 
 STAGES = (1, 2, 3, 4)
 BLOCKS_PER_STAGE = 2
@@ -74,3 +77,10 @@ def resnet18_split_map(model: ResNet18) -> dict:
                 layers |= {f"{p}.shortcut.0": (f"stage{s}", stage_in), f"{p}.shortcut.1": (f"stage{s}", None)}
     layers["fc"] = (None, "stage4")
     return layer_split_map(model, layers)
+
+
+RESNET18 = FamilySpec(
+    "resnet18",
+    ("cifar10",),
+    lambda classes, width, layers: make_family("resnet18", partial(ResNet18, classes, width or 64), resnet18_split_map, "fc"),
+)
