@@ -53,7 +53,9 @@ class NodeRegistry:
         """Record one capacity answer; returns why it is unusable, or None."""
         src = reply.metadata.src_node_id
         if reply.has_error():
-            return f"did not answer the capacity query: {last_line(str(reply.error.reason))}"
+            reason = last_line(str(reply.error.reason))
+            log(WARNING, "node %d did not answer the capacity query", src)
+            return reason
         try:
             info = NodeInfo(*protocol.read_capacity_reply(reply.content, self.default_capacity, f"node {src}"))
         except ValueError as exc:
