@@ -18,22 +18,22 @@ from msfusion.loopback import REPO
 from msfusion_core.method.coverage import TrainCounts
 from msfusion_core.models import get_family
 from msfusion_core.method.overlap import ConstantOverlap
-from msfusion_core.method.planner import CorePlanner, SpreadPlanner, make_planner, plan_double_shift
+from msfusion_core.method.planner import MSfusionPlanner, make_planner
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes, model_shapes
+from msfusion_core.method.windows import plan_double_shift
 
 SETTINGS = ((0.5, 10), (0.25, 8), (0.125, 16))  # (r, P)
 
 
 def aligned_windows(t: int, parts: list[tuple[int, float]], sizes: dict[str, int]) -> dict:
-    """The spread form with every group's windows starting aligned (the form before per-group offsets)."""
-    return plan_double_shift(t, parts, sizes, SpreadPlanner.spread_for(0.5, [r for _, r in parts]))
+    """MSfusion's windows with every group's windows starting aligned (the layout before per-group offsets)."""
+    return plan_double_shift(t, parts, sizes, MSfusionPlanner.spread_for(0.5, [r for _, r in parts]))
 
 
 PLANNERS = {  # label → (round, participants, group sizes) → participant plans; msfusion at constant o = 0.5
     "msfusion (aligned)": aligned_windows,
-    "msfusion (per-group)": lambda t, parts, sizes: SpreadPlanner(ConstantOverlap(0.5)).plan(t, parts, sizes).participants,
-    "msfusion (core form, per-group)": lambda t, parts, sizes: CorePlanner(ConstantOverlap(0.5)).plan(t, parts, sizes).participants,
+    "msfusion (per-group)": lambda t, parts, sizes: MSfusionPlanner(ConstantOverlap(0.5)).plan(t, parts, sizes).participants,
     **{name: (lambda t, parts, sizes, n=name: make_planner(n).plan(t, parts, sizes).participants) for name in ("fedrolex", "heterofl", "fd")},
 }
 

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from msfusion_app.runlog import latest_checkpoint
 from msfusion_app.settings import Settings
 from msfusion_core.local.training import calibrate_batchnorm, evaluate, logits_of
-from msfusion_core.method.growth import scale_inputs
-from msfusion_core.method.planner import Window, window_length
+from msfusion_core.method.inclusion import scale_inputs
 from msfusion_core.method.server import THETA_PREFIX
 from msfusion_core.method.slicing import Slicer
 from msfusion_core.method.split_map import group_sizes
 from msfusion_core.method.submodel import build_submodel
-from server_app.app import ServerData
+from msfusion_core.method.windows import Window, window_length
+from server_app.evaluation import ServerData
 
 
 def ensemble_scores(models: list[torch.nn.Module], data, preprocess, batch_size: int = 16) -> tuple[float, float]:
@@ -56,7 +56,8 @@ def ensemble_scores(models: list[torch.nn.Module], data, preprocess, batch_size:
 
 def rules(run_dir: Path) -> dict:
     settings = Settings.from_mapping(json.loads((run_dir / "config.json").read_text()))
-    family, data = settings.family(), ServerData(settings)
+    family = settings.family()
+    data = ServerData(settings, family)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise SystemExit(f"{run_dir}: no checkpoint")

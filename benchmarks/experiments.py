@@ -1,4 +1,4 @@
-"""Named experiments: a grid of methods × seeds × settings, each run through `flwr run .`.
+"""Named experiments: a grid of methods × seeds × settings, each run by ``python -m benchmarks.run``.
 
 A method is a set of run-config overrides on the experiment's setting; a variant (E2's P, E3's
 tiers) is another set, with its own number of simulated nodes. Baselines run as published: without
@@ -15,46 +15,22 @@ from typing import Any
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Every msfusion arm pins its form key by key, so that a committed run reproduces whatever the
-# app's defaults become. Arms that set keys the app no longer has (window-offsets, overlap-form,
-# active-width, shift-step, the plateau-best schedule, grow's patience and step) ran at the commits
-# docs/results.md cites: they are summarised from their committed runs, and rerun only by checkout. `msfusion-shipped` is the app's default since the "MSfusion as shipped"
-# issue: the abstract's method (windows spread across participants, an independent offset per group
-# and round, the adaptive overlap rule from o = 0.5, MOON's contrastive term on a quarter of the
-# batches) evaluated by the expectation of its sub-models.
+# app's defaults become. `msfusion-shipped` is the app's default: the abstract's method (windows
+# spread across participants, an independent offset per group and round, the adaptive overlap rule
+# from o = 0.5, MOON's contrastive term on a quarter of the batches) evaluated by the expectation
+# of its sub-models.
 SHIPPED = {
     "planner": "msfusion", "overlap-schedule": "adaptive", "overlap-start": 0.5,
     "inclusion-scaling": True, "contrastive-mu": 1.0,
 }
-# `msfusion` is the abstract's method as first built: windows at the same relative place in every
-# group, θ evaluated as it is, and the contrastive term on every batch.
-MSFUSION = SHIPPED | {"overlap-form": "spread", "window-offsets": "aligned", "inclusion-scaling": False, "regularised-fraction": 1.0}
-# The starts-as-small variant (core form from o = 1, grown on validation plateaus), which was the
-# app's default from grow5 (C1) until the "MSfusion as shipped" issue; its runs held out 200 rows
-# unless their experiment says otherwise.
-STARTS_AS_SMALL = {
-    "planner": "msfusion", "overlap-schedule": "grow", "overlap-start": 1.0,
-    "inclusion-scaling": True, "contrastive-mu": 0.0,
-    "validation-examples": 200,
-}
-# Runs from before the starts-as-small variant held no rows out; its arms set their own.
-NO_HOLDOUT = {"validation-examples": 0}
 METHODS: dict[str, dict[str, Any]] = {
-    "msfusion": MSFUSION,
     "msfusion-shipped": SHIPPED,
-    "msfusion-default": STARTS_AS_SMALL,  # named for when it was the app's default
-    "msfusion-no-contrastive": MSFUSION | {"contrastive-mu": 0.0},
-    "msfusion-constant-overlap": MSFUSION | {"overlap-schedule": "constant"},
     "fedrolex": {"planner": "fedrolex", "contrastive-mu": 0.0},
     "heterofl": {"planner": "heterofl", "contrastive-mu": 0.0},
     "fd": {"planner": "fd", "contrastive-mu": 0.0},
     "small": {"planner": "small", "contrastive-mu": 0.0},
     "full": {"planner": "full", "contrastive-mu": 0.0},
-    # Ablations of MSfusion's parts (E1A): one change each against `msfusion`.
-    "msfusion-mu5": MSFUSION | {"contrastive-mu": 5.0},  # MOON's CIFAR-10 weight
-    "msfusion-scaler": MSFUSION | {"scaler": True},  # HeteroFL's width scaler on
-    "msfusion-shift0": MSFUSION | {"shift-step": 0},  # no inter-round shift
 }
-ABLATIONS = ("msfusion", "msfusion-mu5", "msfusion-scaler", "msfusion-shift0")
 
 
 @dataclass(frozen=True)
@@ -100,11 +76,11 @@ def cifar_setting(width: int, **extra: Any) -> dict[str, Any]:
         "batch-size": 64,
         "lr": 0.05,
         "central-eval-examples": 2000,
-    } | NO_HOLDOUT | extra
+    } | extra
 
 
-ALL_METHODS = ("msfusion", "msfusion-no-contrastive", "msfusion-constant-overlap", "fedrolex", "heterofl", "fd", "small", "full")
-TRANSFORMER_METHODS = ("msfusion", "fedrolex", "small", "full")
+BASELINES = ("fedrolex", "heterofl", "fd", "small", "full")
+TRANSFORMER_BASELINES = ("fedrolex", "small", "full")
 
 # Issue 5, sized for 2 CPU cores. At this size the 33k-word embedding (tied with the LM head) is
 # 67 % of the LM's parameters, so a sub-model saves less than at the default size (8 × 512).
@@ -125,7 +101,7 @@ LM_SETTING: dict[str, Any] = {
     "num-server-rounds": 12,
     "split-ratio-tiers": "0.5",
     "central-eval-examples": 200,
-} | NO_HOLDOUT
+}
 SST2_SETTING: dict[str, Any] = {
     "model": "minilm",
     "dataset": "sst2",
@@ -134,14 +110,14 @@ SST2_SETTING: dict[str, Any] = {
     "dirichlet-alpha": 0.5,
     "seq-len": 64,
     "optimizer": "adamw",
-    "lr": 0.0005,  # 16 local steps in all: 1e-4 left the new head barely trained (msfusion 0.654 after 8 rounds)
+    "lr": 0.0005,  # 16 local steps in all: 1e-4 left the new head barely trained
     "weight-decay": 0.0,
     "batch-size": 16,
     "local-epochs": 1,
     "local-examples": 32,
     "num-server-rounds": 8,
     "split-ratio-tiers": "0.5",
-} | NO_HOLDOUT
+}
 
 E1_SETTING = cifar_setting(32, **{"num-server-rounds": 40, "split-ratio-tiers": "0.5", "local-examples": 500})
 
@@ -149,7 +125,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "tiny": Experiment(
         "tiny",
         "Smoke test of the harness: digits, 2 rounds, 2 nodes.",
-        {"num-server-rounds": 2, "split-ratio-tiers": "0.5"} | NO_HOLDOUT,
+        {"num-server-rounds": 2, "split-ratio-tiers": "0.5"},
         ("msfusion-shipped", "small"),
         target=0.5,
         num_supernodes=2,
@@ -159,26 +135,17 @@ EXPERIMENTS: dict[str, Experiment] = {
         "CPU scale: CIFAR-10, ResNet-18 width 32, 10 nodes, Dirichlet 0.5, all nodes every round, r = 0.5, "
         "1 local epoch over a fresh 500-example sample of each node's partition per round.",
         E1_SETTING,
-        ALL_METHODS,
+        BASELINES,
         target=0.6,
-        # Seed 1 exists for msfusion and small only (`--seeds 1 --methods msfusion,small`): the
-        # check that the quality bar's largest gap is not seed noise. The summary says how many
+        # Seed 1 exists for small only (`--seeds 1 --methods small`). The summary says how many
         # seeds each row averages.
         seeds=(0, 1),
     ),
-    "E1A": Experiment(
-        "E1A",
-        "Ablations on the E1 setting: one part of MSfusion changed per run (msfusion itself is E1's run).",
-        E1_SETTING,
-        ABLATIONS,
-        target=0.6,
-    ),
     "E2": Experiment(
         "E2",
-        "Scalability: P nodes at r = 2/P (msfusion, fedrolex, small); per-participant FLOPs to the target. "
-        "msfusion-constant-overlap is the control for the adaptive rule (run at P = 8, where the rule moves o).",
+        "Scalability: P nodes at r = 2/P (fedrolex, small); per-participant FLOPs to the target.",
         cifar_setting(32, **{"num-server-rounds": 40, "local-examples": 500}),
-        ("msfusion", "fedrolex", "small", "msfusion-constant-overlap"),
+        ("fedrolex", "small"),
         target=0.5,
         variants=tuple(Variant(f"P{p}", {"split-ratio-tiers": str(2 / p)}, p) for p in (4, 8, 16)),
     ),
@@ -187,7 +154,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "Heterogeneous capacities: 12 nodes in tiers r ∈ {1, 1/2, 1/4}; small = the width-1/4 model. 20 rounds (E1 and E2 have 40): "
         "the CPU time this machine had left.",
         cifar_setting(32, **{"num-server-rounds": 20, "split-ratio-tiers": "1.0,0.5,0.25", "local-examples": 500}),
-        ("msfusion", "fedrolex", "heterofl", "small"),
+        ("fedrolex", "heterofl", "small"),
         target=0.5,
         num_supernodes=12,
     ),
@@ -197,7 +164,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "tied 33,278-word embedding), 8 nodes with contiguous chunks of the training text, r = 0.5, 32 sequences of "
         "64 tokens per node per round (AdamW, fresh each round); perplexity on the first 200 sequences of test/valid.",
         LM_SETTING,
-        TRANSFORMER_METHODS,
+        TRANSFORMER_BASELINES,
         target=2000.0,
         num_supernodes=8,
         metric="perplexity",
@@ -207,7 +174,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "SST-2 fine-tuning of pretrained all-MiniLM-L6-v2 (embeddings frozen and never sent) + linear head, 8 nodes, "
         "Dirichlet 0.5 on the label, r = 0.5, 32 sentences per node per round (AdamW, batches of 16); accuracy on the 872 validation sentences.",
         SST2_SETTING,
-        TRANSFORMER_METHODS,
+        TRANSFORMER_BASELINES,
         target=0.8,
         num_supernodes=8,
     ),
@@ -215,7 +182,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "E4",
         "Full scale (GPU): ResNet-18 width 64, 100 nodes, 10 per round, Dirichlet 0.5, whole partitions.",
         cifar_setting(64, **{"num-server-rounds": 300, "split-ratio-tiers": "0.5", "fraction-train": 0.1}),
-        ALL_METHODS,
+        BASELINES,
         target=0.6,
         num_supernodes=100,
     ),
@@ -242,27 +209,8 @@ C1V1_SETTING: dict[str, Any] = {
     "num-server-rounds": 300,
     "central-eval-examples": 0,  # the whole 10,000-image test split: binomial sd ≤ 0.5 points
     "eval-every": 10,  # an evaluation of 10,000 images costs about 3 full-width rounds here
-} | NO_HOLDOUT
-C1_SETTING: dict[str, Any] = C1V1_SETTING | {"lr-decay-at": "0.5,0.75"}
-
-
-GROW: dict[str, Any] = {
-    "overlap-form": "core",
-    "overlap-schedule": "plateau-best",  # grow2-4 ran with the grow rule's first form
-    "overlap-start": 1.0,
-    "overlap-patience": 30,
-    "overlap-step": 0.125,
-    "window-offsets": "per-group",
-    "validation-examples": 2000,
-    "contrastive-mu": 0.0,
-    "inclusion-scaling": False,  # grow3 onwards turn it on
 }
-
-
-def default_msfusion_for(rounds: int) -> dict[str, Any]:
-    """The starts-as-small variant; its plateau window is a tenth of the run (30 of C1's 300 rounds),
-    as the grow schedule now sets it itself."""
-    return METHODS["msfusion-default"]
+C1_SETTING: dict[str, Any] = C1V1_SETTING | {"lr-decay-at": "0.5,0.75"}
 
 
 def _at(method: str, r: float) -> dict[str, Any]:
@@ -275,67 +223,15 @@ C1_ARMS: dict[str, dict[str, Any]] = {
     # r = 1/8 (conv 4-8-16): C1L showed r = 1/4 is compute-bound on C1 (small at 1,500 rounds beats
     # full at 300); a model this narrow should be flat at its capacity well below full's 0.57.
     "small-r0.125": _at("small", 0.125),
-    "msfusion-r0.5": _at("msfusion", 0.5),
-    "msfusion-r0.25": _at("msfusion", 0.25),
     "fedrolex-r0.25": _at("fedrolex", 0.25),
     "heterofl-r0.25": _at("heterofl", 0.25),
     "fd-r0.25": _at("fd", 0.25),
-    # Budget honesty: MSfusion's contrastive term costs two extra forward passes per step, 1.70×
-    # (r = 1/2) and 1.73× (r = 1/4) small's FLOPs per participant-round, measured on this setting
-    # (flops-per-participant, round 3). These arms give small the same FLOPs as more local examples.
+    # Budget honesty: small given 1.70x (r = 1/2) and 1.73x (r = 1/4) its FLOPs per participant-round
+    # as more local examples, what MSfusion with the contrastive term on every batch cost on C1.
     "small-r0.5-flops": _at("small", 0.5) | {"local-examples": 426},
     "small-r0.25-flops": _at("small", 0.25) | {"local-examples": 433},
-    # Issue 15, part 1, one change against msfusion-r0.25: an independent window offset per group.
-    "msfusion-pergroup-r0.25": _at("msfusion", 0.25) | {"window-offsets": "per-group"},
-    # Issue 15, part 2: starts as small. A shared core (o·m units, the same for everyone) plus a
-    # double-shifted remainder; o starts at 1 (the small model, non-core units silenced) and drops
-    # by a step whenever the loss on 2,000 held-out train rows has not improved 1 % in 30 rounds.
-    # mu = 0: the contrastive term's 1.7x FLOPs have not paid anywhere (part 3 decides).
-    # `grow` (e762b67) stepped by 0.25 with no trial: seed 0 collapsed from 0.49 to 0.26 at its
-    # first step and never recovered. `grow2` steps by 0.125 and undoes a step whose validation
-    # loss is not back to its pre-step best within 30 rounds (overlap.py, the plateau rule).
-    **{f"msfusion-grow-r{r:g}": _at("msfusion", r) | GROW | {"overlap-step": 0.25} for r in (0.5, 0.25)},
-    **{f"msfusion-grow2-r{r:g}": _at("msfusion", r) | GROW for r in (0.5, 0.25)},
-    # grow3 = grow2 + inclusion scaling: the evaluated model scales each unit's readers by its
-    # expected share of sub-models (dropout's weight-scaling rule), the sub-models' expectation.
-    # It was the app's default msfusion until the plateau rule's window form (grow5, tests pin this).
-    **{f"msfusion-grow3-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True} for r in (0.5, 0.25)},
-    # grow4 = grow3 with a 10-round plateau window: steps come while the lr is still high (with 30,
-    # grow3-r0.25-s0's first step came at round 90 and its second at 195, after the first decay).
-    **{f"msfusion-grow4-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-patience": 10} for r in (0.5, 0.25)},
-    # grow5 = grow3 with the plateau rule's window form (the app's default since grow3): window means
-    # instead of the best so far, and a step stays only if its loss beats the plateau's by 1 %.
-    **{f"msfusion-grow5-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "grow"} for r in (0.5, 0.25)},
-    # grow6 = grow5's settings under the plateau rule's trial barriers (a step waits while its trial
-    # would span an lr change or the run's end, overlap.py). grow5's runs predate the barriers: all
-    # six stepped at round 150 or 200-210, and each trial was judged across an lr decay.
-    **{f"msfusion-grow6-r{r:g}": _at("msfusion", r) | GROW | {"inclusion-scaling": True, "overlap-schedule": "grow"} for r in (0.5, 0.25, 0.125)},
-    # span = grow5's lesson (55913a1): a unit demoted from the core at r = 1/4 is in about one
-    # sub-model in 30, so the evaluated model loses it. Here the model is only s times as wide as a
-    # sub-model (active width s·r): every participant trains an r-window of it, double-shifted at
-    # o = 0 with per-group offsets, so each unit is in 1/s of the sub-models, from round 1. Does a
-    # model 1.25-1.5x as wide, trained densely by width-r windows, beat the width-r model? At r = 1/8
-    # the width-r model is far below full (0.43 against 0.57, seed 0): does the extra width pay there?
-    **{
-        f"msfusion-span{s:g}-r{r:g}": _at("msfusion", r) | {
-            "overlap-form": "core", "overlap-schedule": "constant", "overlap-start": 0.0, "active-width": s * r,
-            "window-offsets": "per-group", "inclusion-scaling": True, "contrastive-mu": 0.0,
-        }
-        for s, r in ((1.25, 0.25), (1.5, 0.25), (1.5, 0.125))
-    },
-    # The starts-as-small arms' own control: small without the 2,000 rows they hold out to validate on.
-    "small-val-r0.25": _at("small", 0.25) | {"validation-examples": 2000},
-    # Issue 15, part 3: does the contrastive term pay at matched FLOPs? One change each against
-    # msfusion-r0.25 (μ = 1 on every batch, 1.73x small's FLOPs): μ = 0 (small's FLOPs); μ = 1 on a
-    # quarter of the batches (about 1.18x); self-distillation toward the received sub-model instead
-    # (one frozen forward, about 1.33x).
-    "msfusion-mu0-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0},
-    "msfusion-quarter-r0.25": _at("msfusion", 0.25) | {"regularised-fraction": 0.25},
-    "msfusion-distill-r0.25": _at("msfusion", 0.25) | {"contrastive-mu": 0.0, "distill-weight": 1.0},
-    # ... and a sharper contrastive temperature (τ 0.1 for 0.5): does the term matter at all?
-    "msfusion-tau0.1-r0.25": _at("msfusion", 0.25) | {"contrastive-tau": 0.1},
-    # "MSfusion as shipped": the app's default, the abstract's method evaluated by the expectation
-    # of its sub-models, with MOON's term on a quarter of the batches (1.17x small's FLOPs on C1).
+    # MSfusion as shipped: the app's default, with MOON's term on a quarter of the batches (1.17x
+    # small's FLOPs on C1).
     **{f"msfusion-shipped-r{r:g}": _at("msfusion-shipped", r) for r in (0.5, 0.25)},
 }
 C1 = Experiment(
@@ -345,51 +241,41 @@ C1 = Experiment(
     "by 10 after rounds 150 and 225; central accuracy on the whole test split every 10 rounds.",
     C1_SETTING,
     (
-        "full", "small-r0.5", "small-r0.25", "msfusion-r0.5", "msfusion-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
-        "small-r0.5-flops", "small-r0.25-flops", "msfusion-grow2-r0.25", "msfusion-grow2-r0.5",
-        "msfusion-mu0-r0.25", "msfusion-quarter-r0.25", "msfusion-distill-r0.25", "msfusion-tau0.1-r0.25", "msfusion-grow3-r0.25", "msfusion-grow3-r0.5",
-        "msfusion-grow4-r0.25", "msfusion-grow4-r0.5", "small-val-r0.25", "msfusion-grow5-r0.25", "msfusion-grow5-r0.5",
-        "msfusion-span1.5-r0.25", "msfusion-span1.25-r0.25", "small-r0.125",
-        "msfusion-grow6-r0.5", "msfusion-grow6-r0.25", "msfusion-grow6-r0.125", "msfusion-span1.5-r0.125",
-        "msfusion-shipped-r0.5", "msfusion-shipped-r0.25",
+        "full", "small-r0.5", "small-r0.25", "fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25",
+        "small-r0.5-flops", "small-r0.25-flops", "small-r0.125", "msfusion-shipped-r0.5", "msfusion-shipped-r0.25",
     ),
     target=0.6,
     seeds=(0, 1, 2),
     arms=C1_ARMS,
-    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")}
-    | {"msfusion-mu0-r0.25": (0, 1), "msfusion-quarter-r0.25": (0,), "msfusion-distill-r0.25": (0,), "msfusion-tau0.1-r0.25": (0,), "msfusion-span1.25-r0.25": (0,)},
+    method_seeds={m: (0,) for m in ("fedrolex-r0.25", "heterofl-r0.25", "fd-r0.25", "small-r0.5-flops", "small-r0.25-flops")},
     small_of={arm: "small-" + arm.rsplit("-", 1)[1] for arm in C1_ARMS if not arm.startswith("small-")},
 )
 EXPERIMENTS["C1"] = C1
 # C1v1: C1's first protocol, at a constant lr (its curves had not flattened); kept to reproduce
-# docs/results/C1v1, where the first round of issue 15's arms (grow, pergroup) ran.
+# docs/results/C1v1.
 EXPERIMENTS["C1v1"] = replace(
     C1,
     name="C1v1",
     description=C1.description.replace(", lr 0.05 divided by 10 after rounds 150 and 225", ", constant lr 0.05"),
     setting=C1V1_SETTING,
-    methods=(*C1.methods[:10], "msfusion-pergroup-r0.25", "msfusion-grow-r0.25", *C1.methods[10:12]),
-    method_seeds=C1.method_seeds | {"msfusion-pergroup-r0.25": (0, 1)},
+    methods=C1.methods[:8],
 )
 
 # C1P (issue 15, part 4): E2's scalability question on C1's protocol. P nodes at r = 2/P, so that
 # the federation holds two full models' worth of width; the small control is the width-2/P model.
-C1P = Experiment(
+EXPERIMENTS["C1P"] = Experiment(
     "C1P",
-    "Scalability on C1's protocol: P nodes at r = 2/P (P = 4, 8, 16), small vs the starts-as-small msfusion (the app's default until 4bdcc8f) "
-    "(starts as small; 2,000 held-out rows, as C1's grow6) and the abstract's form without the contrastive term; "
+    "Scalability on C1's protocol: P nodes at r = 2/P (P = 4, 8, 16), the width-2/P model trained by all; "
     "otherwise C1's setting.",
     C1_SETTING,
-    ("small", "msfusion-default", "msfusion-no-contrastive"),
+    ("small",),
     target=0.5,
     variants=tuple(Variant(f"P{p}", {"split-ratio-tiers": str(2 / p)}, p) for p in (4, 8, 16)),
-    arms={"msfusion-default": METHODS["msfusion-default"] | {"validation-examples": 2000}},
 )
-EXPERIMENTS["C1P"] = C1P
 
 # C1G (issue 14): C1's protocol at full scale, for a GPU machine: ResNet-18 width 64, 100 nodes of
 # which 10 train per round on their whole partitions (about 500 images), 300 rounds.
-C1G = Experiment(
+EXPERIMENTS["C1G"] = Experiment(
     "C1G",
     "C1 at full scale (GPU): ResNet-18 width 64, 100 nodes, 10 per round, Dirichlet 0.5, whole partitions, "
     "300 rounds, lr divided by 10 after rounds 150 and 225; central accuracy on the whole test split every 10 rounds.",
@@ -397,30 +283,10 @@ C1G = Experiment(
         "num-server-rounds": 300, "fraction-train": 0.1, "local-epochs": 1, "central-eval-examples": 0,
         "eval-every": 10, "device": "auto", "lr-decay-at": C1_SETTING["lr-decay-at"],
     }),
-    # msfusion-grow5: the starts-as-small variant (the app's default until 4bdcc8f); at 100 nodes, 10 a round, its 2,000
-    # held-out rows are 4 % of the train split.
-    ("small-r0.25", "msfusion-grow5-r0.25", "msfusion-r0.25", "full"),
+    ("small-r0.25", "full"),
     target=0.6,
     num_supernodes=100,
     arms=C1_ARMS,
-    small_of={"msfusion-r0.25": "small-r0.25", "msfusion-grow5-r0.25": "small-r0.25"},
-)
-EXPERIMENTS["C1G"] = C1G
-
-# E4-lite (issue 14): the path users take when they outgrow a laptop, through `flwr run` (Ray):
-# 100 simulated nodes, 10 sampled per round. What it measures is the ServerApp's seconds and
-# memory per round (server-seconds, server-rss-mb, server-peak-rss-mb in metrics.jsonl).
-EXPERIMENTS["E4L"] = Experiment(
-    "E4L",
-    "E4-lite: digits CNN, 100 simulated nodes through `flwr run` (Ray), 10 sampled per round, 20 rounds, r = 0.5; "
-    "the ServerApp's seconds and resident memory per round.",
-    # IID: digits' 1,437 training images do not split 100 ways under Dirichlet(0.5) (the first
-    # attempt failed after 3 rounds, with that reason, as max-failed-rounds intends).
-    {"num-server-rounds": 20, "fraction-train": 0.1, "split-ratio-tiers": "0.5", "partitioner": "iid"} | NO_HOLDOUT,
-    ("msfusion",),
-    target=0.5,
-    num_supernodes=100,
-    engine="flwr",
 )
 
 # LM2v1 (issue 16, first form): a byte-level BPE of 8,192 tokens, width 256, 6 layers, 100 rounds of
@@ -443,13 +309,13 @@ EXPERIMENTS["LM2v1"] = Experiment(
     "hidden 256, 4 heads of 64, FFN 1024, tied embedding), 8 nodes with whole articles, r = 0.5; perplexity on 400 "
     "sequences of the test and validation splits every 10 rounds.",
     LM2V1_SETTING,
-    ("full", "small", "msfusion-default", "fedrolex"),
+    ("full", "small", "fedrolex"),
     target=200.0,
     num_supernodes=8,
     seeds=(0, 1),
     metric="perplexity",
     method_seeds={"fedrolex": (0,)},
-    small_of={"msfusion-default": "small", "fedrolex": "small"},
+    small_of={"fedrolex": "small"},
 )
 
 # LM2 (issue 16): out of the unigram regime, sized by what LM2v1 lacked, local steps. A byte-level
@@ -477,62 +343,44 @@ EXPERIMENTS["LM2"] = Experiment(
     "steps, lr 0.002 divided by 10 after rounds 24 and 36; perplexity on 400 sequences of the test and validation "
     "splits every 4 rounds.",
     LM2_SETTING,
-    ("full", "small", "msfusion-default-p5", "fedrolex"),
+    ("full", "small", "fedrolex"),
     target=167.0,  # a third of the unigram's test perplexity under this tokenizer (tokens.json: 502)
     num_supernodes=8,
     seeds=(0, 1),
     metric="perplexity",
-    # The starts-as-small msfusion, the app's default until 4bdcc8f (grow rule, 200 validation sequences held out),
-    # with its plateau window scaled to the run as C1's is: 5 of 48 rounds (C1: 30 of 300).
-    arms={"msfusion-default-p5": default_msfusion_for(LM2_SETTING["num-server-rounds"])},
     method_seeds={"fedrolex": (0,)},
-    small_of={"msfusion-default-p5": "small", "fedrolex": "small"},
+    small_of={"fedrolex": "small"},
 )
 
 # SST2L (issue 16, part 4): SST-2 with pretrained MiniLM, long enough for the curves to flatten, on
-# the in-process runner. A sub-model cut from a pretrained network starts damaged: `small` is the
-# first half of every layer's heads and FFN units, and so is the default msfusion's full model at
-# o = 1 (its non-core readers are zeroed), until the plateau rule opens the overlap. The lr decays
-# as C1's (/10 after rounds 20 and 30), and the plateau window is scaled to the run as C1's is:
-# 4 of 40 rounds. msfusion-no-contrastive, the abstract's form at small's FLOPs (every unit trained
-# from round 1, the pretrained readers kept), is what the starts-as-small schedule is measured
-# against.
+# the in-process runner. The lr decays as C1's (/10 after rounds 20 and 30).
 SST2L_SETTING = SST2_SETTING | {"num-server-rounds": 40, "eval-every": 4, "lr-decay-at": "0.5,0.75"}
 EXPERIMENTS["SST2L"] = Experiment(
     "SST2L",
     "SST-2 fine-tuning of pretrained all-MiniLM-L6-v2 as SST2, 40 rounds (lr 5e-4 divided by 10 after rounds 20 and "
-    "30), accuracy on the 872 validation sentences every 4 rounds; msfusion-default-p4 is the starts-as-small msfusion (the app's default until 4bdcc8f; "
-    "grow rule on 200 held-out train sentences) with a plateau window of 4 rounds; msfusion-no-contrastive is the abstract's form with mu = 0; "
-    "msfusion-shipped is the app's default since 4bdcc8f, and msfusion-shipped-unscaled the same evaluated without the expectation rule.",
+    "30), accuracy on the 872 validation sentences every 4 rounds; msfusion-shipped is the app's default, and "
+    "msfusion-shipped-unscaled the same evaluated without the expectation rule.",
     SST2L_SETTING,
-    ("full", "small", "msfusion-default-p4", "msfusion-no-contrastive", "msfusion-shipped", "msfusion-shipped-unscaled"),
+    ("full", "small", "msfusion-shipped", "msfusion-shipped-unscaled"),
     target=0.8,
     num_supernodes=8,
     seeds=(0, 1, 2),
     # msfusion-shipped-unscaled: the shipped default with θ evaluated as it is, one change against it:
     # does the expectation rule, which halves the pretrained readers at r = 1/2, cost on a pretrained network?
-    arms={
-        "msfusion-default-p4": default_msfusion_for(SST2L_SETTING["num-server-rounds"]),
-        "msfusion-shipped-unscaled": SHIPPED | {"inclusion-scaling": False},
-    },
-    small_of={m: "small" for m in ("msfusion-default-p4", "msfusion-no-contrastive", "msfusion-shipped", "msfusion-shipped-unscaled")},
+    arms={"msfusion-shipped-unscaled": SHIPPED | {"inclusion-scaling": False}},
+    small_of={m: "small" for m in ("msfusion-shipped", "msfusion-shipped-unscaled")},
 )
 
 # C1L (issues 14 and 15): C1 five times longer, 1,500 rounds (75 passes over the data), the lr
-# decayed at the same fractions. Partial training gives each weight about r² of the updates a
-# dense model's weight gets, so at C1's 300 rounds it may only be slow: does msfusion (μ = 0, at
-# small's FLOPs) overtake small when both have had time to converge? And the span arm, which on
-# C1 trails small by about 4 points at round 160: is that the r²-fewer updates per weight, which
-# 5x the rounds makes up, or capacity it cannot use?
+# decayed at the same fractions: is C1's headroom capacity, or training that 300 rounds do not give?
 EXPERIMENTS["C1L"] = Experiment(
     "C1L",
     C1.description.replace("every 10 rounds", "every 50 rounds").replace("after rounds 150 and 225", "after rounds 750 and 1125")
     + " 1,500 rounds.",
     C1_SETTING | {"num-server-rounds": 1500, "eval-every": 50},
-    ("small-r0.25", "msfusion-mu0-r0.25", "full", "msfusion-span1.5-r0.25"),
+    ("small-r0.25", "full"),
     target=0.6,
     arms=C1_ARMS,
-    small_of={"msfusion-mu0-r0.25": "small-r0.25", "msfusion-span1.5-r0.25": "small-r0.25"},
 )
 
 # DLM (issue 34): depth windows on a language model, each arm against its own small control at

@@ -29,7 +29,7 @@ from msfusion.loopback import REPO
 from msfusion_core.data import TensorData
 from msfusion_core.local.participant import Participant
 from msfusion_core.local.training import TrainConfig, evaluate
-from msfusion_core.method.overlap import ConstantOverlap
+from msfusion_core.method.contrastive import CONTRASTIVE_MU
 from msfusion_core.method.planner import Planner, make_planner
 from msfusion_core.method.server import Reply, SubmodelServer
 
@@ -83,7 +83,7 @@ def digits_split() -> tuple[TensorData, TensorData]:
 # The arms: msfusion's forms (each evaluated by the expectation rule unless said), and the controls.
 ARMS: dict[str, Callable[[int], Planner]] = {
     "msfusion": lambda seed: make_planner("msfusion", seed=seed),  # the default: spread, adaptive o from 0.5
-    "msfusion-o0": lambda seed: make_planner("msfusion", seed=seed, schedule=ConstantOverlap(0.0)),
+    "msfusion-o0": lambda seed: make_planner("msfusion", seed=seed, overlap_schedule="constant", overlap_start=0.0),
     "msfusion-no-expectation": lambda seed: make_planner("msfusion", seed=seed, inclusion_scaling=False),
     "fedrolex": lambda seed: make_planner("fedrolex", seed=seed),
     "fd": lambda seed: make_planner("fd", seed=seed),
@@ -99,7 +99,7 @@ def run(arm: str, seed: int, rounds: int = ROUNDS) -> list[float]:
     planner = ARMS[arm](seed)
     server = SubmodelServer(ResidualMLP, residual_mlp_split_map(), planner, seed=seed)
     participant = Participant(ResidualMLP, residual_mlp_split_map(), "head")
-    cfg = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, mu=planner.contrastive_mu)
+    cfg = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, mu=CONTRASTIVE_MU if planner.uses_contrastive else 0.0)
     previous = {}  # each node's last sub-model, the contrastive term's negative
     shards = [TensorData(train.x[i::NODES], train.y[i::NODES]) for i in range(NODES)]
     accuracy = []

@@ -59,10 +59,3 @@ def test_the_own_model_example_imports_nothing_of_ours_but_msfusion():
     modules = [line.split()[1] for line in example.splitlines() if line.startswith(("import ", "from "))]
     assert "msfusion" in modules
     assert not [m for m in modules if m.split(".")[0] in ours], modules
-
-
-def test_the_readme_is_short_and_its_results_table_is_what_the_summaries_say():
-    from benchmarks.readme_table import REPO, main
-
-    assert len((REPO / "README.md").read_text().splitlines()) <= 150
-    assert main(["--check"]) == 0, "README.md's results table differs from the summaries: run python -m benchmarks.readme_table"

@@ -17,8 +17,7 @@ from benchmarks.run import run_once
 
 # The abstract's form (spread windows, adaptive overlap, the contrastive term), whose every part
 # crosses the transport: plans with overlap and spread, and the node's Flower state. The 2-thread
-# bound is float reordering; under the default (starts as small) it measured 1.2e-4 after 3 rounds,
-# since the zero-initialised non-core readers make the first steps sensitive to it.
+# bound is float reordering.
 CONFIG = {
     "num-server-rounds": 3, "split-ratio-tiers": "1.0,0.5,0.25", "local-examples": 96, "seed": 3, "contrastive-mu": 1.0,
     "overlap-schedule": "adaptive", "overlap-start": 0.5, "inclusion-scaling": False,
