@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from msfusion_core.registry import register
 from msfusion_core.data.tensors import TensorData
 from msfusion_core.local.augment import Preprocess
 
@@ -42,10 +43,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    DATASETS[spec.name] = spec
-    return spec
+    return register(DATASETS, "dataset", spec)
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from msfusion_core.registry import register
 from msfusion_core.method.split_map import SplitMap, model_state
 
 __all__ = ["FAMILIES", "FamilySpec", "ModelFamily", "get_family", "make_family", "register_family"]
@@ -80,10 +81,7 @@ FAMILIES: dict[str, FamilySpec] = {}
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
-    if spec.name in FAMILIES:
-        raise ValueError(f"model family {spec.name!r} is already registered")
-    FAMILIES[spec.name] = spec
-    return spec
+    return register(FAMILIES, "model family", spec)
 
 
 def get_family(name: str, num_classes: int = 10, width: int | None = None, layers: int | None = None) -> ModelFamily:
