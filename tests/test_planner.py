@@ -143,7 +143,7 @@ def test_one_class_per_rule_chosen_by_name_and_every_planner_named_by_its_key():
     assert type(make_planner("msfusion")) is MSfusionPlanner and type(make_planner("msfusion").schedule) is AdaptiveOverlap
     assert type(make_planner("msfusion", overlap_schedule="constant", overlap_start=0.3).schedule) is ConstantOverlap
     assert make_schedule("constant", 0.3).current == 0.3
-    with pytest.raises(ValueError, match="overlap-start must be in"):
+    with pytest.raises(ValueError, match="overlap start must be in"):
         ConstantOverlap(1.5)
 
 
