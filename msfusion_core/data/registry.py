@@ -43,7 +43,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    return register(DATASETS, "data set", spec)
+    return register(DATASETS, spec)
 
 
 def get_dataset(name: str) -> DatasetSpec:

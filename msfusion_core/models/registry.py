@@ -81,7 +81,7 @@ FAMILIES: dict[str, FamilySpec] = {}
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
-    return register(FAMILIES, "model family", spec)
+    return register(FAMILIES, spec)
 
 
 def get_family(name: str, num_classes: int = 10, width: int | None = None, layers: int | None = None) -> ModelFamily:
